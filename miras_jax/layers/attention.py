@@ -1,0 +1,170 @@
+"""Causal multi-head attention with RoPE, grouped KV heads, sliding windows and a KV cache.
+
+The Llama attention block (Touvron et al. 2023): q, k, v projections without bias, RoPE on q and
+k, causal softmax attention, output projection. Grouped-query attention (Ainslie et al. 2023,
+"GQA") shares each kv head among ``num_heads // num_kv_heads`` query heads. A sliding window
+(Beltagy et al. 2020, "Longformer"; the SWA layers of Samba, Ren et al. 2024) limits token ``t`` to
+tokens ``t-w+1 .. t``; DESIGN.md §5 builds hybrids from it. The attention core is chosen by the
+``backend`` string (see `attention_backends`).
+
+Parameters and their logical axes (names shared with the rest of miras-jax):
+
+    q/kernel  [E, H, D]    ('embed', 'heads', 'head_dim')
+    k/kernel  [E, Hkv, D]  ('embed', 'kv_heads', 'head_dim')
+    v/kernel  [E, Hkv, D]  ('embed', 'kv_heads', 'head_dim')
+    o/kernel  [H, D, E]    ('heads', 'head_dim', 'embed')
+
+Kernels keep the head axis unflattened so that tensor parallelism shards heads, not a mixed
+``heads * head_dim`` axis.
+
+KV cache (decoding): a dict ``{'k': [B, S_max, Hkv, D], 'v': [B, S_max, Hkv, D], 'index': int32
+scalar}``; slot ``s`` holds the (RoPE-rotated) key and value of absolute position ``s`` and
+``index`` is the number of filled slots, the same for every row. `Attention.decode` writes the new
+tokens at ``index`` and attends with the XLA core; the sliding window is applied by position, so
+the cache keeps all ``S_max`` slots (no ring buffer).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from miras_jax.layers.attention_backends import (BACKENDS, attention_mask, causal_attention,
+                                                 masked_attention)
+from miras_jax.layers.rope import apply_rope
+
+Dtype = Any
+Initializer = Callable[..., jax.Array]
+KVCache = dict[str, jax.Array]
+
+
+def init_kv_cache(batch: int, max_len: int, num_kv_heads: int, head_dim: int,
+                  dtype: Dtype = jnp.float32) -> KVCache:
+    """An empty cache: zeros ``k, v [batch, max_len, num_kv_heads, head_dim]``, ``index = 0``."""
+    shape = (batch, max_len, num_kv_heads, head_dim)
+    return {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype),
+            'index': jnp.zeros((), jnp.int32)}
+
+
+class Attention(nn.Module):
+    """Causal self-attention, ``[B, T, E] -> [B, T, E]``.
+
+    Attributes:
+        num_heads: H, query heads.
+        head_dim: D (even, for RoPE).
+        num_kv_heads: Hkv, dividing H; None means H (plain multi-head attention).
+        window_size: None for full causal attention, else w: token t attends to t-w+1 .. t.
+        backend: 'xla' | 'cudnn' | 'pallas_tpu_flash' | 'pallas_tpu_splash' (training path;
+            `decode` always uses the XLA core). 'pallas_tpu_flash' rejects ``window_size``.
+        rope_theta: RoPE base.
+        dtype: compute dtype of projections and attention (e.g. bfloat16); None keeps the input's.
+            Softmax is always float32.
+        param_dtype: parameter dtype (float32).
+        kernel_init: initializer of all four kernels (fan-in scaled over the contracted axes).
+        interpret: Pallas backends only; None runs TPU interpret mode everywhere but on a TPU.
+    """
+
+    num_heads: int
+    head_dim: int
+    num_kv_heads: int | None = None
+    window_size: int | None = None
+    backend: str = 'xla'
+    rope_theta: float = 10_000.0
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    interpret: bool | None = None
+
+    @property
+    def _kv_heads(self) -> int:
+        return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+    def _dense(self, features, axis, axes, name) -> nn.DenseGeneral:
+        # DenseGeneral flattens the contracted and the output axes before calling the initializer,
+        # so lecun_normal sees fan_in = E for q/k/v and H * D for o.
+        return nn.DenseGeneral(
+            features=features, axis=axis, use_bias=False, dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(self.kernel_init, axes), name=name)
+
+    @nn.compact
+    def _project_attend(self, x, positions, attend):
+        """Shared by `__call__` and `decode`: projections, RoPE, ``attend``, output projection.
+
+        ``attend(q [B,T,H,D], k [B,T,Hkv,D], v [B,T,Hkv,D]) -> (out [B,T,H,D], aux)``.
+        """
+        if self.num_heads % self._kv_heads:
+            raise ValueError(
+                f'num_kv_heads={self._kv_heads} must divide num_heads={self.num_heads}')
+        if self.backend not in BACKENDS:
+            raise ValueError(
+                f'unknown attention backend {self.backend!r}; choose one of {BACKENDS}')
+        h, hkv, d = self.num_heads, self._kv_heads, self.head_dim
+        q = self._dense((h, d), -1, ('embed', 'heads', 'head_dim'), 'q')(x)
+        k = self._dense((hkv, d), -1, ('embed', 'kv_heads', 'head_dim'), 'k')(x)
+        v = self._dense((hkv, d), -1, ('embed', 'kv_heads', 'head_dim'), 'v')(x)
+        q = apply_rope(q, positions, self.rope_theta)
+        k = apply_rope(k, positions, self.rope_theta)
+        out, aux = attend(q, k, v)
+        y = self._dense(x.shape[-1], (-2, -1), ('heads', 'head_dim', 'embed'), 'o')(out)
+        return y, aux
+
+    def __call__(self, x: jax.Array, positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """Attention over whole sequences (training, evaluation).
+
+        Args:
+            x: ``[B, T, E]``.
+            positions: integer ``[B, T]`` RoPE positions; default ``0 .. T-1`` in every row. Packed
+                rows may restart them per document (scores depend only on position differences).
+            segment_ids: integer ``[B, T]``; tokens attend only within their own segment.
+
+        Returns:
+            ``[B, T, E]``.
+        """
+        b, t = x.shape[:2]
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+
+        def attend(q, k, v):
+            out = causal_attention(q, k, v, segment_ids=segment_ids, window_size=self.window_size,
+                                   backend=self.backend, interpret=self.interpret)
+            return out, None
+
+        return self._project_attend(x, positions, attend)[0]
+
+    def decode(self, x: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
+        """Append ``T_new`` tokens to the cache and attend (prefill or one-token steps).
+
+        Args:
+            x: ``[B, T_new, E]``, the tokens at positions ``index .. index + T_new - 1``.
+            cache: ``{'k', 'v': [B, S_max, Hkv, D], 'index': int32 scalar}``; needs
+                ``index + T_new <= S_max`` (unchecked under jit, where ``dynamic_update_slice``
+                would clamp the start and overwrite the last slots).
+
+        Returns:
+            ``(y [B, T_new, E], new_cache)`` with ``new_cache['index'] = index + T_new``.
+        """
+        b, t_new = x.shape[:2]
+        index = jnp.asarray(cache['index'], jnp.int32)
+        q_pos = jnp.broadcast_to(index + jnp.arange(t_new, dtype=jnp.int32), (b, t_new))
+
+        def attend(q, k, v):
+            start = (0, index, 0, 0)
+            k_cache = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype), start)
+            v_cache = jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype), start)
+            s_max = k_cache.shape[1]
+            kv_pos = jnp.broadcast_to(jnp.arange(s_max, dtype=jnp.int32), (b, s_max))
+            # Causality also hides the unwritten slots (their position exceeds every query's).
+            mask = attention_mask(q_pos, kv_pos, self.window_size)
+            out = masked_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask)
+            return out, {'k': k_cache, 'v': v_cache, 'index': index + t_new}
+
+        return self._project_attend(x, q_pos, attend)
+
+    def init_cache(self, batch: int, max_len: int, dtype: Dtype = jnp.float32) -> KVCache:
+        """An empty KV cache for this layer (callable on an unbound module)."""
+        return init_kv_cache(batch, max_len, self._kv_heads, self.head_dim, dtype)

@@ -1,0 +1,308 @@
+"""Chunk-parallel memory (the ``xla`` implementation, DESIGN §4).
+
+The sequence is cut into chunks of b tokens. Inside a chunk every accumulator recurrence
+is linear with gradients taken at the chunk-start memory, so for token t of a chunk
+
+    A_t = a_t A' + d_t S' + Σ_{i ≤ t} C[t, i] g_i,     g_i = Σ_l δ_l,i ⊗ h_l−1,i
+
+with a_t, d_t, C built from the gates in log space (every exponent is a difference
+cum_t − cum_i ≤ 0, so extreme gates cannot overflow). The memory read at the query is
+then computed layer by layer *without materialising per-token weights* (TTT "dual form"):
+
+    z_l = a ⊙ (H_q B_lᵀ) + s_l · [ d ⊙ (H_q S_lᵀ) + (C ⊙ H_q H_kᵀ) Δ_l ]
+
+and the state is updated once per chunk in primal form. A ``lax.scan`` runs over chunks,
+``remat_group`` chunks per ``jax.checkpoint`` so activation memory grows as T/(b·group).
+
+Documents: tokens after a reset in a chunk take their gradients at, and read from, the
+initial memory W_0 and never see earlier tokens (segment-equality mask in C). Inactive
+slots (front padding to continue a state mid-chunk, tail padding to a whole chunk) have
+η = 0, log α = 0 and add nothing, so the state at the last real token is exact.
+
+Three chunk kernels: ``_chunk_general`` (any architecture / bias / scalar retention /
+momentum), ``_chunk_channel`` (linear memory with channel-wise decay, GLA) and
+``_chunk_wy`` (the exact delta rule by the UT/WY transform).
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+
+from miras_jax.memory import common
+from miras_jax.memory.architectures import backprop, keys_forward
+from miras_jax.memory.rules import MemoryRule, read_base
+
+_NEG_INF = -jnp.inf
+
+
+def _masked_exp(diff, mask):
+  # exp only where the mask holds: masked entries get exp(0)·0, never exp(±large), so
+  # neither the value nor its gradient can overflow.
+  return jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
+
+
+def coefficients(la, eta, reset, active, lm=None):
+  """In-chunk coefficients. la [b] or [b, dk] (log keep factor), eta [b], reset [b],
+  active [b], lm [b] (log momentum decay) or None.
+
+  Returns a dict: cont [b] (token continues the carried segment), M [b, b] (same segment
+  and i ≤ t), a [b](, dk) (decay from the segment's base), Dw [b, b](, dk) (decay i → t),
+  C [b, b] (coefficient of g_i in A_t), and with momentum d [b] (coefficient of S'),
+  Cs [b, b], sdec [b] (the same for S_t).
+  """
+  b = eta.shape[0]
+  idx = jnp.arange(b)
+  segl = jnp.cumsum(reset)
+  cont = segl == 0
+  M = (segl[:, None] == segl[None, :]) & (idx[None, :] <= idx[:, None])
+  is_start = (reset > 0) | (idx == 0)
+  cum = jnp.cumsum(la, axis=0)
+  cum_ex = cum - la
+  chan = la.ndim == 2
+  Mx = M[..., None] if chan else M
+  start_sel = (M & is_start[None, :])
+  start_sel = start_sel[..., None] if chan else start_sel
+  start_ex = jnp.sum(jnp.where(start_sel, cum_ex[None], 0.0), axis=1)
+  a = jnp.exp(cum - start_ex)
+  Dw = _masked_exp(cum[:, None] - cum[None, :], Mx)
+  out = dict(cont=cont, M=M, a=a, Dw=Dw)
+  if chan:
+    return out
+  if lm is None:
+    out["C"] = Dw * (-eta)[None, :]
+    return out
+  cm = jnp.cumsum(lm)
+  Ds = _masked_exp(cm[:, None] - cm[None, :], M)
+  Cs = Ds * (-eta)[None, :]
+  sdec = jnp.exp(cm) * cont
+  DwA = Dw * active[None, :]
+  out.update(C=DwA @ Cs, d=DwA @ sdec, Cs=Cs, sdec=sdec)
+  return out
+
+
+def _sel(cont, x_c, x_0):
+  return jnp.where(cont.reshape(cont.shape + (1,) * (x_c.ndim - 1)), x_c, x_0)
+
+
+def _key_factors(rule, wg, w0g, k, v, delta, outer, cont, resets):
+  """Per-token gradient factors at the token's gradient point (Wg, or W_0 after a reset).
+
+  Returns (deltas, inputs) lists over layers, each [b, d]."""
+  arch, bias = rule.arch, rule.bias
+
+  def at(w):
+    p, cache = keys_forward(arch, w, k, outer)
+    u = bias.grad(p, v, delta)
+    return backprop(arch, w, k, outer, cache, u)
+
+  dl, hl = at(wg)
+  if resets:
+    dl0, hl0 = at(w0g)
+    dl = [_sel(cont, x, y) for x, y in zip(dl, dl0)]
+    hl = [_sel(cont, x, y) for x, y in zip(hl, hl0)]
+  return dl, hl
+
+
+def _finish(rule, st, fresh, co, e_cont, a_end, s_end, r_end, boundary, n_active, y, q, outer):
+  """New carry after a chunk, and the exact boundary read of the chunk's last token."""
+  ret, arch = rule.retention, rule.arch
+  new = {}
+  new["A"] = a_end
+  phi_a = tuple(ret.phi(a) for a in a_end)
+  wg_last = common.tree_where(e_cont, st["Wg"], fresh["Wg"])
+  new["Wg"] = common.tree_where(boundary, phi_a, wg_last)
+  if "S" in st:
+    new["S"] = s_end
+  if "sig" in st:
+    sig_last = common.tree_where(e_cont, st["sig"], fresh["sig"])
+    new["sig"] = common.tree_where(boundary, tuple(ret.scale(a) for a in a_end), sig_last)
+  if "R" in st:
+    new["R"] = common.tree_where(boundary, phi_a, r_end)
+  new["pos"] = jnp.where(boundary, 0, st["pos"] + n_active).astype(jnp.int32)
+  if ret.read_mode != "identity":
+    # The last token of a chunk reads the exact φ(A) (a chunk boundary).
+    y_last = arch.apply(phi_a, q[-1], outer)
+    y = y.at[-1].set(jnp.where(boundary, y_last, y[-1]))
+  return new, y
+
+
+def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
+  arch, bias = rule.arch, rule.bias
+  q, k, v = x["q"], x["k"], x["v"]
+  co = coefficients(x["la"], x["eta"], x["reset"], x["active"], x["lm"])
+  cont, a, C = co["cont"], co["a"], co["C"]
+  momentum = "S" in st
+
+  deltas, hk = _key_factors(rule, st["Wg"], fresh["Wg"], k, v, x["delta"], outer, cont,
+                            resets)
+  base_c, s_c = read_base(rule, st)
+  base_0, s_0 = read_base(rule, fresh)
+
+  h = q
+  L = len(deltas)
+  for l in range(L):
+    zb = h @ base_c[l].T
+    s_tok = jnp.full(cont.shape, s_c[l])
+    if resets:
+      zb = _sel(cont, zb, h @ base_0[l].T)
+      s_tok = jnp.where(cont, s_c[l], s_0[l])
+    upd = ((h @ hk[l].T) * C) @ deltas[l]
+    if momentum:
+      upd = upd + co["d"][:, None] * (h @ st["S"][l].T)
+    z = a[:, None] * zb + s_tok[:, None] * upd
+    h = arch.act(z) if l < L - 1 else z
+  y = arch.final(h, q, outer)
+
+  # Primal update to the chunk's last slot (the last real token: padding adds nothing).
+  e_cont = cont[-1]
+  a_base = common.tree_where(e_cont, st["A"], fresh["A"])
+  a_end, s_end, r_end = [], [], []
+  for l in range(L):
+    step = (C[-1][:, None] * deltas[l]).T @ hk[l]
+    acc = a[-1] * a_base[l] + step
+    if momentum:
+      acc = acc + co["d"][-1] * st["S"][l]
+      s_end.append(co["sdec"][-1] * st["S"][l] + (co["Cs"][-1][:, None] * deltas[l]).T @ hk[l])
+    a_end.append(acc)
+    if "R" in st:
+      r_base = jnp.where(e_cont, base_c[l], base_0[l])
+      r_end.append(a[-1] * r_base + step)
+  n_active = jnp.sum(x["active"]).astype(jnp.int32)
+  boundary = st["pos"] + n_active == q.shape[0]
+  return _finish(rule, st, fresh, co, e_cont, tuple(a_end), tuple(s_end), tuple(r_end),
+                 boundary, n_active, y, q, outer)
+
+
+def _chunk_channel(rule: MemoryRule, resets: bool, st, x, fresh, outer):
+  """Linear memory with channel-wise (key) decay: W_t = W_{t−1} Diag(α_t) − η_t g_t."""
+  bias = rule.bias
+  q, k, v, eta = x["q"], x["k"], x["v"], x["eta"]
+  co = coefficients(x["la"], eta, x["reset"], x["active"])
+  cont, a, Dw = co["cont"], co["a"], co["Dw"]  # a [b, dk], Dw [b, b, dk]
+  (wg,), (w0,) = st["Wg"], fresh["Wg"]
+  p = k @ wg.T
+  if resets:
+    p = _sel(cont, p, k @ w0.T)
+  u = bias.grad(p, v, x["delta"]) * (-eta)[:, None]  # the write of token i: −η_i u_i
+  (ac,), (a0,) = st["A"], fresh["A"]
+  yb = (q * a) @ ac.T
+  if resets:
+    yb = _sel(cont, yb, (q * a) @ a0.T)
+  P = jnp.einsum("tc,ic,tic->ti", q, k, Dw)
+  y = yb + P @ u
+  e_cont = cont[-1]
+  a_base = jnp.where(e_cont, ac, a0)
+  a_end = a_base * a[-1][None, :] + u.T @ (k * Dw[-1])
+  n_active = jnp.sum(x["active"]).astype(jnp.int32)
+  boundary = st["pos"] + n_active == q.shape[0]
+  return _finish(rule, st, fresh, co, e_cont, (a_end,), (), (), boundary, n_active, y, q,
+                 outer)
+
+
+def _chunk_wy(rule: MemoryRule, resets: bool, st, x, fresh, outer):
+  """Exact (gated) delta rule over a chunk by the UT / WY transform.
+
+  With S_t = α_t S_{t−1}(I − β_t k_t k_tᵀ) + β_t v_t k_tᵀ, write S_t = a_t S' + Σ_i
+  Dw[t,i] u_i k_iᵀ. Then u_t = β_t (v_t − a_t S' k_t − Σ_{i<t} Dw[t,i](k_iᵀk_t) u_i), i.e.
+  (I + Diag(β) Λ) U = Diag(β)(V − Diag(a) K S'ᵀ) with Λ strictly lower triangular — one
+  unit-triangular solve per chunk (Yang et al. 2024, "Parallelizing Linear Transformers
+  with the Delta Rule", §3; flash-linear-attention ops/gated_delta_rule/chunk).
+  """
+  q, k, v, beta = x["q"], x["k"], x["v"], x["eta"]
+  co = coefficients(x["la"], beta, x["reset"], x["active"])
+  cont, a, Dw, M = co["cont"], co["a"], co["Dw"], co["M"]
+  b = q.shape[0]
+  (ac,), (a0,) = st["A"], fresh["A"]
+  sk = k @ ac.T
+  sq = q @ ac.T
+  if resets:
+    sk = _sel(cont, sk, k @ a0.T)
+    sq = _sel(cont, sq, q @ a0.T)
+  strict = jnp.tril(jnp.ones((b, b), bool), -1)
+  lam = (k @ k.T) * Dw * strict
+  tmat = jnp.eye(b, dtype=q.dtype) + beta[:, None] * lam
+  rhs = beta[:, None] * (v - a[:, None] * sk)
+  U = solve_triangular(tmat, rhs, lower=True, unit_diagonal=True)
+  y = a[:, None] * sq + ((q @ k.T) * Dw) @ U
+  e_cont = cont[-1]
+  a_base = jnp.where(e_cont, ac, a0)
+  a_end = a[-1] * a_base + (Dw[-1][:, None] * U).T @ k
+  n_active = jnp.sum(x["active"]).astype(jnp.int32)
+  new = {"A": (a_end,), "Wg": (a_end,), "pos": jnp.zeros((), jnp.int32)}
+  return new, y
+
+
+def _kernel(rule: MemoryRule):
+  if rule.form == "wy":
+    return _chunk_wy
+  if rule.retention.decay == "channel":
+    return _chunk_channel
+  return _chunk_general
+
+
+def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
+  """One (batch, head): lay tokens into chunk slots, scan, read back."""
+  fresh, outer = head
+  T = tok["q"].shape[0]
+  slots = n_chunks * b
+  offset = jnp.zeros((), jnp.int32) if aligned else st["pos"]
+
+  def lay(x, fill=0.0):
+    if x is None:
+      return None
+    buf = jnp.full((slots,) + x.shape[1:], fill, x.dtype)
+    return jax.lax.dynamic_update_slice_in_dim(buf, x, offset, axis=0)
+
+  xs = {n: lay(tok[n]) for n in ("q", "k", "v", "eta", "la", "lm", "delta", "reset")}
+  if xs["delta"] is not None:
+    xs["delta"] = lay(tok["delta"], 1.0)
+  xs["active"] = lay(jnp.ones((T,), jnp.float32))
+  xs = jax.tree.map(lambda x: x.reshape((n_chunks // group, group, b) + x.shape[1:]), xs)
+
+  kern = functools.partial(_kernel(rule), rule, resets)
+
+  def chunk_body(carry, xc):
+    return kern(carry, xc, fresh, outer)
+
+  @jax.checkpoint
+  def group_body(carry, xg):
+    return jax.lax.scan(chunk_body, carry, xg)
+
+  st, ys = jax.lax.scan(group_body, st, xs)
+  ys = ys.reshape((slots,) + ys.shape[3:])
+  y = jax.lax.dynamic_slice_in_dim(ys, offset, T, axis=0)
+  return y, st
+
+
+def chunked(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=None,
+            segment_ids=None, chunk_size: int = 64, remat_group: int = 4,
+            aligned: bool | None = None):
+  """Chunk-parallel memory; same signature and results as ``reference`` with the same b.
+
+  q, k [B, H, T, dk]; v [B, H, T, dv]; gates: dict of [B, H, T(, d)] (rules.py);
+  w0: tuple of [H, o, i] (initial memory, also the reset target); outer: per-head outer
+  parameters of the architecture (LayerNorm) or None for defaults; state: [B, H, ...]
+  from a previous call or None; segment_ids [B, T] for packed rows.
+  ``aligned``: the state is at a chunk boundary (pos == 0); default True when no state is
+  passed. Unaligned states cost one extra chunk (front padding).
+  Returns (y [B, H, T, dv] in q's dtype, final state).
+  """
+  P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
+  b = int(chunk_size)
+  if rule.form == "wy":
+    aligned = True  # exact sequential semantics: the chunk grid is immaterial
+  if aligned is None:
+    aligned = state is None
+  T = q.shape[2]
+  n_chunks = -(-(T + (0 if aligned else b - 1)) // b)
+  group = max(1, min(int(remat_group), n_chunks))
+  n_chunks = -(-n_chunks // group) * group
+  resets = segment_ids is not None
+  tok = {n: P[n] for n in ("q", "k", "v", "eta", "la", "lm", "delta", "reset")}
+  fn = functools.partial(_run_one, rule, b, group, resets, aligned, n_chunks)
+  y, st = common.vmap_bh(fn)(tok, (P["fresh"], P["outer"]), P["state"])
+  return y.astype(q.dtype), st

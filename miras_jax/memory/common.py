@@ -1,0 +1,72 @@
+"""Shared plumbing of the memory implementations: inputs, resets, batching."""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from miras_jax.memory.rules import MemoryRule, fresh_state, prepare_gates
+
+
+def tree_where(c, a, b):
+  return jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)
+
+
+def semantic_chunk(rule: MemoryRule, chunk_size: int) -> int:
+  """The chunk size that defines the rule's semantics: the WY form is exactly sequential."""
+  return 1 if rule.form == "wy" else int(chunk_size)
+
+
+def resets_from_segments(segment_ids, shape):
+  """reset[t] = 1 where a new document starts (t > 0 and seg[t] ≠ seg[t−1]).
+
+  Position 0 never resets: it continues the state passed in (a fresh state when none).
+  segment_ids [B, T] → float32 [B, H, T] (broadcast over heads).
+  """
+  if segment_ids is None:
+    return jnp.zeros(shape, jnp.float32)
+  seg = jnp.asarray(segment_ids)
+  if seg.shape != (shape[0], shape[2]):
+    raise ValueError(f"segment_ids has shape {seg.shape}, expected {(shape[0], shape[2])}")
+  r = jnp.concatenate([jnp.zeros_like(seg[:, :1], dtype=bool), seg[:, 1:] != seg[:, :-1]], 1)
+  return jnp.broadcast_to(r[:, None, :].astype(jnp.float32), shape)
+
+
+def check_inputs(rule: MemoryRule, q, k, v, w0, outer):
+  if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
+    raise ValueError(f"q, k, v must be [B, H, T, d] with equal B, H, T (and q, k equal d); "
+                     f"got q {q.shape}, k {k.shape}, v {v.shape}")
+  H, dk, dv = q.shape[1], q.shape[-1], v.shape[-1]
+  shapes = tuple(rule.arch.shapes(dk, dv))
+  got = tuple(tuple(w.shape) for w in w0)
+  want = tuple((H,) + s for s in shapes)
+  if got != want:
+    raise ValueError(f"rule {rule.name}: initial memory w0 has shapes {got}, expected {want}")
+  if getattr(rule.arch, "residual", False) and dk != dv:
+    raise ValueError(f"rule {rule.name}: the residual MLP memory needs d_k == d_v, "
+                     f"got {dk} and {dv}")
+  if outer is None:
+    outer = jax.vmap(lambda _: rule.arch.init_outer(dv))(jnp.arange(H))
+  return outer
+
+
+def prepare(rule, q, k, v, gates, w0, outer, state, segment_ids):
+  """Common front end: validated fp32 inputs, gates, resets, fresh and initial state."""
+  outer = check_inputs(rule, q, k, v, w0, outer)
+  f32 = jnp.promote_types(q.dtype, jnp.float32)  # fp32 compute (fp64 if given)
+  qf, kf, vf = q.astype(f32), k.astype(f32), v.astype(f32)
+  eta, la, lm, delta = prepare_gates(rule, gates, qf, kf, vf)
+  reset = resets_from_segments(segment_ids, q.shape[:3])
+  fresh = jax.vmap(lambda w: fresh_state(rule, w))(tuple(w0))  # [H, ...]
+  B = q.shape[0]
+  if state is None:
+    state = jax.tree.map(lambda x: jnp.broadcast_to(x, (B,) + x.shape), fresh)
+  return dict(q=qf, k=kf, v=vf, eta=eta, la=la, lm=lm, delta=delta, reset=reset,
+              fresh=fresh, outer=outer, state=state)
+
+
+def vmap_bh(fn):
+  """vmap a single-(batch, head) function: per-token args [B, H, ...], per-head args
+  [H, ...] (shared over batch), state [B, H, ...]."""
+  def per_b(tok, head, st):
+    return jax.vmap(fn, in_axes=(0, 0, 0))(tok, head, st)
+  return jax.vmap(per_b, in_axes=(0, None, 0))

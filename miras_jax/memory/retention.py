@@ -1,0 +1,101 @@
+"""Retention gates: how much of the old memory is kept, and in what geometry.
+
+Every retention here is a *decay* of an accumulator ``A`` (kept in fp32) followed by a
+map ``φ`` from the accumulator to the memory's weights, ``W = φ(A)``:
+
+  decay   'none'    A_t = A_{t−1} + …                (linear attention, DeltaNet, TTT)
+          'scalar'  A_t = α_t A_{t−1} + …            (α_t per head; RetNet, Mamba2, GDN, Titans)
+          'channel' A_t = A_{t−1} Diag(α_t) + …      (α_t ∈ R^{d_k}; GLA; linear memory only)
+  map φ   'identity' W = A                           (ℓ2 retention: the plain gated rules)
+          'lq'       W = A / ‖A‖_q^{q−2}             (Moneta, ℓq normalisation, per matrix)
+          'softmax'  W = c · softmax_row(A)          (Memora, KL retention: A are the logits,
+                                                      the memory lives on a scaled simplex)
+          'elastic'  W = soft_threshold(A, λ)        (elastic net: ℓ1 + ℓ2 retention in its
+                                                      dual-averaging / FTRL form)
+
+Memora's rule W_t = c·Softmax(α_t log W_{t−1} − η_t g_t) is exactly the linear recurrence
+A_t = α_t A_{t−1} − η_t g_t on the logits A, since log W_{t−1} = A_{t−1} + (row constant)
+and softmax ignores row constants. So all three non-linear retentions keep a linear
+accumulator and differ only in φ — which is what lets one chunked kernel serve all.
+
+How a non-linear φ is read *inside* a chunk (``read_mode``; b = 1 makes all exact):
+  'identity'  Ŵ_t = A_t.
+  'scale'     Ŵ_t = s · A_t with the scale s = 1/‖A‖_q^{q−2} of the last chunk boundary
+              (Moneta "normalises A once per chunk"; the accumulator itself is exact).
+  'wspace'    Ŵ_t = linear GD steps in weight space from the boundary weights
+              (Memora's "linear steps for the rest"; elastic net likewise).
+  and the last token of every chunk reads the exact φ(A_t) (a boundary).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+# Guard of Moneta's map: ‖A‖_q is clamped below, so that a memory that has forgotten
+# everything (α → 0 drives A → 0) cannot blow up W = A/‖A‖_q^{q−2} (‖W‖_q = 1/‖A‖_q).
+# At 1e-2 the read scale stays ≤ 1e4 for q = 4; with 1e-6 extreme gates produced scales
+# of 1e11 and outputs no longer reproducible across evaluation orders even in fp64.
+_NORM_EPS = 1e-2
+
+
+@dataclasses.dataclass(frozen=True)
+class Retention:
+  decay: str = "none"  # none | scalar | channel
+  map: str = "identity"  # identity | lq | softmax | elastic
+  q: float = 4.0  # Moneta's ℓq
+  scale_c: float = 1.0  # Memora's simplex scale c
+  l1: float = 1e-3  # elastic net threshold λ
+  clamp_min: float = 1e-12  # Memora: clamp before log
+
+  def __post_init__(self):
+    if self.decay not in ("none", "scalar", "channel"):
+      raise ValueError(f"unknown retention decay {self.decay!r}")
+    if self.map not in ("identity", "lq", "softmax", "elastic"):
+      raise ValueError(f"unknown retention map {self.map!r}")
+    if self.map == "lq" and self.q == 3.0:
+      raise ValueError("ℓq retention with q = 3 is not invertible (‖W‖_q = 1 always)")
+
+  @property
+  def read_mode(self) -> str:
+    return {"identity": "identity", "lq": "scale",
+            "softmax": "wspace", "elastic": "wspace"}[self.map]
+
+  # --- the map φ and its (right) inverse, per weight matrix --------------------
+  def _qnorm(self, a):
+    return jnp.power(jnp.sum(jnp.power(jnp.abs(a), self.q)), 1.0 / self.q)
+
+  def scale(self, a):
+    """s(A) with φ(A) = s(A)·A for 'lq' (a scalar); 1 otherwise."""
+    if self.map != "lq":
+      return jnp.ones((), a.dtype)
+    n = jnp.maximum(self._qnorm(a), _NORM_EPS)
+    return jnp.power(n, -(self.q - 2.0))
+
+  def phi(self, a):
+    if self.map == "identity":
+      return a
+    if self.map == "lq":
+      return self.scale(a) * a
+    if self.map == "softmax":
+      return self.scale_c * jax.nn.softmax(a, axis=-1)
+    return jnp.sign(a) * jnp.maximum(jnp.abs(a) - self.l1, 0.0)
+
+  def phi_inv(self, w):
+    """An accumulator A with φ(A) = W (the learned initial memory W_0 → A_0)."""
+    if self.map == "identity":
+      return w
+    if self.map == "lq":
+      # ‖φ(A)‖_q = ‖A‖_q^{3−q}  ⇒  A = W · ‖W‖_q^{(q−2)/(3−q)}
+      n = jnp.maximum(self._qnorm(w), _NORM_EPS)
+      return w * jnp.power(n, (self.q - 2.0) / (3.0 - self.q))
+    if self.map == "softmax":
+      return jnp.log(jnp.maximum(w / self.scale_c, self.clamp_min))
+    return w + self.l1 * jnp.sign(w)
+
+  def log_decay_default(self):
+    return 0.0
+
+
+RETENTIONS = {"retention": Retention}
