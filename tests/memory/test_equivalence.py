@@ -12,10 +12,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miras_jax.memory import chunked, get_rule, list_rules, reference
+from miras_jax.memory import (GD, Huber, L2, LinearMemory, MLPMemory, MemoryRule, Momentum,
+                              Retention, ValueShiftRobust, chunked, get_rule, list_rules,
+                              reference)
 from miras_jax.memory.testing import assert_close, assert_tree_close, random_inputs
 
-RULES = list_rules()
+# Combinations outside the zoo run on the same kernels (no new code per combination).
+VARIANTS = {
+    "deltanet@minibatch": lambda: get_rule("deltanet", form="minibatch"),
+    "elastic_value_shift_mlp": lambda: MemoryRule(
+        "elastic_value_shift_mlp", MLPMemory(depth=2, expansion=2), ValueShiftRobust(),
+        Retention("scalar", "elastic", l1=0.05), GD()),
+    "lq_huber_norm_momentum": lambda: MemoryRule(
+        "lq_huber_norm_momentum", LinearMemory(), Huber(per_channel=False),
+        Retention("scalar", "lq", q=4.0), Momentum()),
+    "mlp3_l2_momentum": lambda: MemoryRule(
+        "mlp3_l2_momentum", MLPMemory(depth=3, expansion=2), L2(), Retention("none"), Momentum()),
+}
+RULES = list_rules() + sorted(VARIANTS)
+
+
+def _rule(name):
+  return VARIANTS[name]() if name in VARIANTS else get_rule(name)
 # (b, T, dk, segments, gate_range): every b meets an odd length, a non-power-of-two dim.
 CASES = {
     1: (63, 12, 3, "normal"),
@@ -78,7 +96,7 @@ def _inputs(rule, b, dtype, with_state):
 
 
 def _compare(rule_name, case, dtype, tol_y, tol_g, with_state):
-  rule = get_rule(rule_name)
+  rule = _rule(rule_name)
   inp, state = _inputs(rule, case, dtype, with_state)
   b = 16 if case == "fp32" else case
   yr, sr, gr = _run("reference", rule, b, inp, state, dtype)
@@ -91,8 +109,8 @@ def _compare(rule_name, case, dtype, tol_y, tol_g, with_state):
     assert_tree_close(c, a, tol_g, f"{rule_name} b={b} grad[{n}]")
 
 
-@pytest.mark.parametrize("b", [1, 16, 64])
-@pytest.mark.parametrize("rule_name", RULES)
+@pytest.mark.parametrize("rule_name,b", [(r, b) for r in list_rules() for b in (1, 16, 64)]
+                         + [(r, 16) for r in sorted(VARIANTS)])
 def test_chunked_equals_reference_fp64(rule_name, b):
   # Agreement to rounding. The extreme-gate case (b = 16) is looser: there a memory can
   # forget everything, and Moneta's read scale 1/‖A‖² then reaches its 1e4 guard, which
@@ -102,7 +120,7 @@ def test_chunked_equals_reference_fp64(rule_name, b):
     _compare(rule_name, b, jnp.float64, tol, 10 * tol, with_state=(b != 64))
 
 
-@pytest.mark.parametrize("rule_name", RULES)
+@pytest.mark.parametrize("rule_name", list_rules())
 def test_chunked_equals_reference_fp32(rule_name):
   # fp32 with ordinary gates: the recurrences amplify rounding differently in the two
   # evaluation orders (Moneta's 1/‖A‖², Memora's softmax); measured worst ≈ 5e-4.
@@ -114,7 +132,7 @@ def test_chunked_equals_reference_fp32(rule_name):
 
 @pytest.mark.parametrize("rule_name", RULES)
 def test_length_one(rule_name):
-  rule = get_rule(rule_name)
+  rule = _rule(rule_name)
   inp = random_inputs(rule, jax.random.PRNGKey(0), T=1, dk=10)
   kw = dict(w0=inp["w0"], outer=inp["outer"], chunk_size=16)
   yr, sr = reference(rule, inp["q"], inp["k"], inp["v"], inp["gates"], **kw)
