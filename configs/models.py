@@ -1,0 +1,125 @@
+"""Model presets: ``model_config(family, size) -> ml_collections.ConfigDict``.
+
+Families (DESIGN.md §5; the mixer pattern is a config value, not a class):
+  'transformer'                      Transformer++ (Llama: RoPE attention, SwiGLU, RMSNorm)
+  any memory rule name               a pure memory model, every layer the Miras layer with that
+                                     rule: moneta, yaad, memora, titans, gated_deltanet, deltanet,
+                                     mamba2, gla, retnet, linear_attention, longhorn, ttt_linear,
+                                     ttt_mlp (``miras_jax.memory.list_rules()``)
+  'hybrid_<rule>'                    Samba-style: pattern ['memory', 'swa'] (memory layer, then a
+                                     sliding-window attention layer, each with its MLP)
+  'titans_mal'                       Titans MAL: pattern ['memory', 'swa'] with the Titans rule
+  'titans_mag'                       Titans MAG: pattern ['mag'] (memory ∥ SWA, gated)
+Sizes: '170m' (12 × 768), '340m' (24 × 1024), '760m' (24 × 1536), '1.3b' (18 × 2048, 8 heads)
+as in the papers (context 4096, vocabulary 32K), and 'tiny' (2 × 64, vocab 256) for tests.
+
+Width choices (documented here because the papers do not print them; counts are checked in
+tests/models/test_presets.py within 10 % of the nominal size):
+  * attention: heads × head_dim = d_model, head_dim 64 (128 ... 256 for 1.3b's 8 heads).
+  * MLP: SwiGLU. Transformer++ uses ≈ 8/3·d rounded up to a multiple of 256 for 340m/760m, and
+    4·d at 170m / 1.3b (where 8/3·d gives 20 % too few parameters at the nominal depth).
+  * Pure memory families replace 4·d² of attention by ≈ 5·d² (q, k, v, output gate, output) plus
+    gates, convs and the per-head initial memory; their MLP is narrowed by the difference
+    (``_MEMORY_MLP``) so that all families of a size have about the same count; hybrids (half
+    memory, half SWA) keep the Transformer++ MLP; MAG blocks (both branches) use ``_MAG_MLP``.
+  * embeddings: untied at 170m and 760m, tied at 340m and 1.3b (whichever fits the nominal
+    count better at the papers' depth × width).
+Keys (all plain values; ``LMConfig`` in miras_jax/models/config.py reads them and rejects
+unknown ones): name, family, vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim,
+mlp_dim, pattern, rule, chunk_size, memory_impl, gate_rank, conv_size, eta_max, output_gate,
+memory_remat_group, window, rope_theta, attention_backend, max_len, tie_embeddings, norm_eps,
+embed_init_std, dtype, param_dtype, remat, scan_layers.
+"""
+
+from __future__ import annotations
+
+from ml_collections import ConfigDict
+
+from miras_jax.memory import list_rules
+
+# size -> (n_layers, d_model, n_heads, mlp_dim (transformer), tie_embeddings)
+SIZES = {
+    'tiny': (2, 64, 4, 128, True),
+    '170m': (12, 768, 16, 3072, False),
+    '340m': (24, 1024, 16, 2816, True),
+    '760m': (24, 1536, 16, 4096, False),
+    '1.3b': (18, 2048, 8, 8192, True),
+}
+# Narrower MLP for memory mixers (see the module docstring): size -> mlp_dim.
+_MEMORY_MLP = {'tiny': 128, '170m': 2816, '340m': 2560, '760m': 3584, '1.3b': 7680}
+# MAG blocks hold a memory *and* an SWA branch: narrower still, by ≈ 4/3·d (4·d² / 3·d).
+_MAG_MLP = {'tiny': 128, '170m': 1792, '340m': 1280, '760m': 1536, '1.3b': 4864}
+
+HYBRID_PREFIX = 'hybrid_'
+
+
+def families() -> list[str]:
+    rules = list_rules()
+    return (['transformer'] + rules + [HYBRID_PREFIX + r for r in rules]
+            + ['titans_mag', 'titans_mal'])
+
+
+def _family_spec(family: str) -> tuple[list[str], str]:
+    """(pattern, rule) of a family."""
+    rules = list_rules()
+    if family == 'transformer':
+        return ['attention'], 'moneta'
+    if family in rules:
+        return ['memory'], family
+    if family.startswith(HYBRID_PREFIX) and family[len(HYBRID_PREFIX):] in rules:
+        return ['memory', 'swa'], family[len(HYBRID_PREFIX):]
+    if family == 'titans_mal':
+        return ['memory', 'swa'], 'titans'
+    if family == 'titans_mag':
+        return ['mag'], 'titans'
+    raise ValueError(f'unknown model family {family!r}; known: {", ".join(families())}')
+
+
+def model_config(family: str, size: str) -> ConfigDict:
+    """The preset of ``family`` at ``size`` (see the module docstring)."""
+    if size not in SIZES:
+        raise ValueError(f'unknown size {size!r}; known: {", ".join(SIZES)}')
+    pattern, rule = _family_spec(family)
+    n_layers, d, heads, mlp, tie = SIZES[size]
+    tiny = size == 'tiny'
+    if pattern == ['mag']:
+        mlp = _MAG_MLP[size]
+    elif pattern == ['memory']:
+        mlp = _MEMORY_MLP[size]
+    c = ConfigDict()
+    c.name = 'lm'
+    c.family = family
+    c.vocab_size = 256 if tiny else 32000
+    c.d_model = d
+    c.n_layers = n_layers
+    c.n_heads = heads
+    c.n_kv_heads = None
+    c.head_dim = d // heads
+    c.mlp_dim = mlp
+    c.pattern = list(pattern)
+    c.rule = rule
+    c.chunk_size = 8 if tiny else 64
+    c.memory_impl = 'auto'
+    c.gate_rank = 8 if tiny else 32
+    c.conv_size = 4
+    c.eta_max = 1.0
+    c.output_gate = 'silu'
+    c.memory_remat_group = 4
+    c.window = 16 if tiny else 2048
+    c.rope_theta = 10_000.0
+    c.attention_backend = 'xla'
+    c.max_len = 128 if tiny else 4096
+    c.tie_embeddings = tie
+    c.norm_eps = 1e-6
+    c.embed_init_std = 0.02
+    c.dtype = 'float32'
+    c.param_dtype = 'float32'
+    c.remat = 'none' if tiny else 'dots_with_no_batch_dims_saveable'
+    c.scan_layers = True
+    return c
+
+
+def get_config(arg: str | None = None) -> ConfigDict:
+    """``configs/models.py:moneta,340m`` → the model section alone."""
+    parts = [p.strip() for p in (arg or 'moneta,tiny').split(',')]
+    return model_config(parts[0], parts[1] if len(parts) > 1 else 'tiny')

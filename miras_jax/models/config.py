@@ -1,0 +1,110 @@
+"""The model's own frozen config (hashable, so Flax modules can hold it).
+
+`LMConfig.from_config(cfg)` reads a `ml_collections.ConfigDict` (configs/models.py) or any
+mapping with the same keys; unknown keys are an error, missing keys take the defaults below.
+
+Layer pattern: ``pattern`` is a list of mixer kinds, repeated ``n_layers // len(pattern)`` times
+(one ``nn.scan`` step per repeat). Every entry is one residual block ``x += mixer(norm(x));
+x += mlp(norm(x))``. Mixer kinds:
+    'attention'  full causal softmax attention with RoPE (Transformer++)
+    'swa'        sliding-window attention (window ``window``)
+    'memory'     the Miras layer with rule ``rule`` (miras_jax/layers/miras.py)
+    'mag'        Titans MAG: memory and SWA branches in parallel on the same input, combined by
+                 a gate (models/lm.py `MAG`)
+so e.g. ['memory'] is a pure memory model, ['memory', 'swa'] a Samba-style hybrid (and Titans
+MAL: a memory layer, then an SWA layer), ['mag'] Titans MAG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+MIXERS = ('attention', 'swa', 'memory', 'mag')
+REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims_saveable',
+                  'nothing_saveable', 'everything_saveable')
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    name: str = 'lm'
+    family: str = 'transformer'
+    vocab_size: int = 256
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    n_kv_heads: int | None = None
+    head_dim: int = 16
+    mlp_dim: int = 192
+    pattern: tuple[str, ...] = ('attention',)
+    # memory mixer
+    rule: str = 'moneta'
+    chunk_size: int = 64
+    memory_impl: str = 'auto'
+    gate_rank: int = 32
+    conv_size: int = 4
+    eta_max: float = 1.0
+    output_gate: str = 'silu'
+    memory_remat_group: int = 4
+    # attention mixers
+    window: int = 2048
+    rope_theta: float = 10_000.0
+    attention_backend: str = 'xla'
+    # model
+    max_len: int = 4096
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-6
+    embed_init_std: float = 0.02
+    dtype: str = 'float32'
+    param_dtype: str = 'float32'
+    remat: str = 'none'
+    scan_layers: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, 'pattern', tuple(self.pattern))
+        bad = [m for m in self.pattern if m not in MIXERS]
+        if bad or not self.pattern:
+            raise ValueError(f'pattern {self.pattern}: unknown mixer(s) {bad}; choose from {MIXERS}')
+        if self.n_layers % len(self.pattern):
+            raise ValueError(f'n_layers={self.n_layers} is not a multiple of the pattern length '
+                             f'{len(self.pattern)} ({self.pattern})')
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f'unknown remat policy {self.remat!r}; choose from {REMAT_POLICIES}')
+
+    @property
+    def repeats(self) -> int:
+        return self.n_layers // len(self.pattern)
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    @property
+    def uses_memory(self) -> bool:
+        return any(m in ('memory', 'mag') for m in self.pattern)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> 'LMConfig':
+        if isinstance(cfg, cls):
+            return cfg
+        d = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - fields)
+        if unknown:
+            raise ValueError(f'unknown model config key(s) {unknown}; known: {sorted(fields)}')
+        if 'pattern' in d:
+            d['pattern'] = tuple(d['pattern'])
+        return cls(**d)
+
+    def replace(self, **kw) -> 'LMConfig':
+        return dataclasses.replace(self, **kw)
+
+
+def as_mapping(cfg: LMConfig) -> Mapping[str, Any]:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,113 @@
+"""Analytic FLOP counts of the LM, for MFU (DESIGN.md §6).
+
+Conventions: a matmul [m, k] @ [k, n] is 2·m·k·n FLOPs; training = 3 × forward (the backward
+pass costs twice the forward: one matmul for the input gradient, one for the weight gradient).
+Re-computation under ``jax.checkpoint`` (the layer ``remat`` policy and the memory's
+``remat_group``) is *not* counted, as usual for MFU ("model FLOPs", PaLM appendix B).
+Element-wise work (norms, activations, softmax, gates' non-linearities, the memory's
+LayerNorm / GELU / ℓp and Huber maps) is not counted either; only matmuls and the
+matmul-like contractions of the chunked memory.
+
+Per token, forward, for one layer of each mixer (d = d_model, H heads of size D, context T):
+  attention  projections 2·d·D·(2H + 2H_kv), scores + values 2·2·H·D·ctx with ctx = T for full
+             attention (the dense causal kernel computes the whole T × T square, as the PaLM
+             6N + 12·L·T·d formula counts it) and ctx = min(window, T) for sliding windows (the
+             useful work; the XLA backend computes the full square, see tests).
+  memory     projections q, k, v, output gate and output: 5 · 2·d·H·D; low-rank gates
+             2·r·(d + H·c) each; short convs 3 · 2·K·H·D; and the inner loop per head
+             (memory/chunked.py, chunk b, weights W_l [o_l, i_l]):
+               general kernel (any memory, scalar decay, momentum):
+                 Σ_l 2·o_l·i_l · (key forward + read of the boundary weights + chunk update
+                                  [+ back-prop for l > 0] [+ 2 with momentum])
+                     + 2·b·(i_l + o_l)                (dual-form in-chunk attention)
+               channel-wise decay (GLA): 6·D² + 5·b·D
+               WY (DeltaNet family): 6·D² + 7·b·D    (incl. the b × b triangular solve)
+             Packed rows (segment ids) add a second key forward at W_0 (not counted).
+  MLP        3 · 2·d·mlp_dim
+  MAG        attention + memory (the gate's norms are element-wise)
+plus the head 2·d·V (the embedding lookup is free).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from miras_jax.memory import get_rule
+from miras_jax.models.config import LMConfig
+
+
+def _attention(c: LMConfig, seq_len: int, window: int | None) -> float:
+    h, hkv, dh, d = c.n_heads, c.n_kv_heads or c.n_heads, c.head_dim, c.d_model
+    proj = 2 * d * dh * (2 * h + 2 * hkv)
+    ctx = seq_len if window is None else min(window, seq_len)
+    return proj + 2 * 2 * h * dh * ctx
+
+
+def memory_inner_flops(rule_name: str, head_dim: int, chunk_size: int) -> float:
+    """Forward FLOPs per token per head of the chunked memory update and read."""
+    rule = get_rule(rule_name)
+    D, b = head_dim, chunk_size
+    if rule.form == 'wy':
+        return 6 * D * D + 7 * b * D
+    if rule.retention.decay == 'channel':
+        return 6 * D * D + 5 * b * D
+    total = 0.0
+    mom = 2 if rule.algorithm.momentum else 0
+    for l, (o, i) in enumerate(rule.arch.shapes(D, D)):
+        n_mats = 3 + (1 if l > 0 else 0) + mom
+        total += 2 * o * i * n_mats + 2 * b * (i + o)
+    return total
+
+
+def _memory(c: LMConfig) -> float:
+    d, h, dh = c.d_model, c.n_heads, c.head_dim
+    rule = get_rule(c.rule)
+    hd = h * dh
+    proj = 5 * 2 * d * hd
+    uses = rule.uses
+    gates = 0.0
+    for name, on in uses.items():
+        if not on:
+            continue
+        if name == 'log_alpha' and rule.decay_style == 'fixed':
+            continue
+        out = hd if (name == 'log_alpha' and rule.retention.decay == 'channel') else h
+        gates += 2 * c.gate_rank * (d + out)
+    conv = 3 * 2 * c.conv_size * hd
+    return proj + gates + conv + h * memory_inner_flops(c.rule, dh, c.chunk_size)
+
+
+def mixer_forward_flops(c: LMConfig, kind: str, seq_len: int) -> float:
+    if kind == 'attention':
+        return _attention(c, seq_len, None)
+    if kind == 'swa':
+        return _attention(c, seq_len, c.window)
+    if kind == 'memory':
+        return _memory(c)
+    if kind == 'mag':
+        return _attention(c, seq_len, c.window) + _memory(c)
+    raise ValueError(f'unknown mixer {kind!r}')
+
+
+def forward_flops_per_token(model_cfg: Any, seq_len: int) -> float:
+    """Forward FLOPs per token of the whole model at context ``seq_len``."""
+    c = LMConfig.from_config(model_cfg)
+    per_repeat = sum(mixer_forward_flops(c, k, seq_len) + 3 * 2 * c.d_model * c.mlp_dim
+                     for k in c.pattern)
+    return c.repeats * per_repeat + 2 * c.d_model * c.vocab_size
+
+
+def training_flops_per_token(model_cfg: Any, seq_len: int) -> float:
+    """Training (forward + backward) FLOPs per token: 3 × forward (module docstring)."""
+    return 3.0 * forward_flops_per_token(model_cfg, seq_len)
+
+
+def breakdown(model_cfg: Any, seq_len: int) -> dict[str, float]:
+    """Forward FLOPs per token by component (for logging / the docs)."""
+    c = LMConfig.from_config(model_cfg)
+    out: dict[str, float] = {}
+    for k in c.pattern:
+        out[k] = out.get(k, 0.0) + c.repeats * mixer_forward_flops(c, k, seq_len)
+    out['mlp'] = c.n_layers * 3 * 2 * c.d_model * c.mlp_dim
+    out['head'] = 2 * c.d_model * c.vocab_size
+    return out
