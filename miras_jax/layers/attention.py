@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from miras_jax.layers.attention_backends import (BACKENDS, attention_mask, causal_attention,
                                                  masked_attention)
+from miras_jax.layers.dense import DenseND
 from miras_jax.layers.rope import apply_rope
 
 Dtype = Any
@@ -82,13 +83,12 @@ class Attention(nn.Module):
     def _kv_heads(self) -> int:
         return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
 
-    def _dense(self, features, axis, axes, name) -> nn.DenseGeneral:
-        # DenseGeneral flattens the contracted and the output axes before calling the initializer,
-        # so lecun_normal sees fan_in = E for q/k/v and H * D for o.
-        return nn.DenseGeneral(
-            features=features, axis=axis, use_bias=False, dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.kernel_init, axes), name=name)
+    def _dense(self, features, axis, axes, name) -> DenseND:
+        # The initializer sees the flattened (contracted, output) shape, so lecun_normal has
+        # fan_in = E for q/k/v and H * D for o (layers/dense.py: why not nn.DenseGeneral).
+        return DenseND(
+            features=features, axis=axis, kernel_axes=axes, dtype=self.dtype,
+            param_dtype=self.param_dtype, kernel_init=self.kernel_init, name=name)
 
     @nn.compact
     def _project_attend(self, x, positions, attend):

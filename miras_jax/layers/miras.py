@@ -57,6 +57,7 @@ import jax
 import jax.numpy as jnp
 
 from miras_jax.layers.conv import CausalDepthwiseConv1D
+from miras_jax.layers.dense import DenseND
 from miras_jax.layers.norms import RMSNorm, l2_normalize
 from miras_jax.memory import get_rule, init_state, memory_forward, memory_step
 
@@ -154,10 +155,9 @@ class MirasLayer(nn.Module):
         return get_rule(self.rule)
 
     def _dense(self, features, axes, axis=-1):
-        return nn.DenseGeneral(
-            features=features, axis=axis, use_bias=False, dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.kernel_init, axes))
+        return DenseND(
+            features=features, axis=axis, kernel_axes=axes, dtype=self.dtype,
+            param_dtype=self.param_dtype, kernel_init=self.kernel_init)
 
     def setup(self):
         if self.output_gate not in OUTPUT_GATES:

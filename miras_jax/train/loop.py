@@ -242,11 +242,11 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
     micro_shard = NamedSharding(mesh, P(None, sharding_lib.BATCH_AXES, None))
     repl = sharding_lib.replicated(mesh)
 
-    # No global mesh (jax.set_mesh) is set: with one in context Flax constrains boxed initial
-    # values, also while checking parameter shapes in `apply`, and that fails for DenseGeneral
-    # kernels with multi-dim features (built flat, then reshaped; miras_jax/layers). The state,
-    # batch and output shardings below are explicit, and XLA propagates them to activations;
-    # the models' activation constraints are then no-ops.
+    # The mesh is set globally while tracing the jitted init and steps, so the models' logical
+    # activation constraints (nn.with_logical_constraint) take effect; state, batch and output
+    # shardings are also explicit. (Abstract shapes and shardings are computed without it:
+    # unboxing an abstract tree under a set mesh would apply constraints outside jit.) (Multi-axis projections use layers/dense.py, whose kernels are boxed in their
+    # real shape — nn.DenseGeneral's flat-then-reshape kernels fail under a set mesh.)
     with nn.logical_axis_rules(rules):
         # ------------------------------------------------- state and shardings
         dummy = jnp.zeros((micro_batch, seq_len), jnp.int32)
@@ -287,7 +287,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
         data_iter = data_lib.train_iterator(data_dir, config)
         restored = ckpt.restore_latest(abstract_state)
         if restored is None:
-            state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(int(config.seed)))
+            with jax.set_mesh(mesh):
+                state = jax.jit(init_state, out_shardings=state_shardings)(
+                    jax.random.key(int(config.seed)))
             start = 0
             _print("init: fresh parameters")
         else:
@@ -295,7 +297,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
             data_iter.set_state(data_state)
             _print(f"resume: restored step {start} from {ckpt.directory}")
 
-    with nn.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         # ------------------------------------------------------------ steps
         loss_fn = make_loss_fn(model, dtype, cast)
         train_step = jax.jit(
