@@ -29,7 +29,9 @@ Sections (keys users type most are marked *):
                 ``keep_every`` (also keep every M-th step; 0: none), ``async_save``.
 ``eval``        validation loss on the held-out split every ``every_steps``
                 (0: only at the end) over ``num_batches`` batches of
-                ``batch_size`` rows (0: ``train.batch_size``).
+                ``batch_size`` rows (0: ``train.batch_size``); at the same steps the
+                zero-shot ``tasks`` (from ``data_dir``, ``limit`` items each), logged as
+                ``eval/<task>/<metric>``.
 """
 
 from __future__ import annotations
@@ -83,6 +85,12 @@ def defaults() -> ConfigDict:
     e.every_steps = 500
     e.num_batches = 16
     e.batch_size = 0
+    # Zero-shot tasks at the same steps (miras_jax.evals): comma-separated names
+    # ('piqa,hellaswag,...', 'niah', 'mqar'); empty: none. Files from ``data_dir`` (empty:
+    # $MIRAS_SHARED_DATA or ../shared/data), first ``limit`` items per task (0: all).
+    e.tasks = ""
+    e.data_dir = ""
+    e.limit = 0
     return c
 
 

@@ -318,6 +318,33 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
                 total, count = total + float(s), count + float(c)
             return total / count if count else None
 
+        zs_tasks = [n.strip() for n in str(config.eval.tasks).split(",") if n.strip()]
+
+        def zero_shot() -> dict[str, float]:
+            """The configured zero-shot tasks on the current parameters (one host, one device;
+            miras_jax.evals), flattened to ``eval/<task>/<metric>`` numbers."""
+            from miras_jax.data.pipeline import load_index  # pylint: disable=import-outside-toplevel
+            from miras_jax.evals import evaluate as zs_evaluate  # pylint: disable=import-outside-toplevel
+            res = zs_evaluate(jax.device_get(state.params), config.model,
+                              load_index(data_dir)["tokenizer"]["path"], zs_tasks,
+                              data_dir=str(config.eval.data_dir) or None,
+                              limit=int(config.eval.limit) or None, max_len=seq_len)
+            row = {}
+            for group in ("results", "synthetic"):
+                for task, metrics in res.get(group, {}).items():
+                    for name, val in metrics.items():
+                        if isinstance(val, (int, float)):
+                            row[f"eval/{task}/{name}"] = float(val)
+                        elif isinstance(val, dict):  # per-length accuracies (niah, mqar)
+                            for sub, x in val.items():
+                                if isinstance(x, (int, float)):
+                                    row[f"eval/{task}/{name}/{sub}"] = float(x)
+            return row
+
+        if zs_tasks and jax.process_count() > 1:
+            _print("eval.tasks: zero-shot evaluation during training runs on one host only; skipped")
+            zs_tasks = []
+
         writer = metrics_lib.MetricsWriter(workdir, total_steps=int(t.steps))
         watcher = ckpt_lib.PreemptionWatcher()
         delay = float(os.environ.get(_STEP_DELAY_ENV, "0") or 0)
@@ -360,6 +387,11 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
                         row = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
                         writer.write(step, row)
                         writer.console(step, row)
+                    if zs_tasks:
+                        row = zero_shot()
+                        writer.write(step, row)
+                        _print(f"step {step} | " + " | ".join(
+                            f"{k[5:]} {v:.4g}" for k, v in row.items()))
                     window_t0 += time.perf_counter() - eval_t0  # keep evaluation out of tokens/s
                 if (config.checkpoint.every_steps and step % int(config.checkpoint.every_steps) == 0) or last:
                     ckpt.save(step, state, data_iter.get_state(), config_dict, force=True)

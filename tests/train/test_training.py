@@ -152,3 +152,18 @@ def test_moneta_logs_inner_loss_and_artifacts(tmp_path, dataset):
     assert (tmp_path / "loss_curve.png").stat().st_size > 0
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert (tmp_path / "checkpoints" / "2").is_dir()  # the final step is always saved
+
+
+def test_zero_shot_tasks_during_training(tmp_path, dataset, tinyshakespeare):
+    """``eval.tasks`` runs the zero-shot harness at evaluation steps and logs its metrics."""
+    data_dir = tinyshakespeare.parent.parent  # the shared data directory
+    if not (data_dir / "piqa" / "valid.jsonl").is_file():
+        pytest.skip(f"PIQA files not found under {data_dir}")
+    run_train(tmp_path, base_args(dataset, train__steps=2, checkpoint__every_steps=0,
+                                  eval__every_steps=2, eval__tasks="piqa,mqar",
+                                  eval__data_dir=str(data_dir), eval__limit=4), timeout=300)
+    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    zs = [r for r in rows if "eval/piqa/acc" in r]
+    assert zs and zs[-1]["step"] == 2
+    assert 0.0 <= zs[-1]["eval/piqa/acc"] <= 1.0
+    assert any(k.startswith("eval/mqar/acc/") for k in zs[-1])
