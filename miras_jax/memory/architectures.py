@@ -15,7 +15,7 @@ factors for a batch of keys; the reference path instead uses ``jax.vjp`` of ``ap
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -26,7 +26,6 @@ momentum), ``_chunk_channel`` (linear memory with channel-wise decay, GLA) and
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -35,9 +34,6 @@ from jax.scipy.linalg import solve_triangular
 from miras_jax.memory import common
 from miras_jax.memory.architectures import backprop, keys_forward
 from miras_jax.memory.rules import MemoryRule, read_base
-
-_NEG_INF = -jnp.inf
-
 
 def _masked_exp(diff, mask):
   # exp only where the mask holds: masked entries get exp(0)·0, never exp(±large), so
@@ -107,9 +103,13 @@ def _key_factors(rule, wg, w0g, k, v, delta, outer, cont, resets):
   return dl, hl
 
 
-def _finish(rule, st, fresh, co, e_cont, a_end, s_end, r_end, boundary, n_active, y, q, outer):
-  """New carry after a chunk, and the exact boundary read of the chunk's last token."""
+def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
+  """New carry after a chunk, and the exact boundary read of the chunk's last token.
+
+  The chunk ends on a boundary when its real tokens fill it up to the last slot."""
   ret, arch = rule.retention, rule.arch
+  n_active = jnp.sum(active).astype(jnp.int32)
+  boundary = st["pos"] + n_active == q.shape[0]
   new = {}
   new["A"] = a_end
   phi_a = tuple(ret.phi(a) for a in a_end)
@@ -131,7 +131,7 @@ def _finish(rule, st, fresh, co, e_cont, a_end, s_end, r_end, boundary, n_active
 
 
 def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
-  arch, bias = rule.arch, rule.bias
+  arch = rule.arch
   q, k, v = x["q"], x["k"], x["v"]
   co = coefficients(x["la"], x["eta"], x["reset"], x["active"], x["lm"])
   cont, a, C = co["cont"], co["a"], co["C"]
@@ -171,10 +171,8 @@ def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
     if "R" in st:
       r_base = jnp.where(e_cont, base_c[l], base_0[l])
       r_end.append(a[-1] * r_base + step)
-  n_active = jnp.sum(x["active"]).astype(jnp.int32)
-  boundary = st["pos"] + n_active == q.shape[0]
-  return _finish(rule, st, fresh, co, e_cont, tuple(a_end), tuple(s_end), tuple(r_end),
-                 boundary, n_active, y, q, outer)
+  return _finish(rule, st, fresh, e_cont, tuple(a_end), tuple(s_end), tuple(r_end),
+                 x["active"], y, q, outer)
 
 
 _CHANNEL_TILE = 16
@@ -195,7 +193,7 @@ def _chunk_channel(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   reset = x["reset"]
   # Tokens before the chunk's first reset take their gradient at Wg, later ones at W_0.
   cont_chunk = jnp.cumsum(reset) == 0
-  ys, segl_prev = [], None
+  ys = []
   for s0 in range(0, b, tile):
     xt = {n: (None if val is None else val[s0:s0 + tile]) for n, val in x.items()}
     co = coefficients(xt["la"], xt["eta"], xt["reset"], xt["active"])
@@ -214,10 +212,7 @@ def _chunk_channel(rule: MemoryRule, resets: bool, st, x, fresh, outer):
     a_cur = a_base * a[-1][None, :] + u.T @ (k * Dw[-1])
   y = jnp.concatenate(ys, 0)
   e_cont = cont_chunk[-1]
-  n_active = jnp.sum(x["active"]).astype(jnp.int32)
-  boundary = st["pos"] + n_active == b
-  return _finish(rule, st, fresh, None, e_cont, (a_cur,), (), (), boundary, n_active, y,
-                 x["q"], outer)
+  return _finish(rule, st, fresh, e_cont, (a_cur,), (), (), x["active"], y, x["q"], outer)
 
 
 def _chunk_wy(rule: MemoryRule, resets: bool, st, x, fresh, outer):
@@ -231,7 +226,7 @@ def _chunk_wy(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   """
   q, k, v, beta = x["q"], x["k"], x["v"], x["eta"]
   co = coefficients(x["la"], beta, x["reset"], x["active"])
-  cont, a, Dw, M = co["cont"], co["a"], co["Dw"], co["M"]
+  cont, a, Dw = co["cont"], co["a"], co["Dw"]
   b = q.shape[0]
   (ac,), (a0,) = st["A"], fresh["A"]
   sk = k @ ac.T
@@ -248,7 +243,6 @@ def _chunk_wy(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   e_cont = cont[-1]
   a_base = jnp.where(e_cont, ac, a0)
   a_end = a[-1] * a_base + (Dw[-1][:, None] * U).T @ k
-  n_active = jnp.sum(x["active"]).astype(jnp.int32)
   new = {"A": (a_end,), "Wg": (a_end,), "pos": jnp.zeros((), jnp.int32)}
   return new, y
 

@@ -15,8 +15,6 @@ the factored back-propagation the chunked path uses.
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 

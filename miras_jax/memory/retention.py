@@ -94,8 +94,3 @@ class Retention:
       return jnp.log(jnp.maximum(w / self.scale_c, self.clamp_min))
     return w + self.l1 * jnp.sign(w)
 
-  def log_decay_default(self):
-    return 0.0
-
-
-RETENTIONS = {"retention": Retention}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from miras_jax.memory.rules import MemoryRule, init_state
+from miras_jax.memory.rules import MemoryRule
 
 
 def random_w0(rule: MemoryRule, key, H: int, dk: int, dv: int, scale: float | None = None):

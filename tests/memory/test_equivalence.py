@@ -5,8 +5,6 @@ Run in float64, where the two implementations must agree to rounding (1e-8), and
 float32 with a dtype tolerance. Grid: b ∈ {1, 16, 64}, odd lengths, head dims that are
 not powers of two, packed documents, a non-zero and mid-chunk initial state, extreme gates.
 """
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from miras_jax.memory import (GD, L2, MLPMemory, MemoryRule, Retention, chunked, get_rule,
-                              init_state, list_rules, memory_forward, memory_step, reference)
+                              list_rules, memory_forward, memory_step, reference)
 from miras_jax.memory.testing import assert_close, assert_tree_close, random_inputs
 
 B, H, T, D = 1, 2, 29, 8
@@ -165,7 +165,7 @@ def test_ttt_linear_equation():
 
 def test_moneta_lq_map_b1():
   """Moneta, b = 1, linear memory: A_t = α A − η ∇ℓ3, W_t = A_t/‖A_t‖_4², y = W_t q."""
-  from miras_jax.memory import LinearMemory, Lp
+  from miras_jax.memory import LinearMemory
   rule = get_rule("moneta", arch=LinearMemory())
   inp = random_inputs(rule, jax.random.PRNGKey(13), B=1, H=1, T=7, dk=5)
   y, _ = reference(rule, inp["q"], inp["k"], inp["v"], inp["gates"], w0=inp["w0"], chunk_size=1)
