@@ -10,6 +10,7 @@ Families (DESIGN.md §5; the mixer pattern is a config value, not a class):
                                      sliding-window attention layer, each with its MLP)
   'titans_mal'                       Titans MAL: pattern ['memory', 'swa'] with the Titans rule
   'titans_mag'                       Titans MAG: pattern ['mag'] (memory ∥ SWA, gated)
+  (both Titans hybrids carry ``persistent_tokens`` = 16 persistent-memory tokens, 4 at tiny)
 Sizes: '170m' (12 × 768), '340m' (24 × 1024), '760m' (24 × 1536), '1.3b' (18 × 2048, 8 heads)
 as in the papers (context 4096, vocabulary 32K), and 'tiny' (2 × 64, vocab 256) for tests.
 
@@ -27,8 +28,8 @@ tests/models/test_presets.py within 10 % of the nominal size):
 Keys (all plain values; ``LMConfig`` in miras_jax/models/config.py reads them and rejects
 unknown ones): name, family, vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim,
 mlp_dim, pattern, rule, chunk_size, memory_impl, gate_rank, conv_size, eta_max, output_gate,
-memory_remat_group, window, rope_theta, attention_backend, max_len, tie_embeddings, norm_eps,
-embed_init_std, dtype, param_dtype, remat, scan_layers.
+memory_remat_group, window, rope_theta, attention_backend, persistent_tokens, max_len,
+tie_embeddings, norm_eps, embed_init_std, dtype, param_dtype, remat, scan_layers.
 """
 
 from __future__ import annotations
@@ -108,6 +109,8 @@ def model_config(family: str, size: str) -> ConfigDict:
     c.window = 16 if tiny else 2048
     c.rope_theta = 10_000.0
     c.attention_backend = 'xla'
+    # Titans' persistent memory (§3.3) in the Titans hybrids only; the paper does not print N_p.
+    c.persistent_tokens = (4 if tiny else 16) if family.startswith('titans_') else 0
     c.max_len = 128 if tiny else 4096
     c.tie_embeddings = tie
     c.norm_eps = 1e-6

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from miras_jax.layers.attention_backends import (BACKENDS, attention_mask, causal_attention,
-                                                 masked_attention)
+                                                 masked_attention, prefix_visibility)
 from miras_jax.layers.dense import DenseND
 from miras_jax.layers.rope import apply_rope
 
@@ -66,6 +66,13 @@ class Attention(nn.Module):
         param_dtype: parameter dtype (float32).
         kernel_init: initializer of all four kernels (fan-in scaled over the contracted axes).
         interpret: Pallas backends only; None runs TPU interpret mode everywhere but on a TPU.
+        persistent_tokens: N_p, Titans' persistent memory (Behrouz et al. 2025, §3.3): N_p
+            learnable vectors ``persistent [N_p, E]`` (in this layer's input space) prepended to
+            every document, projected by this layer's k/v kernels, at document positions
+            ``-N_p .. -1``. Needs backend 'xla' or 'cudnn' (`decode` handles them too).
+        persistent_always_visible: every query sees the whole prefix even through a sliding
+            window (Titans MAG's "SW-Attn*", Fig. 3b); False: the window applies to the prefix
+            as to any earlier token (a literal prepend, Titans MAL).
     """
 
     num_heads: int
@@ -78,6 +85,8 @@ class Attention(nn.Module):
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer = nn.initializers.lecun_normal()
     interpret: bool | None = None
+    persistent_tokens: int = 0
+    persistent_always_visible: bool = False
 
     @property
     def _kv_heads(self) -> int:
@@ -104,11 +113,28 @@ class Attention(nn.Module):
                 f'unknown attention backend {self.backend!r}; choose one of {BACKENDS}')
         h, hkv, d = self.num_heads, self._kv_heads, self.head_dim
         q = self._dense((h, d), -1, ('embed', 'heads', 'head_dim'), 'q')(x)
-        k = self._dense((hkv, d), -1, ('embed', 'kv_heads', 'head_dim'), 'k')(x)
-        v = self._dense((hkv, d), -1, ('embed', 'kv_heads', 'head_dim'), 'v')(x)
+        k_proj = self._dense((hkv, d), -1, ('embed', 'kv_heads', 'head_dim'), 'k')
+        v_proj = self._dense((hkv, d), -1, ('embed', 'kv_heads', 'head_dim'), 'v')
+        k, v = k_proj(x), v_proj(x)
         q = apply_rope(q, positions, self.rope_theta)
         k = apply_rope(k, positions, self.rope_theta)
-        out, aux = attend(q, k, v)
+        prefix = None
+        if self.persistent_tokens:
+            # Titans §3.3: learnable, input-independent tokens prepended to every document. They
+            # live in this layer's input space and go through its own k/v projections; slot j
+            # sits at document position j - N_p (so RoPE sees the same relative distances as if
+            # the tokens were literally prepended).
+            n_p = self.persistent_tokens
+            p = self.param('persistent', nn.with_logical_partitioning(
+                nn.initializers.normal(1.0), (None, 'embed')), (n_p, x.shape[-1]),
+                self.param_dtype)
+            p = p.astype(x.dtype)[None]  # [1, N_p, E]
+            slot_pos = (jnp.arange(n_p, dtype=jnp.int32) - n_p)[None]
+            k_p = apply_rope(k_proj(p), slot_pos, self.rope_theta)[0]
+            v_p = v_proj(p)[0]
+            window = None if self.persistent_always_visible else self.window_size
+            prefix = (k_p, v_p, prefix_visibility(positions, n_p, window))
+        out, aux = attend(q, k, v, prefix)
         y = self._dense(x.shape[-1], (-2, -1), ('heads', 'head_dim', 'embed'), 'o')(out)
         return y, aux
 
@@ -129,9 +155,9 @@ class Attention(nn.Module):
         if positions is None:
             positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
 
-        def attend(q, k, v):
+        def attend(q, k, v, prefix):
             out = causal_attention(q, k, v, segment_ids=segment_ids, window_size=self.window_size,
-                                   backend=self.backend, interpret=self.interpret)
+                                   backend=self.backend, interpret=self.interpret, prefix=prefix)
             return out, None
 
         return self._project_attend(x, positions, attend)[0]
@@ -152,7 +178,7 @@ class Attention(nn.Module):
         index = jnp.asarray(cache['index'], jnp.int32)
         q_pos = jnp.broadcast_to(index + jnp.arange(t_new, dtype=jnp.int32), (b, t_new))
 
-        def attend(q, k, v):
+        def attend(q, k, v, prefix):
             start = (0, index, 0, 0)
             k_cache = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype), start)
             v_cache = jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype), start)
@@ -160,7 +186,15 @@ class Attention(nn.Module):
             kv_pos = jnp.broadcast_to(jnp.arange(s_max, dtype=jnp.int32), (b, s_max))
             # Causality also hides the unwritten slots (their position exceeds every query's).
             mask = attention_mask(q_pos, kv_pos, self.window_size)
-            out = masked_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype), mask)
+            keys, values = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
+            if prefix is not None:  # persistent slots: recomputed from the parameters, not cached
+                k_p, v_p, visible = prefix
+                mask = jnp.concatenate([visible, mask], axis=-1)
+                keys = jnp.concatenate([jnp.broadcast_to(k_p.astype(q.dtype), (b,) + k_p.shape),
+                                        keys], axis=1)
+                values = jnp.concatenate(
+                    [jnp.broadcast_to(v_p.astype(q.dtype), (b,) + v_p.shape), values], axis=1)
+            out = masked_attention(q, keys, values, mask)
             return out, {'k': k_cache, 'v': v_cache, 'index': index + t_new}
 
         return self._project_attend(x, q_pos, attend)

@@ -26,14 +26,17 @@ multiple of 128. Padded tokens get their own segment id (or, without segment ids
 real token, where the causal mask hides them), so they never change a real token's output; their
 rows are sliced off. Off TPU the kernels run interpreted (slow; for tests): flash under
 ``pltpu.force_tpu_interpret_mode()``, splash with its ``interpret=True`` flag. On a multi-device
-mesh the Pallas backends must be called inside ``shard_map`` (DESIGN.md §8); that wrapping
-belongs to the model, not here. The head dimension is not padded: on a real TPU, D = 64 or 128
+mesh (``jax.set_mesh``) the Pallas backends run under ``shard_map`` (DESIGN.md §8), split by rows
+and heads as the logical-axis rules say (`_on_mesh`). The head dimension is not padded: on a real TPU, D = 64 or 128
 suits the kernels best.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +127,28 @@ def attention_cudnn(q, k, v, segment_ids=None, window_size=None):
 # Pallas TPU kernels.
 
 
+_COMPILE_FOR_TPU = contextvars.ContextVar('miras_compile_pallas_for_tpu', default=False)
+
+
+@contextlib.contextmanager
+def compile_pallas_for_tpu():
+    """Inside this context ``interpret=None`` means "compile the Mosaic kernel" even though the
+    host backend is not a TPU: for ahead-of-time compilation for a TPU topology from a CPU
+    machine (scripts/aot_tpu_compile.py, DESIGN.md §8), where the model's layers leave
+    ``interpret`` unset."""
+    token = _COMPILE_FOR_TPU.set(True)
+    try:
+        yield
+    finally:
+        _COMPILE_FOR_TPU.reset(token)
+
+
+def _resolve_interpret(interpret: bool | None) -> bool:
+    if interpret is not None:
+        return bool(interpret)
+    return jax.default_backend() != 'tpu' and not _COMPILE_FOR_TPU.get()
+
+
 def _in_tpu_interpret_mode(fn, interpret: bool | None):
     """``fn`` with its forward *and* backward Pallas calls traced in TPU interpret mode.
 
@@ -132,9 +157,7 @@ def _in_tpu_interpret_mode(fn, interpret: bool | None):
     ``custom_vjp`` whose forward and backward both enter the context. ``interpret=None`` means
     "interpret unless on a TPU"; on a TPU (``interpret`` false) ``fn`` is returned unchanged.
     """
-    if interpret is None:
-        interpret = jax.default_backend() != 'tpu'
-    if not interpret:
+    if not _resolve_interpret(interpret):
         return fn
     from jax.experimental.pallas import tpu as pltpu
 
@@ -242,8 +265,7 @@ def attention_pallas_splash(q, k, v, segment_ids=None, window_size=None, interpr
 
     h, d = q.shape[2], q.shape[3]
     q, k, v, segment_ids, t = _pad_for_pallas(q, k, v, segment_ids)
-    if interpret is None:
-        interpret = jax.default_backend() != 'tpu'
+    interpret = _resolve_interpret(interpret)
     # Off TPU: Pallas' generic (HLO) interpreter, via the kernel's own `interpret` flag. The
     # TPU interpret mode (`force_tpu_interpret_mode`) fails here because the batch vmap adds a
     # grid axis that the kernel's dimension_semantics do not cover (jax 0.10.2).
@@ -261,6 +283,111 @@ def attention_pallas_splash(q, k, v, segment_ids=None, window_size=None, interpr
 
 
 # ----------------------------------------------------------------------------------------------
+# Pallas kernels on a device mesh.
+
+
+def _mesh_axes_dividing(logical: str, dim: int, mesh) -> Any:
+    """The mesh axes the logical activation axis ``logical`` maps to under the current Flax
+    logical-axis rules, or None when unmapped or when their size does not divide ``dim``."""
+    import flax.linen as nn
+
+    axes = nn.logical_to_mesh_axes((logical,))[0]
+    if axes is None:
+        return None
+    names = axes if isinstance(axes, tuple) else (axes,)
+    names = tuple(a for a in names if a in mesh.axis_names)
+    size = int(np.prod([mesh.shape[a] for a in names])) if names else 1
+    if not names or dim % size:
+        return None
+    return names if len(names) > 1 else names[0]
+
+
+def _on_mesh(kernel, q, k, v, segment_ids):
+    """Run a Pallas attention ``kernel(q, k, v, segment_ids)`` per device under ``shard_map``.
+
+    A Mosaic kernel is an opaque custom call that XLA's SPMD partitioner cannot split (DESIGN.md
+    §8), so on a multi-device mesh (``jax.set_mesh``) every device runs it on its own block:
+    rows split as the logical axis 'activation_batch' says, heads as 'activation_heads' /
+    'activation_kv_heads' (the mesh axes come from the current ``nn.logical_axis_rules``,
+    train/sharding.py). Heads are split only when both H and Hkv divide by the axis size, so each
+    device keeps whole GQA groups (query head h reads kv head h // G, G = H / Hkv, in blocks).
+    The sequence axis is never split: each device sees whole rows, so causal / window / segment
+    masks are unchanged. Without a mesh, or with one device, ``kernel`` runs as is.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q, k, v, segment_ids)
+    from jax.sharding import PartitionSpec as P
+
+    batch = _mesh_axes_dividing('activation_batch', q.shape[0], mesh)
+    heads = _mesh_axes_dividing('activation_heads', q.shape[2], mesh)
+    kv_heads = _mesh_axes_dividing('activation_kv_heads', k.shape[2], mesh)
+    if heads is None or heads != kv_heads:
+        heads = kv_heads = None
+    q_spec, kv_spec = P(batch, None, heads, None), P(batch, None, kv_heads, None)
+    if segment_ids is None:
+        fn = lambda q, k, v: kernel(q, k, v, None)
+        args, in_specs = (q, k, v), (q_spec, kv_spec, kv_spec)
+    else:
+        fn, args = kernel, (q, k, v, segment_ids)
+        in_specs = (q_spec, kv_spec, kv_spec, P(batch, None))
+    # check_vma=False: pallas_call has no replication rule for the varying-axes checker.
+    return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=q_spec,
+                         check_vma=False)(*args)
+
+
+# ----------------------------------------------------------------------------------------------
+# Persistent (prefix) keys and values.
+
+
+def prefix_visibility(positions: jax.Array, num_prefix: int,
+                      window_size: int | None = None) -> jax.Array:
+    """Which prefix slots each query sees: boolean ``[B, T, N_p]``.
+
+    Titans (Behrouz et al. 2025, §3.3) prepends ``N_p`` learnable tokens to every sequence,
+    ``x̃ = [p_1 .. p_{N_p}] || x``. Slot ``j`` of the prefix therefore sits at document position
+    ``j - N_p`` (``positions`` restart at 0 per document, so every packed document gets its own
+    copy). With ``window_size=None`` every query sees the whole prefix: full attention, or
+    Titans MAG's "SW-Attn*", the sliding window *with prefix* (Fig. 3b). With a window, the
+    prefix obeys it like any earlier token (Titans MAL's plain SW-Attn over ``M(x̃)``, §4.3):
+    query at position t sees slot j iff ``t - (j - N_p) < window_size``.
+    """
+    slot_pos = jnp.arange(num_prefix, dtype=jnp.int32) - num_prefix
+    diff = positions[:, :, None].astype(jnp.int32) - slot_pos  # [B, T, N_p], always > 0
+    if window_size is None:
+        return jnp.ones(diff.shape, bool)
+    return diff < window_size
+
+
+def _attention_with_prefix(q, k, v, segment_ids, window_size, backend, prefix):
+    """Causal attention plus extra always-present key/value slots: one softmax over both.
+
+    The prefix joins the keys as ``N_p`` extra columns with their own visibility mask, so the
+    row's causal / window / segment mask is unchanged. Only the dense-mask backends can do this;
+    the Pallas TPU kernels take their masks as static block structure plus segment ids, which
+    cannot express "every segment sees these columns".
+    """
+    if backend not in ('xla', 'cudnn'):
+        raise NotImplementedError(
+            f"persistent (prefix) tokens need attention backend 'xla' or 'cudnn', not "
+            f"{backend!r}: the Pallas TPU kernels cannot mask extra key slots shared by every "
+            f"document; set persistent_tokens=0 or use backend='xla'")
+    k_p, v_p, visible = prefix
+    b, t = q.shape[:2]
+    pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    mask = jnp.concatenate(
+        [visible, attention_mask(pos, pos, window_size, segment_ids, segment_ids)], axis=-1)
+    expand = lambda p, x: jnp.concatenate(
+        [jnp.broadcast_to(p.astype(x.dtype), (b,) + p.shape), x], axis=1)
+    k, v = expand(k_p, k), expand(v_p, v)
+    if backend == 'xla':
+        return masked_attention(q, k, v, mask)
+    implementation = 'cudnn' if jax.default_backend() == 'gpu' else None
+    return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None],
+                                        implementation=implementation)
+
+
+# ----------------------------------------------------------------------------------------------
 # Dispatch.
 
 
@@ -273,6 +400,7 @@ def causal_attention(
     window_size: int | None = None,
     backend: str = 'xla',
     interpret: bool | None = None,
+    prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None,
 ) -> jax.Array:
     """Causal (optionally sliding-window, segment-masked) attention by ``backend``.
 
@@ -282,6 +410,10 @@ def causal_attention(
         window_size: None (full causal) or w >= 1 (token t sees t-w+1 .. t).
         backend: one of `BACKENDS`.
         interpret: Pallas backends only; None runs interpret mode everywhere but on TPU.
+        prefix: None, or ``(k_p [N_p, Hkv, D], v_p [N_p, Hkv, D], visible [B, T, N_p] bool)``:
+            extra keys/values that are not tokens of the row (Titans' persistent memory, see
+            `prefix_visibility`); query t may attend prefix slot j iff ``visible[:, t, j]``, in
+            addition to its usual causal / window / segment keys. 'xla' and 'cudnn' only.
 
     Returns:
         ``[B, T, H, D]`` in ``q.dtype``.
@@ -290,12 +422,16 @@ def causal_attention(
         raise ValueError(f'num_kv_heads={k.shape[2]} must divide num_heads={q.shape[2]}')
     if window_size is not None and window_size < 1:
         raise ValueError(f'window_size must be >= 1 or None, got {window_size}')
+    if prefix is not None:
+        return _attention_with_prefix(q, k, v, segment_ids, window_size, backend, prefix)
     if backend == 'xla':
         return attention_xla(q, k, v, segment_ids, window_size)
     if backend == 'cudnn':
         return attention_cudnn(q, k, v, segment_ids, window_size)
     if backend == 'pallas_tpu_flash':
-        return attention_pallas_flash(q, k, v, segment_ids, window_size, interpret)
+        return _on_mesh(functools.partial(attention_pallas_flash, window_size=window_size,
+                                          interpret=interpret), q, k, v, segment_ids)
     if backend == 'pallas_tpu_splash':
-        return attention_pallas_splash(q, k, v, segment_ids, window_size, interpret)
+        return _on_mesh(functools.partial(attention_pallas_splash, window_size=window_size,
+                                          interpret=interpret), q, k, v, segment_ids)
     raise ValueError(f'unknown attention backend {backend!r}; choose one of {BACKENDS}')

@@ -13,6 +13,10 @@ x += mlp(norm(x))``. Mixer kinds:
                  a gate (models/lm.py `MAG`)
 so e.g. ['memory'] is a pure memory model, ['memory', 'swa'] a Samba-style hybrid (and Titans
 MAL: a memory layer, then an SWA layer), ['mag'] Titans MAG.
+
+``persistent_tokens`` (Titans §3.3, default 0): N_p learnable tokens prepended to every document
+in each attention mixer; 'swa' layers see them through their window (MAL: ``SW-Attn(M(P || x))``),
+'mag' and 'attention' layers always (MAG's "SW-Attn*").
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ class LMConfig:
     window: int = 2048
     rope_theta: float = 10_000.0
     attention_backend: str = 'xla'
+    persistent_tokens: int = 0
     # model
     max_len: int = 4096
     tie_embeddings: bool = True
@@ -70,6 +75,22 @@ class LMConfig:
         if self.n_layers % len(self.pattern):
             raise ValueError(f'n_layers={self.n_layers} is not a multiple of the pattern length '
                              f'{len(self.pattern)} ({self.pattern})')
+        if self.persistent_tokens < 0:
+            raise ValueError(f'persistent_tokens must be >= 0, got {self.persistent_tokens}')
+        if self.persistent_tokens and not any(m != 'memory' for m in self.pattern):
+            raise ValueError(
+                f'persistent_tokens={self.persistent_tokens} but pattern {self.pattern} has no '
+                f'attention mixer to hold them')
+        if self.persistent_tokens and self.attention_backend not in ('xla', 'cudnn'):
+            raise ValueError(
+                f'persistent_tokens={self.persistent_tokens} needs attention_backend xla or '
+                f'cudnn, not {self.attention_backend!r} (the Pallas TPU kernels cannot mask '
+                f'shared prefix slots)')
+        if self.attention_backend == 'pallas_tpu_flash' and any(
+                m in ('swa', 'mag') for m in self.pattern):
+            raise ValueError(
+                f"attention_backend 'pallas_tpu_flash' has no sliding window, which pattern "
+                f"{self.pattern} needs; use 'pallas_tpu_splash' (or 'xla' / 'cudnn')")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f'unknown remat policy {self.remat!r}; choose from {REMAT_POLICIES}')
 

@@ -12,7 +12,8 @@ Per token, forward, for one layer of each mixer (d = d_model, H heads of size D,
   attention  projections 2·d·D·(2H + 2H_kv), scores + values 2·2·H·D·ctx with ctx = T for full
              attention (the dense causal kernel computes the whole T × T square, as the PaLM
              6N + 12·L·T·d formula counts it) and ctx = min(window, T) for sliding windows (the
-             useful work; the XLA backend computes the full square, see tests).
+             useful work; the XLA backend computes the full square, see tests), plus
+             ``persistent_tokens`` more keys.
   memory     projections q, k, v, output gate and output: 5 · 2·d·H·D; low-rank gates
              2·r·(d + H·c) each; short convs 3 · 2·K·H·D; and the inner loop per head
              (memory/chunked.py, chunk b, weights W_l [o_l, i_l]):
@@ -40,7 +41,9 @@ def _attention(c: LMConfig, seq_len: int, window: int | None) -> float:
     h, hkv, dh, d = c.n_heads, c.n_kv_heads or c.n_heads, c.head_dim, c.d_model
     proj = 2 * d * dh * (2 * h + 2 * hkv)
     ctx = seq_len if window is None else min(window, seq_len)
-    return proj + 2 * 2 * h * dh * ctx
+    # persistent tokens (Titans §3.3): N_p more keys per query (their k/v projections are per
+    # sequence, not per token, and not counted)
+    return proj + 2 * 2 * h * dh * (ctx + c.persistent_tokens)
 
 
 def memory_inner_flops(rule_name: str, head_dim: int, chunk_size: int) -> float:

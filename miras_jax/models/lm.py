@@ -7,6 +7,8 @@ A `Block` is one repeat of ``cfg.pattern``; each entry is a pre-norm residual su
 full attention, sliding-window attention (Samba, Ren et al. 2024), the Miras memory layer, and
 Titans MAG (Behrouz et al. 2025, "Titans" §4.2: memory and SWA branches in parallel, combined
 by a gate). Titans MAL (§4.3) and Samba-style hybrids are the pattern ['memory', 'swa'].
+Titans' persistent memory (§3.3) is ``cfg.persistent_tokens`` learnable tokens prepended to every
+document in each attention mixer (see `MAG` for the memory branch's share of them).
 The repeats are one ``nn.scan`` (``scan_layers``) with a configurable ``jax.checkpoint`` policy
 (``remat``), so compile time does not grow with depth.
 
@@ -60,19 +62,30 @@ def attention_layer(cfg: LMConfig, window: int | None, **kw) -> Attention:
     return Attention(
         num_heads=cfg.n_heads, head_dim=cfg.head_dim, num_kv_heads=cfg.n_kv_heads,
         window_size=window, backend=cfg.attention_backend, rope_theta=cfg.rope_theta,
+        persistent_tokens=cfg.persistent_tokens,
         dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, **kw)
 
 
 class MAG(nn.Module):
-    """Titans MAG (Behrouz et al. 2025, §4.2, eq. 26–28): ``o = RMSNorm(SWA(x)) ⊙
-    sigmoid(RMSNorm(M(x)))`` — the memory branch gates the attention branch, both read the same
-    input. Titans' persistent memory tokens are not included."""
+    """Titans MAG (Behrouz et al. 2025, §4.2, eq. 26–28): ``x̃ = P || x``, ``y = SW-Attn*(x̃)``,
+    ``o = RMSNorm(y) ⊙ sigmoid(RMSNorm(M(x̃)))`` — the memory branch gates the attention branch,
+    both read the same input.
+
+    Persistent memory P (``cfg.persistent_tokens`` learnable tokens, §3.3) enters the attention
+    branch as a prefix every query sees through the window ("SW-Attn*", Fig. 3b; Fig. 4 draws P
+    in the attention context only). In ``M(x̃)`` the memory would first consume the N_p
+    input-independent tokens; the state that leaves it in is a function of the parameters alone,
+    and the layer already learns its initial memory W_0 (layers/miras.py), of which that state is
+    a reparametrisation. So the memory reads ``x`` from its learned W_0 instead, which keeps its
+    chunk grid aligned with documents (exact per-document resets in packed rows). What this
+    drops is only the momentum and conv-window state P would leave behind.
+    """
 
     cfg: LMConfig
 
     def setup(self):
         c = self.cfg
-        self.attn = attention_layer(c, c.window)
+        self.attn = attention_layer(c, c.window, persistent_always_visible=True)
         self.memory = memory_layer(c)
         self.norm_attn = RMSNorm(epsilon=c.norm_eps, dtype=jnp.float32,
                                  param_dtype=c.params_dtype)

@@ -188,3 +188,91 @@ def test_kv_cache_init_helper():
     cache = init_kv_cache(1, 4, 2, 8, jnp.bfloat16)
     assert cache['v'].shape == (1, 4, 2, 8) and cache['v'].dtype == jnp.bfloat16
     assert cache['index'].dtype == jnp.int32
+
+
+# ---------------------------------------------------------------------------------------------
+# Titans' persistent memory: N_p learnable tokens literally prepended to every document.
+
+
+def _literal_prepend(params, x, seg, n_p, window, always_visible, h=4, hkv=2, d=8):
+    """Each document of each row run on its own as the sequence ``[P; x_doc]`` at positions
+    ``-N_p .. L-1`` (numpy float64 attention; RoPE from layers/rope.py), keeping the outputs of
+    the real tokens. The prefix obeys the window unless ``always_visible`` (Titans' SW-Attn*)."""
+    from miras_jax.layers.rope import apply_rope
+
+    p64 = {k: np.asarray(v['kernel'], np.float64) for k, v in params['params'].items()
+           if k != 'persistent'}
+    pers = np.asarray(params['params']['persistent'], np.float64)
+    out = np.zeros(x.shape[:2] + (x.shape[2],))
+    for bi in range(x.shape[0]):
+        ids = seg[bi]
+        for doc in np.unique(ids):
+            cols = np.nonzero(ids == doc)[0]
+            seq = np.concatenate([pers, np.asarray(x[bi, cols], np.float64)])  # [N_p + L, E]
+            pos = np.arange(len(seq)) - n_p
+            rope = lambda a: np.asarray(apply_rope(
+                jnp.asarray(a[None], jnp.float32), jnp.asarray(pos[None])), np.float64)[0]
+            q = rope(np.einsum('te,ehd->thd', seq, p64['q']))
+            k = rope(np.einsum('te,ehd->thd', seq, p64['k']))
+            v = np.einsum('te,ehd->thd', seq, p64['v'])
+            o = np.zeros((len(seq), h, d))
+            for i in range(n_p, len(seq)):
+                js = [j for j in range(i + 1) if window is None or i - j < window
+                      or (always_visible and j < n_p)]
+                for hi in range(h):
+                    s = np.array([q[i, hi] @ k[j, hi // (h // hkv)] for j in js]) / np.sqrt(d)
+                    w = np.exp(s - s.max())
+                    o[i, hi] = (w / w.sum()) @ v[js, hi // (h // hkv)]
+            out[bi, cols] = np.einsum('thd,hde->te', o[n_p:], p64['o'])
+    return out
+
+
+@pytest.mark.parametrize('window,always_visible', [(None, False), (4, False), (4, True)])
+def test_persistent_tokens_equal_a_literal_prepend(window, always_visible):
+    """Full attention, MAL's windowed prefix and MAG's SW-Attn* on a packed row (three
+    documents) and a one-document row: each document behaves as if the N_p persistent tokens
+    were prepended to it."""
+    n_p, t = 3, 19
+    layer = _module(window_size=window, persistent_tokens=n_p,
+                    persistent_always_visible=always_visible)
+    x = _x((2, t, E), seed=5)
+    params = numpy_params(layer, x)
+    assert params['params']['persistent'].shape == (n_p, E)
+    seg = SEG[:, :t]
+    pos = np.asarray(jax.vmap(lambda s: jnp.arange(t) - jax.lax.cummax(
+        jnp.where(jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]]), jnp.arange(t), 0)))(
+            jnp.asarray(seg)))
+    got = jax.jit(layer.apply)(params, x, pos, seg)
+    assert_close(_literal_prepend(params, x, seg, n_p, window, always_visible), got, rel=1e-5)
+
+
+def test_persistent_tokens_cudnn_matches_xla_and_decode_matches_full():
+    """The dense-mask cuDNN path (its XLA fallback off GPU) equals the XLA one, gradients of the
+    persistent tokens included; decoding reproduces the full pass; Pallas kernels refuse."""
+    kw = dict(window_size=4, persistent_tokens=2, persistent_always_visible=True)
+    x = _x((2, T, E), seed=6)
+    params = numpy_params(_module(**kw), x)
+
+    def loss(params, backend):
+        y = _module(backend=backend, **kw).apply(params, x, None, SEG)
+        return jnp.sum(jnp.sin(y)), y
+
+    (_, ref), g_ref = jax.jit(jax.value_and_grad(lambda p: loss(p, 'xla'), has_aux=True))(params)
+    assert float(jnp.max(jnp.abs(g_ref['params']['persistent']))) > 0
+    if jax.default_backend() != 'gpu':  # on GPU cuDNN takes only bf16: test_attention_gpu.py
+        (_, out), g = jax.jit(jax.value_and_grad(lambda p: loss(p, 'cudnn'), has_aux=True))(params)
+        assert_close(ref, out, rel=1e-5)
+        assert_close(g_ref['params']['persistent'], g['params']['persistent'], rel=1e-4)
+
+    layer = _module(**kw)
+    xs = x[:, :9]
+    full = jax.jit(layer.apply)(params, xs)
+    decode = jax.jit(functools.partial(layer.apply, method=Attention.decode))
+    y0, cache = decode(params, xs[:, :3], layer.init_cache(2, max_len=12))
+    outs = [y0] + [None] * 6
+    for i in range(3, 9):
+        outs[i - 2], cache = decode(params, xs[:, i:i + 1], cache)
+    assert_close(full, jnp.concatenate(outs, axis=1), rel=1e-5)
+
+    with pytest.raises(NotImplementedError, match='persistent'):
+        jax.eval_shape(_module(backend='pallas_tpu_splash', **kw).apply, params, x)

@@ -8,16 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.models import families
+from configs.models import families, model_config
 from miras_jax.models import LMConfig, build_model
 from tests.models._util import assert_close, random_params, tiny, tokens
 
-# Every family runs by default except the hybrids, which combine a rule (each covered by its
-# pure family) with SWA (covered by hybrid_mamba2 and the MAG/MAL ones); those are `slow`
-# (a memory family's backward pass costs 5–20 s of XLA compilation on 2 CPU cores).
-FAST_HYBRIDS = ('hybrid_mamba2',)
-ALL = [pytest.param(f, marks=pytest.mark.slow if f.startswith('hybrid_') and f not in FAST_HYBRIDS
-                    else ()) for f in families()]
+# Every preset family, hybrids included (each costs 3–10 s of XLA compilation on 2 CPU cores).
+ALL = families()
 
 
 def _loss(model, params, toks, segment_ids=None):
@@ -40,6 +36,8 @@ def test_forward_backward(family):
     assert any('embed' in k for k in nonzero)
     if LMConfig.from_config(cfg).uses_memory:  # the outer-loop memory parameters learn
         assert any('w0_0' in k for k in nonzero), sorted(nonzero)
+    if cfg.persistent_tokens:  # Titans' persistent memory tokens learn
+        assert any('persistent' in k for k in nonzero), sorted(nonzero)
 
 
 @pytest.mark.parametrize('family', ['transformer', 'hybrid_gated_deltanet', 'titans_mag'])
@@ -139,3 +137,21 @@ def test_config_validation():
         LMConfig(pattern=('lstm',))
     with pytest.raises(ValueError, match='multiple of the pattern'):
         LMConfig(pattern=('memory', 'swa'), n_layers=3)
+    with pytest.raises(ValueError, match='no attention mixer'):
+        LMConfig(pattern=('memory',), persistent_tokens=4)
+    with pytest.raises(ValueError, match='no sliding window'):
+        LMConfig(pattern=('memory', 'swa'), attention_backend='pallas_tpu_flash')
+    with pytest.raises(ValueError, match='needs attention_backend'):
+        LMConfig(pattern=('mag',), persistent_tokens=4, attention_backend='pallas_tpu_splash')
+
+
+def test_titans_presets_carry_persistent_tokens():
+    for family in ('titans_mag', 'titans_mal'):
+        cfg, model = tiny(family)
+        assert cfg.persistent_tokens == 4
+        shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens((1, 8)))['params']
+        attn = shapes['blocks']['mixers_0' if family == 'titans_mag' else 'mixers_1']
+        attn = attn['attn'] if family == 'titans_mag' else attn
+        # one [N_p, d_model] prefix per scanned layer
+        assert nn.unbox(attn['persistent']).shape == (cfg.n_layers // len(cfg.pattern), 4, 64)
+    assert model_config('hybrid_moneta', 'tiny').persistent_tokens == 0
