@@ -122,6 +122,11 @@ class MirasLayer(nn.Module):
         channel_delta: δ per value channel ([B, H, T, D]) instead of per head.
         output_gate: 'silu' (default, as Gated DeltaNet / FLA) or 'sigmoid'.
         remat_group: chunks per ``jax.checkpoint`` in the chunked memory.
+        grad_horizon: 0 for exact gradients; else truncated back-propagation through the memory
+            state, cut every ``grad_horizon`` tokens (a multiple of ``chunk_size``; forward
+            unchanged; memory/common.py ``gradient_cuts``). An approximation, for the deep
+            memories with forgetting whose exact gradient through thousands of tokens explodes
+            (see models/config.py ``memory_grad_horizon``).
         dtype: compute dtype of the projections (None keeps the input's); the memory itself
             always runs in float32.
         param_dtype: parameter dtype.
@@ -143,6 +148,7 @@ class MirasLayer(nn.Module):
     channel_delta: bool = False
     output_gate: str = 'silu'
     remat_group: int = 4
+    grad_horizon: int = 0
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
     kernel_init: Initializer = nn.initializers.lecun_normal()
@@ -298,7 +304,9 @@ class MirasLayer(nn.Module):
         return memory_forward(rule, q, k, v, gates, w0=w0, outer=outer, state=state,
                               segment_ids=segment_ids, chunk_size=self.chunk_size,
                               implementation=self.implementation,
-                              remat_group=self.remat_group)
+                              remat_group=self.remat_group,
+                              # decoding continues a carried state: no gradients wanted there
+                              grad_horizon=self.grad_horizon if state is None else None)
 
     def _sow_inner_loss(self, k, v, state):
         """Sow the ℓ2 inner-loss proxy (module docstring) on the last ≤ chunk_size tokens."""

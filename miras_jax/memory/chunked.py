@@ -268,7 +268,7 @@ def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
     buf = jnp.full((slots,) + x.shape[1:], fill, x.dtype)
     return jax.lax.dynamic_update_slice_in_dim(buf, x, offset, axis=0)
 
-  xs = {n: lay(tok[n]) for n in ("q", "k", "v", "eta", "la", "lm", "delta", "reset")}
+  xs = {n: lay(tok[n]) for n in ("q", "k", "v", "eta", "la", "lm", "delta", "reset", "cut")}
   if xs["delta"] is not None:
     xs["delta"] = lay(tok["delta"], 1.0)
   xs["active"] = lay(jnp.ones((T,), jnp.float32))
@@ -277,6 +277,9 @@ def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
   kern = functools.partial(_kernel(rule), rule, resets)
 
   def chunk_body(carry, xc):
+    cut = xc.pop("cut")
+    if cut is not None:  # truncated BPTT: cuts fall on chunk starts (common.gradient_cuts)
+      carry = common.stop_gradient_where(cut[0], carry)
     return kern(carry, xc, fresh, outer)
 
   @jax.checkpoint
@@ -291,7 +294,7 @@ def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
 
 def chunked(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=None,
             segment_ids=None, chunk_size: int = 64, remat_group: int = 4,
-            aligned: bool | None = None):
+            aligned: bool | None = None, grad_horizon: int | None = None):
   """Chunk-parallel memory; same signature and results as ``reference`` with the same b.
 
   q, k [B, H, T, dk]; v [B, H, T, dv]; gates: dict of [B, H, T(, d)] (rules.py);
@@ -299,9 +302,11 @@ def chunked(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=None
   parameters of the architecture (LayerNorm) or None for defaults; state: [B, H, ...]
   from a previous call or None; segment_ids [B, T] for packed rows.
   ``aligned``: the state is at a chunk boundary (pos == 0); default True when no state is
-  passed. Unaligned states cost one extra chunk (front padding).
+  passed. Unaligned states cost one extra chunk (front padding). ``grad_horizon``: None for
+  exact gradients, else truncated BPTT (common.gradient_cuts).
   Returns (y [B, H, T, dv] in q's dtype, final state).
   """
+  cut = common.gradient_cuts(grad_horizon, chunk_size, state, q.shape[:3])
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   b = int(chunk_size)
   if rule.form == "wy":
@@ -314,6 +319,7 @@ def chunked(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=None
   n_chunks = -(-n_chunks // group) * group
   resets = segment_ids is not None
   tok = {n: P[n] for n in ("q", "k", "v", "eta", "la", "lm", "delta", "reset")}
+  tok["cut"] = cut
   fn = functools.partial(_run_one, rule, b, group, resets, aligned, n_chunks)
   y, st = common.vmap_bh(fn)(tok, (P["fresh"], P["outer"]), P["state"])
   return y.astype(q.dtype), st

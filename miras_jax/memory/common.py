@@ -49,6 +49,34 @@ def check_inputs(rule: MemoryRule, q, k, v, w0, outer):
   return outer
 
 
+def gradient_cuts(grad_horizon, chunk_size, state, shape):
+  """Truncated back-propagation through time: 1.0 at the tokens ``t = n · grad_horizon``
+  (n ≥ 1) before which the carried state's gradient is stopped, else 0; ``[B, H, T]`` float32,
+  or None for exact gradients (``grad_horizon`` None or 0).
+
+  The forward pass is unchanged; the outer gradient reaching the memory state flows back at most
+  ``grad_horizon`` tokens (to the last cut). Cuts sit on chunk boundaries, so the horizon must be
+  a multiple of the chunk size, and the call must start fresh (``state`` None): a carried state
+  could start mid-chunk, where the chunked path cannot cut.
+  """
+  if not grad_horizon:
+    return None
+  h, b = int(grad_horizon), int(chunk_size)
+  if h < 0 or h % b:
+    raise ValueError(f"grad_horizon={h} must be a positive multiple of the chunk size {b}")
+  if state is not None:
+    raise ValueError("grad_horizon needs a fresh call (state=None): truncation points are "
+                     "counted from the first token")
+  t = jnp.arange(shape[2])
+  cut = ((t % h == 0) & (t > 0)).astype(jnp.float32)
+  return jnp.broadcast_to(cut, shape)
+
+
+def stop_gradient_where(cut, tree):
+  """``tree`` with its gradient stopped where the scalar ``cut`` > 0 (values unchanged)."""
+  return jax.tree.map(lambda a: jnp.where(cut > 0, jax.lax.stop_gradient(a), a), tree)
+
+
 def prepare(rule, q, k, v, gates, w0, outer, state, segment_ids):
   """Common front end: validated fp32 inputs, gates, resets, fresh and initial state."""
   outer = check_inputs(rule, q, k, v, w0, outer)

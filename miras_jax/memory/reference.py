@@ -27,6 +27,8 @@ def step(rule: MemoryRule, b: int, st: dict, x: dict, fresh: dict, outer):
   delta [dv] or None, reset []. Returns (new state, y [dv])."""
   arch, bias, ret = rule.arch, rule.bias, rule.retention
   pos = st["pos"]
+  if x.get("cut") is not None:  # truncated BPTT (common.gradient_cuts)
+    st = common.stop_gradient_where(x["cut"], st)
   st = common.tree_where(x["reset"] > 0, fresh, st)
   st = dict(st, pos=pos)
   wg = st["Wg"]
@@ -77,15 +79,18 @@ def _scan_one(rule, b, tok, head, st):
 
 
 def reference(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=None,
-              segment_ids=None, chunk_size: int = 1):
+              segment_ids=None, chunk_size: int = 1, grad_horizon: int | None = None):
   """Token-by-token memory. q, k [B, H, T, dk], v [B, H, T, dv]; w0: tuple of [H, o, i].
 
+  ``grad_horizon``: None for exact gradients, else truncated BPTT (common.gradient_cuts).
   Returns (y [B, H, T, dv] in q's dtype, final state [B, H, ...]).
   """
   b = common.semantic_chunk(rule, chunk_size)
+  cut = common.gradient_cuts(grad_horizon, chunk_size, state, q.shape[:3])
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   # Scan over time: move T to the front of each per-token input (after B, H vmaps).
   tok = {n: P[n] for n in ("q", "k", "v", "eta", "la", "lm", "delta", "reset")}
+  tok["cut"] = cut
   tok = jax.tree.map(lambda x: jnp.moveaxis(x, 2, 0) if x is not None else None, tok)
 
   def one(tok_bh, head, st):

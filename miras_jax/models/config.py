@@ -14,6 +14,11 @@ x += mlp(norm(x))``. Mixer kinds:
 so e.g. ['memory'] is a pure memory model, ['memory', 'swa'] a Samba-style hybrid (and Titans
 MAL: a memory layer, then an SWA layer), ['mag'] Titans MAG.
 
+``memory_grad_horizon`` (tokens, 0 = exact): truncated back-propagation through every memory
+state, cut every that many tokens (a multiple of ``chunk_size``; the forward pass is unchanged).
+An approximation, on in the Yaad / Memora / Titans presets (configs/models.py), whose exact
+gradient through 4K tokens overflows at initialisation (scripts/bench_bptt.py).
+
 ``persistent_tokens`` (Titans §3.3, default 0): N_p learnable tokens prepended to every document
 in each attention mixer; 'swa' layers see them through their window (MAL: ``SW-Attn(M(P || x))``),
 'mag' and 'attention' layers always (MAG's "SW-Attn*").
@@ -52,6 +57,7 @@ class LMConfig:
     eta_max: float = 1.0
     output_gate: str = 'silu'
     memory_remat_group: int = 4
+    memory_grad_horizon: int = 0
     # attention mixers
     window: int = 2048
     rope_theta: float = 10_000.0
@@ -75,6 +81,9 @@ class LMConfig:
         if self.n_layers % len(self.pattern):
             raise ValueError(f'n_layers={self.n_layers} is not a multiple of the pattern length '
                              f'{len(self.pattern)} ({self.pattern})')
+        if self.memory_grad_horizon < 0 or self.memory_grad_horizon % self.chunk_size:
+            raise ValueError(f'memory_grad_horizon={self.memory_grad_horizon} must be 0 or a '
+                             f'positive multiple of chunk_size={self.chunk_size}')
         if self.persistent_tokens < 0:
             raise ValueError(f'persistent_tokens must be >= 0, got {self.persistent_tokens}')
         if self.persistent_tokens and not any(m != 'memory' for m in self.pattern):

@@ -137,6 +137,8 @@ def test_config_validation():
         LMConfig(pattern=('lstm',))
     with pytest.raises(ValueError, match='multiple of the pattern'):
         LMConfig(pattern=('memory', 'swa'), n_layers=3)
+    with pytest.raises(ValueError, match='memory_grad_horizon'):
+        LMConfig(pattern=('memory',), chunk_size=8, memory_grad_horizon=12)
     with pytest.raises(ValueError, match='no attention mixer'):
         LMConfig(pattern=('memory',), persistent_tokens=4)
     with pytest.raises(ValueError, match='no sliding window'):
@@ -155,3 +157,22 @@ def test_titans_presets_carry_persistent_tokens():
         # one [N_p, d_model] prefix per scanned layer
         assert nn.unbox(attn['persistent']).shape == (cfg.n_layers // len(cfg.pattern), 4, 64)
     assert model_config('hybrid_moneta', 'tiny').persistent_tokens == 0
+
+
+def test_truncated_memory_gradients_at_model_level():
+    """``memory_grad_horizon`` leaves the logits alone and changes only the gradient; the deep
+    presets with forgetting carry it (512 tokens), the others and the tiny ones do not."""
+    cfg, model = tiny('titans')
+    _, cut = tiny('titans', memory_grad_horizon=cfg.chunk_size)
+    toks = tokens((2, 4 * cfg.chunk_size), seed=4)
+    params = random_params(model, toks)['params']
+    f = lambda m: jax.value_and_grad(lambda p: _loss(m, p, toks))(params)
+    (l0, g0), (l1, g1) = jax.jit(lambda: (f(model), f(cut)))()
+    assert_close(l0, l1, rel=1e-7)
+    w0, w1 = g0['blocks']['mixers_0']['w0_0'], g1['blocks']['mixers_0']['w0_0']
+    assert bool(jnp.all(jnp.isfinite(w1))) and float(jnp.max(jnp.abs(w0 - w1))) > 1e-7
+    for family in ('yaad', 'hybrid_memora', 'titans_mag', 'titans_mal'):
+        assert model_config(family, '170m').memory_grad_horizon == 512
+    for family in ('moneta', 'gated_deltanet', 'ttt_mlp', 'transformer'):
+        assert model_config(family, '170m').memory_grad_horizon == 0
+    assert model_config('yaad', 'tiny').memory_grad_horizon == 0

@@ -1,0 +1,76 @@
+"""How large is the outer gradient through a Miras memory layer at initialisation, by context
+length and truncation horizon? A diagnostic for the exploding back-propagation through deep
+memories with forgetting (benchmarks/README.md).
+
+    python scripts/bench_bptt.py [--rules=titans,yaad,memora,moneta,ttt_mlp] [--lengths=1024,4096]
+                                 [--horizons=0,512] [--head_dim=64] [--out=benchmarks/results/bptt.txt]
+
+For each (rule, T, horizon): one Miras layer (2 heads, head_dim D, E = 2D, chunk 64, the
+layer's default gate initialisation) on unit-variance Gaussian inputs (what the LM's pre-norm
+feeds it), loss = <y, r> for a fixed random r; prints ‖∂L/∂x_0‖ (the first token's input
+gradient: how far back the gradient reaches, intact) and ‖∂L/∂θ‖ over all the layer's
+parameters. Horizon 0 = exact gradients; h > 0 = truncated every h tokens (`grad_horizon`).
+The baseline in the same run is T=1024 exact, where the gradients are still moderate.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from miras_jax.layers.miras import MirasLayer  # noqa: E402
+
+
+def measure(rule: str, T: int, horizon: int, D: int) -> tuple[float, float]:
+  E, H = 2 * D, 2
+  layer = MirasLayer(rule=rule, num_heads=H, head_dim=D, chunk_size=64, gate_rank=8,
+                     grad_horizon=horizon)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, T, E)), jnp.float32)
+  r = jnp.asarray(np.random.default_rng(1).standard_normal((1, T, E)), jnp.float32)
+  params = jax.jit(layer.init)(jax.random.PRNGKey(0), x)
+  loss = lambda p, x: jnp.sum(layer.apply(p, x) * r)
+  gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+  g0 = float(jnp.linalg.norm(gx[0, 0]))
+  gnorm = float(jnp.sqrt(sum(jnp.sum(a.astype(jnp.float32) ** 2) for a in jax.tree.leaves(gp))))
+  return g0, gnorm
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--rules", default="titans,yaad,memora,moneta,ttt_mlp")
+  p.add_argument("--lengths", default="1024,4096")
+  p.add_argument("--horizons", default="0,512")
+  p.add_argument("--head_dim", type=int, default=64)
+  p.add_argument("--out", default="")
+  a = p.parse_args(argv)
+  lines = [f"# jax {jax.__version__} on {jax.devices()[0].device_kind}; head_dim {a.head_dim}",
+           f"{'rule':8s} {'T':>6s} {'horizon':>8s} {'|dL/dx_0|':>11s} {'|dL/dθ|':>11s} "
+           f"{'vs T=1024 exact':>16s}"]
+  print("\n".join(lines), flush=True)
+  for rule in a.rules.split(","):
+    base = None
+    for T in (int(t) for t in a.lengths.split(",")):
+      for h in (int(x) for x in a.horizons.split(",")):
+        if h and h >= T:
+          continue
+        t0 = time.perf_counter()
+        g0, gn = measure(rule, T, h, a.head_dim)
+        if base is None:
+          base = gn
+        line = (f"{rule:8s} {T:6d} {h or 'exact':>8} {g0:11.3g} {gn:11.3g} {gn / base:16.3g}"
+                f"   ({time.perf_counter() - t0:.0f}s)")
+        print(line, flush=True)
+        lines.append(line)
+  if a.out:
+    with open(a.out, "w") as f:
+      f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+  main()
