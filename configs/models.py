@@ -27,8 +27,8 @@ tests/models/test_presets.py within 10 % of the nominal size):
     count better at the papers' depth × width).
 Keys (all plain values; ``LMConfig`` in miras_jax/models/config.py reads them and rejects
 unknown ones): name, family, vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim,
-mlp_dim, pattern, rule, chunk_size, memory_impl, gate_rank, conv_size, eta_max, output_gate,
-memory_remat_group, memory_grad_horizon, window, rope_theta, attention_backend,
+mlp_dim, pattern, rule, chunk_size, memory_impl, gate_rank, conv_size, eta_max, alpha_init,
+output_gate, memory_remat_group, memory_grad_horizon, window, rope_theta, attention_backend,
 persistent_tokens, max_len, tie_embeddings, norm_eps, embed_init_std, dtype, param_dtype, remat,
 scan_layers.
 """
@@ -53,8 +53,18 @@ _MEMORY_MLP = {'tiny': 128, '170m': 2816, '340m': 2560, '760m': 3584, '1.3b': 76
 _MAG_MLP = {'tiny': 128, '170m': 1792, '340m': 1280, '760m': 1536, '1.3b': 4864}
 
 HYBRID_PREFIX = 'hybrid_'
-# Deep (MLP) memories with a forgetting gate: their presets truncate BPTT (``model_config``).
-_TRUNCATED_RULES = ('yaad', 'memora', 'titans')
+# Gates of the deep memories with forgetting, chosen so that the exact gradient through 4K
+# tokens stays bounded at initialisation for every preset head dim (48 / 64 / 96 / 256):
+# with the layer defaults (η ≤ 1, α in (0.99, 0.999)) it overflows (benchmarks/README.md "Back-
+# propagation through the memory"). Titans and Yaad forget less at the start (Yaad needs
+# α ≥ 0.9999); Memora takes smaller steps on its logits (η ≤ 0.01). The gates stay
+# data-dependent, so training can move α down again: watch the gradient norm, and see
+# ``memory_grad_horizon`` for truncation. rule -> (eta_max, alpha_init).
+_GATES = {
+    'titans': (1.0, (0.999, 0.9999)),
+    'yaad': (1.0, (0.9999, 0.99999)),
+    'memora': (0.01, (0.99, 0.999)),
+}
 
 
 def families() -> list[str]:
@@ -106,14 +116,11 @@ def model_config(family: str, size: str) -> ConfigDict:
     c.memory_impl = 'auto'
     c.gate_rank = 8 if tiny else 32
     c.conv_size = 4
-    c.eta_max = 1.0
+    # Gate initialisation (the papers give none; see _GATES): η's ceiling and α's range.
+    c.eta_max, c.alpha_init = _GATES.get(rule, (1.0, (0.99, 0.999)))
     c.output_gate = 'silu'
     c.memory_remat_group = 4
-    # Exact back-propagation through 4K tokens of a deep memory with forgetting overflows at
-    # initialisation (scripts/bench_bptt.py; benchmarks/README.md), so these presets truncate it
-    # every 512 tokens: an approximation of the gradient, not of the model.
-    c.memory_grad_horizon = 512 if (rule in _TRUNCATED_RULES and c.pattern != ['attention']
-                                    and not tiny) else 0
+    c.memory_grad_horizon = 0  # exact gradients (truncation is opt-in)
     c.window = 16 if tiny else 2048
     c.rope_theta = 10_000.0
     c.attention_backend = 'xla'

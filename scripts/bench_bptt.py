@@ -10,7 +10,9 @@ layer's default gate initialisation) on unit-variance Gaussian inputs (what the 
 feeds it), loss = <y, r> for a fixed random r; prints ‖∂L/∂x_0‖ (the first token's input
 gradient: how far back the gradient reaches, intact) and ‖∂L/∂θ‖ over all the layer's
 parameters. Horizon 0 = exact gradients; h > 0 = truncated every h tokens (`grad_horizon`).
-The baseline in the same run is T=1024 exact, where the gradients are still moderate.
+Gates "layer": the layer's defaults (η ≤ 1, α in (0.99, 0.999)); "preset": the rule's 170m
+preset (configs/models.py `_GATES`, `memory_grad_horizon`). The baseline in the same run is
+the rule's first row (T=1024, layer gates, exact).
 """
 from __future__ import annotations
 
@@ -27,10 +29,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from miras_jax.layers.miras import MirasLayer  # noqa: E402
 
 
-def measure(rule: str, T: int, horizon: int, D: int) -> tuple[float, float]:
+def measure(rule: str, T: int, horizon: int, D: int, eta_max: float = 1.0,
+            alpha_init: tuple[float, float] = (0.99, 0.999)) -> tuple[float, float]:
   E, H = 2 * D, 2
   layer = MirasLayer(rule=rule, num_heads=H, head_dim=D, chunk_size=64, gate_rank=8,
-                     grad_horizon=horizon)
+                     grad_horizon=horizon, eta_max=eta_max, alpha_init=tuple(alpha_init))
   x = jnp.asarray(np.random.default_rng(0).standard_normal((1, T, E)), jnp.float32)
   r = jnp.asarray(np.random.default_rng(1).standard_normal((1, T, E)), jnp.float32)
   params = jax.jit(layer.init)(jax.random.PRNGKey(0), x)
@@ -47,26 +50,36 @@ def main(argv=None):
   p.add_argument("--lengths", default="1024,4096")
   p.add_argument("--horizons", default="0,512")
   p.add_argument("--head_dim", type=int, default=64)
+  p.add_argument("--presets", type=int, default=1,
+                 help="also measure each rule with its 170m preset's gates (eta_max, alpha_init, "
+                 "memory_grad_horizon)")
   p.add_argument("--out", default="")
   a = p.parse_args(argv)
   lines = [f"# jax {jax.__version__} on {jax.devices()[0].device_kind}; head_dim {a.head_dim}",
-           f"{'rule':8s} {'T':>6s} {'horizon':>8s} {'|dL/dx_0|':>11s} {'|dL/dθ|':>11s} "
-           f"{'vs T=1024 exact':>16s}"]
+           f"{'rule':8s} {'gates':8s} {'T':>6s} {'horizon':>8s} {'|dL/dx_0|':>11s} "
+           f"{'|dL/dθ|':>11s} {'vs first row':>13s}"]
   print("\n".join(lines), flush=True)
+  from configs.models import model_config
   for rule in a.rules.split(","):
     base = None
+    preset = model_config(rule, "170m")
+    settings = [("layer", 1.0, (0.99, 0.999), [int(x) for x in a.horizons.split(",")])]
+    if a.presets:  # the 170m preset's gates and horizon
+      settings.append(("preset", preset.eta_max, tuple(preset.alpha_init),
+                       [preset.memory_grad_horizon]))
     for T in (int(t) for t in a.lengths.split(",")):
-      for h in (int(x) for x in a.horizons.split(",")):
-        if h and h >= T:
-          continue
-        t0 = time.perf_counter()
-        g0, gn = measure(rule, T, h, a.head_dim)
-        if base is None:
-          base = gn
-        line = (f"{rule:8s} {T:6d} {h or 'exact':>8} {g0:11.3g} {gn:11.3g} {gn / base:16.3g}"
-                f"   ({time.perf_counter() - t0:.0f}s)")
-        print(line, flush=True)
-        lines.append(line)
+      for name, eta_max, alpha_init, horizons in settings:
+        for h in horizons:
+          if h and h >= T:
+            continue
+          t0 = time.perf_counter()
+          g0, gn = measure(rule, T, h, a.head_dim, eta_max, alpha_init)
+          if base is None:
+            base = gn
+          line = (f"{rule:8s} {name:8s} {T:6d} {h or 'exact':>8} {g0:11.3g} {gn:11.3g} "
+                  f"{gn / base:13.3g}   ({time.perf_counter() - t0:.0f}s)")
+          print(line, flush=True)
+          lines.append(line)
   if a.out:
     with open(a.out, "w") as f:
       f.write("\n".join(lines) + "\n")

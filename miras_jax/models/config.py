@@ -14,10 +14,16 @@ x += mlp(norm(x))``. Mixer kinds:
 so e.g. ['memory'] is a pure memory model, ['memory', 'swa'] a Samba-style hybrid (and Titans
 MAL: a memory layer, then an SWA layer), ['mag'] Titans MAG.
 
+``eta_max`` and ``alpha_init`` set the memory gates (layers/miras.py): η ≤ eta_max, and the
+keep-rate α starts spread over heads in ``alpha_init`` = (lo, hi). The papers do not give them;
+the presets choose per rule values whose exact 4K-token gradient stays bounded at
+initialisation (configs/models.py, scripts/bench_bptt.py).
+
 ``memory_grad_horizon`` (tokens, 0 = exact): truncated back-propagation through every memory
 state, cut every that many tokens (a multiple of ``chunk_size``; the forward pass is unchanged).
-An approximation, on in the Yaad / Memora / Titans presets (configs/models.py), whose exact
-gradient through 4K tokens overflows at initialisation (scripts/bench_bptt.py).
+An approximation, off in every preset (whose gates keep the exact gradient bounded at
+initialisation, configs/models.py); a fallback if training drives the forgetting gates into
+the regime where it overflows (scripts/bench_bptt.py).
 
 ``persistent_tokens`` (Titans §3.3, default 0): N_p learnable tokens prepended to every document
 in each attention mixer; 'swa' layers see them through their window (MAL: ``SW-Attn(M(P || x))``),
@@ -55,6 +61,7 @@ class LMConfig:
     gate_rank: int = 32
     conv_size: int = 4
     eta_max: float = 1.0
+    alpha_init: tuple[float, float] = (0.99, 0.999)
     output_gate: str = 'silu'
     memory_remat_group: int = 4
     memory_grad_horizon: int = 0
@@ -75,6 +82,10 @@ class LMConfig:
 
     def __post_init__(self):
         object.__setattr__(self, 'pattern', tuple(self.pattern))
+        object.__setattr__(self, 'alpha_init', tuple(float(a) for a in self.alpha_init))
+        lo_hi = self.alpha_init
+        if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] < 1.0:
+            raise ValueError(f'alpha_init={lo_hi} must be (lo, hi) with 0 < lo <= hi < 1')
         bad = [m for m in self.pattern if m not in MIXERS]
         if bad or not self.pattern:
             raise ValueError(f'pattern {self.pattern}: unknown mixer(s) {bad}; choose from {MIXERS}')

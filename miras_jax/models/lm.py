@@ -54,7 +54,7 @@ def memory_layer(cfg: LMConfig, **kw) -> MirasLayer:
     return MirasLayer(
         rule=cfg.rule, num_heads=cfg.n_heads, head_dim=cfg.head_dim, chunk_size=cfg.chunk_size,
         implementation=cfg.memory_impl, gate_rank=cfg.gate_rank, conv_size=cfg.conv_size,
-        eta_max=cfg.eta_max, output_gate=cfg.output_gate, remat_group=cfg.memory_remat_group,
+        eta_max=cfg.eta_max, alpha_init=cfg.alpha_init, output_gate=cfg.output_gate, remat_group=cfg.memory_remat_group,
         grad_horizon=cfg.memory_grad_horizon,
         dtype=cfg.compute_dtype, param_dtype=cfg.params_dtype, **kw)
 
