@@ -38,6 +38,7 @@ from __future__ import annotations
 from ml_collections import ConfigDict
 
 from miras_jax.memory import list_rules
+from miras_jax.models.config import LMConfig
 
 # size -> (n_layers, d_model, n_heads, mlp_dim (transformer), tie_embeddings)
 SIZES = {
@@ -117,7 +118,7 @@ def model_config(family: str, size: str) -> ConfigDict:
     c.gate_rank = 8 if tiny else 32
     c.conv_size = 4
     # Gate initialisation (the papers give none; see _GATES): η's ceiling and α's range.
-    c.eta_max, c.alpha_init = _GATES.get(rule, (1.0, (0.99, 0.999)))
+    c.eta_max, c.alpha_init = _GATES.get(rule, (LMConfig.eta_max, LMConfig.alpha_init))
     c.output_gate = 'silu'
     c.memory_remat_group = 4
     c.memory_grad_horizon = 0  # exact gradients (truncation is opt-in)

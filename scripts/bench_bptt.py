@@ -29,8 +29,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from miras_jax.layers.miras import MirasLayer  # noqa: E402
 
 
-def measure(rule: str, T: int, horizon: int, D: int, eta_max: float = 1.0,
-            alpha_init: tuple[float, float] = (0.99, 0.999)) -> tuple[float, float]:
+def measure(rule: str, T: int, horizon: int, D: int, eta_max: float = MirasLayer.eta_max,
+            alpha_init: tuple[float, float] = MirasLayer.alpha_init) -> tuple[float, float]:
   E, H = 2 * D, 2
   layer = MirasLayer(rule=rule, num_heads=H, head_dim=D, chunk_size=64, gate_rank=8,
                      grad_horizon=horizon, eta_max=eta_max, alpha_init=tuple(alpha_init))
@@ -63,7 +63,8 @@ def main(argv=None):
   for rule in a.rules.split(","):
     base = None
     preset = model_config(rule, "170m")
-    settings = [("layer", 1.0, (0.99, 0.999), [int(x) for x in a.horizons.split(",")])]
+    settings = [("layer", MirasLayer.eta_max, MirasLayer.alpha_init,
+                 [int(x) for x in a.horizons.split(",")])]
     if a.presets:  # the 170m preset's gates and horizon
       settings.append(("preset", preset.eta_max, tuple(preset.alpha_init),
                        [preset.memory_grad_horizon]))

@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from miras_jax.layers.attention_backends import (BACKENDS, attention_mask, causal_attention,
-                                                 masked_attention, prefix_visibility)
+                                                 masked_attention, prefix_visibility,
+                                                 prepend_prefix)
 from miras_jax.layers.dense import DenseND
 from miras_jax.layers.rope import apply_rope
 
@@ -188,12 +189,7 @@ class Attention(nn.Module):
             mask = attention_mask(q_pos, kv_pos, self.window_size)
             keys, values = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
             if prefix is not None:  # persistent slots: recomputed from the parameters, not cached
-                k_p, v_p, visible = prefix
-                mask = jnp.concatenate([visible, mask], axis=-1)
-                keys = jnp.concatenate([jnp.broadcast_to(k_p.astype(q.dtype), (b,) + k_p.shape),
-                                        keys], axis=1)
-                values = jnp.concatenate(
-                    [jnp.broadcast_to(v_p.astype(q.dtype), (b,) + v_p.shape), values], axis=1)
+                keys, values, mask = prepend_prefix(prefix, keys, values, mask)
             out = masked_attention(q, keys, values, mask)
             return out, {'k': k_cache, 'v': v_cache, 'index': index + t_new}
 

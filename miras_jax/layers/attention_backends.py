@@ -359,6 +359,17 @@ def prefix_visibility(positions: jax.Array, num_prefix: int,
     return diff < window_size
 
 
+def prepend_prefix(prefix, k, v, mask):
+    """Put the prefix slots in front of the keys: ``(k [B, N_p+S, Hkv, D], v, mask [B, T,
+    N_p+S])`` from ``prefix = (k_p, v_p, visible)`` and the row's ``k, v [B, S, Hkv, D]`` and
+    ``mask [B, T, S]`` (shared by training and the KV-cache decode)."""
+    k_p, v_p, visible = prefix
+    b = k.shape[0]
+    expand = lambda p, x: jnp.concatenate(
+        [jnp.broadcast_to(p.astype(x.dtype), (b,) + p.shape), x], axis=1)
+    return expand(k_p, k), expand(v_p, v), jnp.concatenate([visible, mask], axis=-1)
+
+
 def _attention_with_prefix(q, k, v, segment_ids, window_size, backend, prefix):
     """Causal attention plus extra always-present key/value slots: one softmax over both.
 
@@ -372,14 +383,10 @@ def _attention_with_prefix(q, k, v, segment_ids, window_size, backend, prefix):
             f"persistent (prefix) tokens need attention backend 'xla' or 'cudnn', not "
             f"{backend!r}: the Pallas TPU kernels cannot mask extra key slots shared by every "
             f"document; set persistent_tokens=0 or use backend='xla'")
-    k_p, v_p, visible = prefix
     b, t = q.shape[:2]
     pos = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    mask = jnp.concatenate(
-        [visible, attention_mask(pos, pos, window_size, segment_ids, segment_ids)], axis=-1)
-    expand = lambda p, x: jnp.concatenate(
-        [jnp.broadcast_to(p.astype(x.dtype), (b,) + p.shape), x], axis=1)
-    k, v = expand(k_p, k), expand(v_p, v)
+    k, v, mask = prepend_prefix(
+        prefix, k, v, attention_mask(pos, pos, window_size, segment_ids, segment_ids))
     if backend == 'xla':
         return masked_attention(q, k, v, mask)
     implementation = 'cudnn' if jax.default_backend() == 'gpu' else None

@@ -1,5 +1,8 @@
 """Shared helpers for the layer tests."""
 
+import functools
+
+import jax
 import numpy as np
 
 
@@ -27,7 +30,6 @@ def numpy_params(module, *args, seed=0, std=0.3, method=None):
     compiling the initializers op by op costs more than the test.
     """
     import flax.linen as nn
-    import jax
 
     kwargs = {} if method is None else {'method': method}
     shapes = nn.unbox(jax.eval_shape(
@@ -35,3 +37,17 @@ def numpy_params(module, *args, seed=0, std=0.3, method=None):
     rng = np.random.default_rng(seed)
     return jax.tree_util.tree_map(
         lambda s: (rng.standard_normal(s.shape) * std).astype(s.dtype), shapes)
+
+
+
+@functools.partial(jax.jit, static_argnames=('backend', 'window'))
+def out_and_grads(q, k, v, ct, seg, backend, window):
+    """``causal_attention`` output and the VJP of ``ct`` w.r.t. q, k, v, jitted with ``backend``
+    and ``window`` static; shared by the CPU and GPU backend tests."""
+    from miras_jax.layers.attention_backends import causal_attention
+
+    def f(q, k, v):
+        return causal_attention(q, k, v, segment_ids=seg, window_size=window, backend=backend)
+
+    out, vjp = jax.vjp(f, q, k, v)
+    return out, vjp(ct)

@@ -12,8 +12,9 @@ from jax.sharding import PartitionSpec as P
 
 from miras_jax.layers.attention import Attention, init_kv_cache
 from miras_jax.layers.attention_backends import causal_attention
+from miras_jax.models.lm import positions_from_segments
 
-from ._util import assert_close, numpy_params
+from ._util import assert_close, numpy_params, out_and_grads
 
 # Row 0 packs three documents; row 1 is one document. T = 37 is odd and not a multiple of 128,
 # so the Pallas paths pad.
@@ -55,15 +56,6 @@ def test_xla_reference_matches_loop(window, use_seg):
     assert_close(_loop_reference(q, k, v, seg, window), got, rel=1e-5)
 
 
-@functools.partial(jax.jit, static_argnames=('backend', 'window'))
-def _out_and_grads(q, k, v, ct, seg, backend, window):
-    def f(q, k, v):
-        return causal_attention(q, k, v, segment_ids=seg, window_size=window, backend=backend)
-
-    out, vjp = jax.vjp(f, q, k, v)
-    return out, vjp(ct)
-
-
 # (backend, B, H, Hkv, D, window, segments). The Pallas cases run in interpret mode (slow), so
 # they are few and small; between them they cover GQA, MHA, windows, segments and padding.
 CASES = [
@@ -85,8 +77,8 @@ def test_backend_matches_xla(backend, b, h, hkv, d, window, use_seg):
     q, k, v = _qkv(b, T, h, hkv, d, seed=h + d)
     ct = np.random.default_rng(7).standard_normal(q.shape).astype(np.float32)
     seg = SEG[:b] if use_seg else None
-    ref_out, ref_grads = _out_and_grads(q, k, v, ct, seg, 'xla', window)
-    out, grads = _out_and_grads(q, k, v, ct, seg, backend, window)
+    ref_out, ref_grads = out_and_grads(q, k, v, ct, seg, 'xla', window)
+    out, grads = out_and_grads(q, k, v, ct, seg, backend, window)
     assert out.shape == q.shape and out.dtype == q.dtype
     assert_close(ref_out, out, rel=1e-5)
     for r, g in zip(ref_grads, grads):  # d/dq, d/dk, d/dv
@@ -239,9 +231,7 @@ def test_persistent_tokens_equal_a_literal_prepend(window, always_visible):
     params = numpy_params(layer, x)
     assert params['params']['persistent'].shape == (n_p, E)
     seg = SEG[:, :t]
-    pos = np.asarray(jax.vmap(lambda s: jnp.arange(t) - jax.lax.cummax(
-        jnp.where(jnp.concatenate([jnp.ones(1, bool), s[1:] != s[:-1]]), jnp.arange(t), 0)))(
-            jnp.asarray(seg)))
+    pos = positions_from_segments(jnp.asarray(seg))  # restart at every document
     got = jax.jit(layer.apply)(params, x, pos, seg)
     assert_close(_literal_prepend(params, x, seg, n_p, window, always_visible), got, rel=1e-5)
 

@@ -12,21 +12,12 @@ import pytest
 
 from miras_jax.layers.attention_backends import causal_attention
 
-from ._util import assert_close
+from ._util import assert_close, out_and_grads
 
 pytestmark = [
     pytest.mark.accelerator,
     pytest.mark.skipif(jax.default_backend() != 'gpu', reason='needs a GPU'),
 ]
-
-
-@functools.partial(jax.jit, static_argnames=('backend', 'window'))
-def _out_and_grads(q, k, v, ct, seg, backend, window):
-    def f(q, k, v):
-        return causal_attention(q, k, v, segment_ids=seg, window_size=window, backend=backend)
-
-    out, vjp = jax.vjp(f, q, k, v)
-    return out, vjp(ct)
 
 
 @pytest.mark.parametrize('t,window,use_seg', [
@@ -39,12 +30,12 @@ def test_cudnn_matches_xla_bf16(t, window, use_seg):
     seg = None
     if use_seg:
         seg = jnp.asarray(np.repeat([[0, 1, 2, 3]], b, 0).repeat(t // 4 + 1, 1)[:, :t], jnp.int32)
-    hlo = _out_and_grads.lower(q, k, v, ct, seg, 'cudnn', window).compile().as_text()
+    hlo = out_and_grads.lower(q, k, v, ct, seg, 'cudnn', window).compile().as_text()
     assert 'cudnn$fmha' in hlo, 'cuDNN fused attention was not used'
     # float32 XLA reference on the same (bf16-rounded) inputs.
     f32 = lambda a: a.astype(jnp.float32)
-    ref_out, ref_grads = _out_and_grads(f32(q), f32(k), f32(v), f32(ct), seg, 'xla', window)
-    out, grads = _out_and_grads(q, k, v, ct, seg, 'cudnn', window)
+    ref_out, ref_grads = out_and_grads(f32(q), f32(k), f32(v), f32(ct), seg, 'xla', window)
+    out, grads = out_and_grads(q, k, v, ct, seg, 'cudnn', window)
     assert out.dtype == jnp.bfloat16
     assert_close(ref_out, out.astype(jnp.float32), rel=2e-2)
     for r, g in zip(ref_grads, grads):
