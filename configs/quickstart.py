@@ -11,37 +11,37 @@ for 500 steps of 16 × 128 tokens, with a validation loss every 250 steps.
 console line is the final validation loss / perplexity.
 """
 
-from configs import base
+from miras_jax.train.defaults import family_config
 
 
 def get_config(arg=None):
-    del arg
-    c = base.family_config("moneta", "tiny")
-    m = c.model
-    m.vocab_size = 2048
-    m.d_model = 64
-    m.n_layers = 2
-    m.n_heads = 4
-    m.head_dim = 16
-    m.mlp_dim = 256
-    m.gate_rank = 8
-    m.chunk_size = 32
-    m.max_len = 128
+  del arg
+  c = family_config('moneta', 'tiny')
+  m = c.model
+  m.vocab_size = 2048
+  m.d_model = 64
+  m.n_layers = 2
+  m.n_heads = 4
+  m.head_dim = 16
+  m.mlp_dim = 256
+  m.gate_rank = 8
+  m.chunk_size = 32
+  m.max_len = 128
 
-    c.data.corpus = "default"
-    c.data.val_fraction = 0.05
-    c.data.max_record_tokens = 1024
+  c.data.corpus = 'default'
+  c.data.val_fraction = 0.05
+  c.data.max_record_tokens = 1024
 
-    t = c.train
-    t.steps = 500
-    t.batch_size = 16
-    t.seq_len = 128
-    t.lr = 3e-3
-    t.warmup_steps = 50
-    t.weight_decay = 0.1
-    t.log_every_steps = 20
+  t = c.train
+  t.steps = 500
+  t.batch_size = 16
+  t.seq_len = 128
+  t.lr = 3e-3
+  t.warmup_steps = 50
+  t.weight_decay = 0.1
+  t.log_every_steps = 20
 
-    c.checkpoint.every_steps = 250
-    c.eval.every_steps = 250
-    c.eval.num_batches = 8
-    return c
+  c.checkpoint.every_steps = 250
+  c.eval.every_steps = 250
+  c.eval.num_batches = 8
+  return c

@@ -1,10 +1,11 @@
 """yaad at the papers' sizes: ``--config=configs/yaad.py:<size>`` (tiny, 170m, 340m, 760m, 1.3b).
 
-Model preset from ``configs/models.py``; training recipe from ``configs/base.py:paper_config``.
+Model preset from ``miras_jax/models/presets.py``; training recipe from
+``miras_jax/train/defaults.py:paper_config``.
 """
 
-from configs import base
+from miras_jax.train.defaults import paper_config
 
 
 def get_config(arg=None):
-    return base.paper_config("yaad", arg or "340m")
+  return paper_config('yaad', arg or '340m')

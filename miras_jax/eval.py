@@ -2,5 +2,5 @@
 
 from miras_jax.evals.__main__ import cli, main  # noqa: F401
 
-if __name__ == "__main__":
-    cli()
+if __name__ == '__main__':
+  cli()

@@ -8,33 +8,33 @@ the speed ratio, and the peak temporary memory of the compiled chunked step from
 memory analysis (it should grow linearly in T). Writes JSON and a throughput-vs-length
 plot next to it. B=2, 4 heads, head dim 64 by default (issue "memory core").
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from miras_jax.memory import chunked, get_rule, list_rules, reference  # noqa: E402
 from miras_jax.memory.testing import random_inputs  # noqa: E402
 
 
 def _step(fn, rule, inp, b):
   def loss(q, k, v, gates):
-    y, st = fn(rule, q, k, v, gates, w0=inp["w0"], outer=inp["outer"], chunk_size=b)
+    y, st = fn(rule, q, k, v, gates, w0=inp['w0'], outer=inp['outer'], chunk_size=b)
     return jnp.sum(y.astype(jnp.float32) ** 2)
+
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
 
 
 def _time(f, args, repeats):
   out = f(*args)
   jax.block_until_ready(out)
-  best = float("inf")
+  best = float('inf')
   for _ in range(repeats):
     t = time.perf_counter()
     jax.block_until_ready(f(*args))
@@ -52,30 +52,39 @@ def _peak_bytes(f, args):
 
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--rules", default=",".join(list_rules()))
-  p.add_argument("--lengths", default="512,2048,8192")
-  p.add_argument("--batch", type=int, default=2)
-  p.add_argument("--heads", type=int, default=4)
-  p.add_argument("--head_dim", type=int, default=64)
-  p.add_argument("--chunk_size", type=int, default=64)
-  p.add_argument("--ref_max_len", type=int, default=2048,
-                 help="skip the reference above this length: its backward keeps every "
-                      "token's state (deep memories at T=8192 need tens of GB)")
-  p.add_argument("--repeats", type=int, default=3)
-  p.add_argument("--out", default="bench_memory.json")
+  p.add_argument('--rules', default=','.join(list_rules()))
+  p.add_argument('--lengths', default='512,2048,8192')
+  p.add_argument('--batch', type=int, default=2)
+  p.add_argument('--heads', type=int, default=4)
+  p.add_argument('--head_dim', type=int, default=64)
+  p.add_argument('--chunk_size', type=int, default=64)
+  p.add_argument(
+    '--ref_max_len',
+    type=int,
+    default=2048,
+    help='skip the reference above this length: its backward keeps every '
+    "token's state (deep memories at T=8192 need tens of GB)",
+  )
+  p.add_argument('--repeats', type=int, default=3)
+  p.add_argument('--out', default='bench_memory.json')
   a = p.parse_args(argv)
-  lengths = [int(x) for x in a.lengths.split(",")]
+  lengths = [int(x) for x in a.lengths.split(',')]
   rows = []
-  print(f"device: {jax.devices()[0].device_kind}; B={a.batch} H={a.heads} d={a.head_dim} "
-        f"b={a.chunk_size}", flush=True)
-  print(f"{'rule':18s} {'T':>6s} {'chunked ms':>11s} {'reference ms':>13s} {'speedup':>8s} "
-        f"{'peak MiB':>9s}", flush=True)
-  for name in a.rules.split(","):
+  print(
+    f'device: {jax.devices()[0].device_kind}; B={a.batch} H={a.heads} d={a.head_dim} '
+    f'b={a.chunk_size}',
+    flush=True,
+  )
+  print(
+    f'{"rule":18s} {"T":>6s} {"chunked ms":>11s} {"reference ms":>13s} {"speedup":>8s} '
+    f'{"peak MiB":>9s}',
+    flush=True,
+  )
+  for name in a.rules.split(','):
     rule = get_rule(name)
     for T in lengths:
-      inp = random_inputs(rule, jax.random.PRNGKey(0), B=a.batch, H=a.heads, T=T,
-                          dk=a.head_dim)
-      args = (inp["q"], inp["k"], inp["v"], inp["gates"])
+      inp = random_inputs(rule, jax.random.PRNGKey(0), B=a.batch, H=a.heads, T=T, dk=a.head_dim)
+      args = (inp['q'], inp['k'], inp['v'], inp['gates'])
       fc = _step(chunked, rule, inp, a.chunk_size)
       tc = _time(fc, args, a.repeats)
       peak = _peak_bytes(fc, args)
@@ -84,34 +93,47 @@ def main(argv=None):
         fr = _step(reference, rule, inp, a.chunk_size)
         tr = _time(fr, args, max(1, a.repeats // 2))
       ratio = tr / tc if tr else None
-      rows.append(dict(rule=name, T=T, chunked_ms=1e3 * tc,
-                       reference_ms=None if tr is None else 1e3 * tr, speedup=ratio,
-                       peak_bytes=peak, tokens_per_s=a.batch * T / tc))
-      print(f"{name:18s} {T:6d} {1e3 * tc:11.1f} "
-            f"{'-' if tr is None else f'{1e3 * tr:.1f}':>13s} "
-            f"{'-' if ratio is None else f'{ratio:.1f}x':>8s} {peak / 2**20:9.1f}", flush=True)
-  with open(a.out, "w") as f:
+      rows.append(
+        dict(
+          rule=name,
+          T=T,
+          chunked_ms=1e3 * tc,
+          reference_ms=None if tr is None else 1e3 * tr,
+          speedup=ratio,
+          peak_bytes=peak,
+          tokens_per_s=a.batch * T / tc,
+        )
+      )
+      print(
+        f'{name:18s} {T:6d} {1e3 * tc:11.1f} '
+        f'{"-" if tr is None else f"{1e3 * tr:.1f}":>13s} '
+        f'{"-" if ratio is None else f"{ratio:.1f}x":>8s} {peak / 2**20:9.1f}',
+        flush=True,
+      )
+  with open(a.out, 'w') as f:
     json.dump(dict(device=jax.devices()[0].device_kind, args=vars(a), rows=rows), f, indent=1)
   try:
     import matplotlib
-    matplotlib.use("Agg")
+
+    matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(1, 2, figsize=(11, 4))
-    for name in a.rules.split(","):
-      r = [x for x in rows if x["rule"] == name]
-      ax[0].plot([x["T"] for x in r], [x["tokens_per_s"] for x in r], marker="o", label=name)
-      ax[1].plot([x["T"] for x in r], [x["peak_bytes"] / 2**20 for x in r], marker="o", label=name)
-    for x, t in zip(ax, ("chunked fwd+bwd tokens/s", "peak MiB (compiled)")):
-      x.set_xscale("log", base=2)
-      x.set_xlabel("sequence length")
+    for name in a.rules.split(','):
+      r = [x for x in rows if x['rule'] == name]
+      ax[0].plot([x['T'] for x in r], [x['tokens_per_s'] for x in r], marker='o', label=name)
+      ax[1].plot([x['T'] for x in r], [x['peak_bytes'] / 2**20 for x in r], marker='o', label=name)
+    for x, t in zip(ax, ('chunked fwd+bwd tokens/s', 'peak MiB (compiled)')):
+      x.set_xscale('log', base=2)
+      x.set_xlabel('sequence length')
       x.set_title(t)
     ax[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.splitext(a.out)[0] + ".png", dpi=100)
+    fig.savefig(os.path.splitext(a.out)[0] + '.png', dpi=100)
   except ImportError:
     pass
-  print(f"wrote {a.out}")
+  print(f'wrote {a.out}')
 
 
-if __name__ == "__main__":
+if __name__ == '__main__':
   main()

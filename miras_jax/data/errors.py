@@ -16,20 +16,20 @@ from __future__ import annotations
 
 
 class DataError(ValueError):
-    """Bad input data or arguments for a data-preparation step."""
+  """Bad input data or arguments for a data-preparation step."""
 
 
 class EmptyCorpusError(DataError):
-    """The source produced no non-empty documents."""
+  """The source produced no non-empty documents."""
 
 
 class UnknownFormatError(DataError):
-    """An unsupported source format was requested."""
+  """An unsupported source format was requested."""
 
 
 class DataFileNotFoundError(FileNotFoundError, DataError):
-    """A required file or directory does not exist."""
+  """A required file or directory does not exist."""
 
 
 class MissingDependencyError(ImportError):
-    """An optional dependency is required for the requested feature."""
+  """An optional dependency is required for the requested feature."""

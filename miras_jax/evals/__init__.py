@@ -12,5 +12,15 @@ from miras_jax.evals.harness import evaluate, format_table, paper_table, run_tas
 from miras_jax.evals.scoring import Scorer, make_apply_fn
 from miras_jax.evals.tasks import PAPER_TASKS, TASKS, TaskDataError, load_task
 
-__all__ = ["evaluate", "format_table", "paper_table", "run_tasks", "Scorer", "make_apply_fn", "PAPER_TASKS",
-           "TASKS", "TaskDataError", "load_task"]
+__all__ = [
+  'evaluate',
+  'format_table',
+  'paper_table',
+  'run_tasks',
+  'Scorer',
+  'make_apply_fn',
+  'PAPER_TASKS',
+  'TASKS',
+  'TaskDataError',
+  'load_task',
+]

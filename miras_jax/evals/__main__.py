@@ -25,132 +25,177 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "find_tokenizer"]
+__all__ = ['main', 'find_tokenizer']
 
 
 def _ints(s: str) -> list[int]:
-    out = []
-    for x in s.split(","):
-        x = x.strip().lower()
-        if x:
-            out.append(int(float(x[:-1]) * 1024) if x.endswith("k") else int(x))
-    return out
+  out = []
+  for x in s.split(','):
+    x = x.strip().lower()
+    if x:
+      out.append(int(float(x[:-1]) * 1024) if x.endswith('k') else int(x))
+  return out
 
 
 def find_tokenizer(config: dict[str, Any], run_dir: Path | None) -> str:
-    """The run's tokenizer: ``data.tokenizer``, else the one trained into the data cache."""
-    data = config.get("data", {}) or {}
-    tok = str(data.get("tokenizer") or "")
-    if tok:
-        p = Path(tok).expanduser()
-        for cand in ([p] if p.is_absolute() else [p, *( [run_dir / p] if run_dir else [])]):
-            if cand.is_file():
-                return str(cand)
-        raise FileNotFoundError(f"the run's tokenizer {tok!r} was not found (pass --tokenizer)")
-    caches = []
-    if data.get("cache_dir"):
-        caches.append(Path(str(data["cache_dir"])).expanduser())
-    if run_dir is not None:
-        caches.append(run_dir / "data")
-    for cache in caches:
-        found = sorted((cache / "tokenizers").glob("*/tokenizer.model"), key=lambda p: p.stat().st_mtime)
-        vocab = int((config.get("model") or {}).get("vocab_size") or 0)
-        if vocab:
-            matching = [f for f in found if f.parent.name.startswith(f"spm{vocab}-")]
-            found = matching or found
-        if found:
-            return str(found[-1])
-    raise FileNotFoundError("no tokenizer: the config has no data.tokenizer and none was trained into "
-                            f"{', '.join(str(c / 'tokenizers') for c in caches) or 'a data cache'}; pass --tokenizer")
+  """The run's tokenizer: ``data.tokenizer``, else the one trained into the data cache."""
+  data = config.get('data', {}) or {}
+  tok = str(data.get('tokenizer') or '')
+  if tok:
+    p = Path(tok).expanduser()
+    for cand in [p] if p.is_absolute() else [p, *([run_dir / p] if run_dir else [])]:
+      if cand.is_file():
+        return str(cand)
+    raise FileNotFoundError(f"the run's tokenizer {tok!r} was not found (pass --tokenizer)")
+  caches = []
+  if data.get('cache_dir'):
+    caches.append(Path(str(data['cache_dir'])).expanduser())
+  if run_dir is not None:
+    caches.append(run_dir / 'data')
+  for cache in caches:
+    found = sorted(
+      (cache / 'tokenizers').glob('*/tokenizer.model'), key=lambda p: p.stat().st_mtime
+    )
+    vocab = int((config.get('model') or {}).get('vocab_size') or 0)
+    if vocab:
+      matching = [f for f in found if f.parent.name.startswith(f'spm{vocab}-')]
+      found = matching or found
+    if found:
+      return str(found[-1])
+  raise FileNotFoundError(
+    'no tokenizer: the config has no data.tokenizer and none was trained into '
+    f'{", ".join(str(c / "tokenizers") for c in caches) or "a data cache"}; pass --tokenizer'
+  )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m miras_jax.eval", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", required=True, help="run dir, its checkpoints/ dir, or a checkpoints/<step> dir")
-    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    p.add_argument("--tasks", default="paper",
-                   help="comma-separated: piqa,hellaswag,winogrande,arc_easy,arc_challenge,siqa,boolq,lambada,"
-                        "wikitext,niah,mqar ('paper' = the nine zero-shot tasks)")
-    p.add_argument("--data_dir", default=None, help="task files (default $MIRAS_SHARED_DATA or ../shared/data)")
-    p.add_argument("--limit", type=int, default=None, help="first N documents of each task")
-    p.add_argument("--batch_size", type=int, default=0, help="rows per forward pass (default: eval/train config, 8)")
-    p.add_argument("--max_len", type=int, default=0, help="context length (default: train.seq_len / model max_len)")
-    p.add_argument("--tokenizer", default=None, help="SentencePiece .model (default: the run's)")
-    p.add_argument("--pack", action="store_true", help="pack several requests per row (same numbers)")
-    p.add_argument("--prefix_token", choices=["bos", "eos"], default=None,
-                   help="token for empty contexts / the first rolling window (default: BOS if defined, like lm-eval)")
-    p.add_argument("--output", default=None, help="JSON output path (default <run>/eval/step_<step>.json)")
-    p.add_argument("--niah_lengths", type=_ints, default=[1024, 2048, 4096, 8192, 16384])
-    p.add_argument("--niah_samples", type=int, default=10)
-    p.add_argument("--niah_variants", default="passkey,number,word")
-    p.add_argument("--mqar_pairs", type=_ints, default=[8, 32, 128, 256])
-    p.add_argument("--mqar_samples", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    return p
+  p = argparse.ArgumentParser(
+    prog='python -m miras_jax.eval',
+    description=__doc__.split('\n')[0],
+    formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+    '--workdir', required=True, help='run dir, its checkpoints/ dir, or a checkpoints/<step> dir'
+  )
+  p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
+  p.add_argument(
+    '--tasks',
+    default='paper',
+    help='comma-separated: piqa,hellaswag,winogrande,arc_easy,arc_challenge,siqa,boolq,lambada,'
+    "wikitext,niah,mqar ('paper' = the nine zero-shot tasks)",
+  )
+  p.add_argument(
+    '--data_dir', default=None, help='task files (default $MIRAS_SHARED_DATA or ../shared/data)'
+  )
+  p.add_argument('--limit', type=int, default=None, help='first N documents of each task')
+  p.add_argument(
+    '--batch_size',
+    type=int,
+    default=0,
+    help='rows per forward pass (default: eval/train config, 8)',
+  )
+  p.add_argument(
+    '--max_len', type=int, default=0, help='context length (default: train.seq_len / model max_len)'
+  )
+  p.add_argument('--tokenizer', default=None, help="SentencePiece .model (default: the run's)")
+  p.add_argument('--pack', action='store_true', help='pack several requests per row (same numbers)')
+  p.add_argument(
+    '--prefix_token',
+    choices=['bos', 'eos'],
+    default=None,
+    help='token for empty contexts / the first rolling window (default: BOS if defined, like lm-eval)',
+  )
+  p.add_argument(
+    '--output', default=None, help='JSON output path (default <run>/eval/step_<step>.json)'
+  )
+  p.add_argument('--niah_lengths', type=_ints, default=[1024, 2048, 4096, 8192, 16384])
+  p.add_argument('--niah_samples', type=int, default=10)
+  p.add_argument('--niah_variants', default='passkey,number,word')
+  p.add_argument('--mqar_pairs', type=_ints, default=[8, 32, 128, 256])
+  p.add_argument('--mqar_samples', type=int, default=10)
+  p.add_argument('--seed', type=int, default=0)
+  p.add_argument('--quiet', action='store_true')
+  return p
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = build_parser().parse_args(argv)
-    from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-    from miras_jax.evals import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-    from miras_jax.evals.harness import evaluate, format_table, parse_tasks  # pylint: disable=import-outside-toplevel
+  args = build_parser().parse_args(argv)
+  from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.harness import evaluate, format_table, parse_tasks  # pylint: disable=import-outside-toplevel
 
-    tasks = parse_tasks(args.tasks)
-    ckpt = ckpt_lib.resolve_checkpoint(args.workdir, args.step)
-    config = ckpt_lib.load_config(ckpt)
-    model_cfg = config.get("model")
-    if not model_cfg:
-        raise SystemExit(f"error: the config of {ckpt.step_dir} has no model section")
-    tokenizer = Tokenizer(args.tokenizer or find_tokenizer(config, ckpt.run_dir))
-    train = config.get("train") or {}
-    max_len = args.max_len or int(train.get("seq_len") or 0) or int(model_cfg.get("max_len") or 0)
-    if not max_len:
-        raise SystemExit("error: no context length in the config; pass --max_len")
-    batch_size = args.batch_size or int((config.get("eval") or {}).get("batch_size") or 0) or 8
-    prefix = None
-    if args.prefix_token:
-        prefix = tokenizer.bos_id if args.prefix_token == "bos" else tokenizer.eos_id
-    verbose = not args.quiet
-    if verbose:
-        print(f"checkpoint: {ckpt.step_dir} (step {ckpt.step}); tokenizer {tokenizer.path}; max_len {max_len}; "
-              f"batch {batch_size}; tasks {','.join(tasks)}", flush=True)
-    t0 = time.time()
-    params = ckpt_lib.load_params(ckpt)
-    if verbose:
-        print(f"loaded params in {time.time() - t0:.1f}s", flush=True)
-    out = evaluate(params, model_cfg, tokenizer, tasks, args.data_dir, args.limit, batch_size, max_len,
-                   pack=args.pack, prefix_token_id=prefix, niah_lengths=args.niah_lengths,
-                   niah_samples=args.niah_samples,
-                   niah_variants=[v for v in args.niah_variants.split(",") if v],
-                   mqar_pairs=args.mqar_pairs, mqar_samples=args.mqar_samples, seed=args.seed, verbose=verbose)
-    out["checkpoint"] = {"path": str(ckpt.step_dir), "step": ckpt.step, "tokenizer": tokenizer.path}
-    print(format_table(out["table"]))
-    for name, res in (out.get("synthetic") or {}).items():
-        print(f"{name}: {json.dumps(res)}")
-    if args.output:
-        path = Path(args.output)
-    else:
-        base = ckpt.run_dir if ckpt.run_dir is not None else ckpt.step_dir.parent
-        path = base / "eval" / f"step_{ckpt.step}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2) + "\n")
-    os.replace(tmp, path)
-    print(f"wrote {path}")
-    return out
+  tasks = parse_tasks(args.tasks)
+  ckpt = ckpt_lib.resolve_checkpoint(args.workdir, args.step)
+  config = ckpt_lib.load_config(ckpt)
+  model_cfg = config.get('model')
+  if not model_cfg:
+    raise SystemExit(f'error: the config of {ckpt.step_dir} has no model section')
+  tokenizer = Tokenizer(args.tokenizer or find_tokenizer(config, ckpt.run_dir))
+  train = config.get('train') or {}
+  max_len = args.max_len or int(train.get('seq_len') or 0) or int(model_cfg.get('max_len') or 0)
+  if not max_len:
+    raise SystemExit('error: no context length in the config; pass --max_len')
+  batch_size = args.batch_size or int((config.get('eval') or {}).get('batch_size') or 0) or 8
+  prefix = None
+  if args.prefix_token:
+    prefix = tokenizer.bos_id if args.prefix_token == 'bos' else tokenizer.eos_id
+  verbose = not args.quiet
+  if verbose:
+    print(
+      f'checkpoint: {ckpt.step_dir} (step {ckpt.step}); tokenizer {tokenizer.path}; max_len {max_len}; '
+      f'batch {batch_size}; tasks {",".join(tasks)}',
+      flush=True,
+    )
+  t0 = time.time()
+  params = ckpt_lib.load_params(ckpt)
+  if verbose:
+    print(f'loaded params in {time.time() - t0:.1f}s', flush=True)
+  out = evaluate(
+    params,
+    model_cfg,
+    tokenizer,
+    tasks,
+    args.data_dir,
+    args.limit,
+    batch_size,
+    max_len,
+    pack=args.pack,
+    prefix_token_id=prefix,
+    niah_lengths=args.niah_lengths,
+    niah_samples=args.niah_samples,
+    niah_variants=[v for v in args.niah_variants.split(',') if v],
+    mqar_pairs=args.mqar_pairs,
+    mqar_samples=args.mqar_samples,
+    seed=args.seed,
+    verbose=verbose,
+  )
+  out['checkpoint'] = {'path': str(ckpt.step_dir), 'step': ckpt.step, 'tokenizer': tokenizer.path}
+  print(format_table(out['table']))
+  for name, res in (out.get('synthetic') or {}).items():
+    print(f'{name}: {json.dumps(res)}')
+  if args.output:
+    path = Path(args.output)
+  else:
+    base = ckpt.run_dir if ckpt.run_dir is not None else ckpt.step_dir.parent
+    path = base / 'eval' / f'step_{ckpt.step}.json'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_suffix('.json.tmp')
+  tmp.write_text(json.dumps(out, indent=2) + '\n')
+  os.replace(tmp, path)
+  print(f'wrote {path}')
+  return out
 
 
 def cli() -> None:
-    from miras_jax.evals.tasks import TaskDataError  # pylint: disable=import-outside-toplevel
-    from miras_jax.evals.checkpoint import CheckpointNotFoundError  # pylint: disable=import-outside-toplevel
-    try:
-        main()
-    except (TaskDataError, CheckpointNotFoundError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+  from miras_jax.evals.checkpoint import CheckpointNotFoundError  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.tasks import TaskDataError  # pylint: disable=import-outside-toplevel
+
+  try:
+    main()
+  except (TaskDataError, CheckpointNotFoundError, FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    raise SystemExit(2) from None
 
 
-if __name__ == "__main__":
-    cli()
+if __name__ == '__main__':
+  cli()

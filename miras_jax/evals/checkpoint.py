@@ -23,96 +23,115 @@ from typing import Any
 
 import jax
 
-__all__ = ["CheckpointNotFoundError", "resolve_checkpoint", "load_params", "load_config", "ResolvedCheckpoint"]
+__all__ = [
+  'CheckpointNotFoundError',
+  'resolve_checkpoint',
+  'load_params',
+  'load_config',
+  'ResolvedCheckpoint',
+]
 
 
 class CheckpointNotFoundError(FileNotFoundError):
-    """No (committed) checkpoint where one was asked for."""
+  """No (committed) checkpoint where one was asked for."""
 
 
 class ResolvedCheckpoint:
-    def __init__(self, run_dir: Path | None, step_dir: Path, step: int):
-        self.run_dir, self.step_dir, self.step = run_dir, step_dir, step
+  def __init__(self, run_dir: Path | None, step_dir: Path, step: int):
+    self.run_dir, self.step_dir, self.step = run_dir, step_dir, step
 
-    def __repr__(self):
-        return f"ResolvedCheckpoint(step={self.step}, step_dir={str(self.step_dir)!r})"
+  def __repr__(self):
+    return f'ResolvedCheckpoint(step={self.step}, step_dir={str(self.step_dir)!r})'
 
 
 def _steps(root: Path) -> list[int]:
-    if not root.is_dir():
-        return []
-    steps = []
-    for p in root.iterdir():
-        if p.is_dir() and p.name.isdigit():  # Orbax tmp dirs are not plain integers
-            steps.append(int(p.name))
-    return sorted(steps)
+  if not root.is_dir():
+    return []
+  steps = []
+  for p in root.iterdir():
+    if p.is_dir() and p.name.isdigit():  # Orbax tmp dirs are not plain integers
+      steps.append(int(p.name))
+  return sorted(steps)
 
 
 def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> ResolvedCheckpoint:
-    """The checkpoint directory of ``step`` (default: the latest) under ``path``."""
-    path = Path(path).expanduser().resolve()
-    if not path.exists():
-        raise CheckpointNotFoundError(f"no such run or checkpoint directory: {str(path)!r}")
-    if path.name.isdigit() and ((path / "state").exists() or (path / "params").exists()):
-        root = path.parent
-        run_dir = root.parent if root.name == "checkpoints" else None
-        if step is not None and int(step) != int(path.name):
-            raise CheckpointNotFoundError(f"--step={step} contradicts the checkpoint directory {str(path)!r}")
-        return ResolvedCheckpoint(run_dir, path, int(path.name))
-    if (path / "checkpoints").is_dir():
-        root, run_dir = path / "checkpoints", path
-    else:
-        root, run_dir = path, (path.parent if path.name == "checkpoints" else None)
-    steps = _steps(root)
-    if not steps:
-        raise CheckpointNotFoundError(f"no checkpoints under {str(root)!r}")
-    if step is None:
-        step = steps[-1]
-    elif int(step) not in steps:
-        raise CheckpointNotFoundError(f"no checkpoint for step {step} under {str(root)!r} (have {steps})")
-    return ResolvedCheckpoint(run_dir, root / str(int(step)), int(step))
+  """The checkpoint directory of ``step`` (default: the latest) under ``path``."""
+  path = Path(path).expanduser().resolve()
+  if not path.exists():
+    raise CheckpointNotFoundError(f'no such run or checkpoint directory: {str(path)!r}')
+  if path.name.isdigit() and ((path / 'state').exists() or (path / 'params').exists()):
+    root = path.parent
+    run_dir = root.parent if root.name == 'checkpoints' else None
+    if step is not None and int(step) != int(path.name):
+      raise CheckpointNotFoundError(
+        f'--step={step} contradicts the checkpoint directory {str(path)!r}'
+      )
+    return ResolvedCheckpoint(run_dir, path, int(path.name))
+  if (path / 'checkpoints').is_dir():
+    root, run_dir = path / 'checkpoints', path
+  else:
+    root, run_dir = path, (path.parent if path.name == 'checkpoints' else None)
+  steps = _steps(root)
+  if not steps:
+    raise CheckpointNotFoundError(f'no checkpoints under {str(root)!r}')
+  if step is None:
+    step = steps[-1]
+  elif int(step) not in steps:
+    raise CheckpointNotFoundError(
+      f'no checkpoint for step {step} under {str(root)!r} (have {steps})'
+    )
+  return ResolvedCheckpoint(run_dir, root / str(int(step)), int(step))
 
 
 def load_config(ckpt: ResolvedCheckpoint) -> dict[str, Any]:
-    """The run's resolved config: ``<run>/config.json``, else the checkpoint's ``config`` item."""
-    candidates = []
-    if ckpt.run_dir is not None:
-        candidates.append(ckpt.run_dir / "config.json")
-    candidates += [ckpt.step_dir / "config" / "metadata", ckpt.step_dir / "config.json"]
-    for c in candidates:
-        if c.is_file():
-            try:
-                return json.loads(c.read_text())
-            except json.JSONDecodeError as e:
-                raise ValueError(f"malformed config {str(c)!r}: {e}") from None
-    raise FileNotFoundError(f"no config found for checkpoint {str(ckpt.step_dir)!r} (looked at "
-                            f"{', '.join(str(c) for c in candidates)})")
+  """The run's resolved config: ``<run>/config.json``, else the checkpoint's ``config`` item."""
+  candidates = []
+  if ckpt.run_dir is not None:
+    candidates.append(ckpt.run_dir / 'config.json')
+  candidates += [ckpt.step_dir / 'config' / 'metadata', ckpt.step_dir / 'config.json']
+  for c in candidates:
+    if c.is_file():
+      try:
+        return json.loads(c.read_text())
+      except json.JSONDecodeError as e:
+        raise ValueError(f'malformed config {str(c)!r}: {e}') from None
+  raise FileNotFoundError(
+    f'no config found for checkpoint {str(ckpt.step_dir)!r} (looked at '
+    f'{", ".join(str(c) for c in candidates)})'
+  )
 
 
 def load_params(ckpt: ResolvedCheckpoint | str | os.PathLike, *, sharding: Any = None) -> Any:
-    """Restore the parameter tree of a checkpoint (without the optimiser state)."""
-    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+  """Restore the parameter tree of a checkpoint (without the optimiser state)."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
-    if not isinstance(ckpt, ResolvedCheckpoint):
-        ckpt = resolve_checkpoint(ckpt)
-    item = ckpt.step_dir / "state"
-    if not item.exists():
-        item = ckpt.step_dir / "params"
-    if not item.exists():
-        raise CheckpointNotFoundError(f"checkpoint {str(ckpt.step_dir)!r} has no 'state' (or 'params') item")
-    checkpointer = ocp.PyTreeCheckpointer()
-    meta = checkpointer.metadata(item)
-    tree = getattr(getattr(meta, "item_metadata", None), "tree", None)
-    if tree is None:
-        tree = getattr(meta, "tree", meta)
-    wrapped = isinstance(tree, dict) and "params" in tree and "opt_state" in tree
-    sub = tree["params"] if wrapped else tree
-    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), sub)
-    rargs = jax.tree.map(lambda a: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=a.shape, dtype=a.dtype),
-                         abstract)
-    if wrapped:
-        out = checkpointer.restore(item, args=ocp.args.PyTreeRestore(
-            item={"params": abstract}, restore_args={"params": rargs}, partial_restore=True))
-        return out["params"]
-    return checkpointer.restore(item, args=ocp.args.PyTreeRestore(item=abstract, restore_args=rargs))
+  if not isinstance(ckpt, ResolvedCheckpoint):
+    ckpt = resolve_checkpoint(ckpt)
+  item = ckpt.step_dir / 'state'
+  if not item.exists():
+    item = ckpt.step_dir / 'params'
+  if not item.exists():
+    raise CheckpointNotFoundError(
+      f"checkpoint {str(ckpt.step_dir)!r} has no 'state' (or 'params') item"
+    )
+  checkpointer = ocp.PyTreeCheckpointer()
+  meta = checkpointer.metadata(item)
+  tree = getattr(getattr(meta, 'item_metadata', None), 'tree', None)
+  if tree is None:
+    tree = getattr(meta, 'tree', meta)
+  wrapped = isinstance(tree, dict) and 'params' in tree and 'opt_state' in tree
+  sub = tree['params'] if wrapped else tree
+  sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), sub)
+  rargs = jax.tree.map(
+    lambda a: ocp.ArrayRestoreArgs(sharding=sharding, global_shape=a.shape, dtype=a.dtype), abstract
+  )
+  if wrapped:
+    out = checkpointer.restore(
+      item,
+      args=ocp.args.PyTreeRestore(
+        item={'params': abstract}, restore_args={'params': rargs}, partial_restore=True
+      ),
+    )
+    return out['params']
+  return checkpointer.restore(item, args=ocp.args.PyTreeRestore(item=abstract, restore_args=rargs))

@@ -25,156 +25,225 @@ import numpy as np
 
 from miras_jax.evals import synthetic
 from miras_jax.evals.scoring import Scorer, make_apply_fn
-from miras_jax.evals.tasks import (ALIASES, PAPER_TASKS, TASKS, LoglikelihoodDoc, MultipleChoiceDoc,
-                                   aggregate, load_task)
+from miras_jax.evals.tasks import (
+  ALIASES,
+  PAPER_TASKS,
+  TASKS,
+  LoglikelihoodDoc,
+  MultipleChoiceDoc,
+  aggregate,
+  load_task,
+)
 
-__all__ = ["evaluate", "run_tasks", "paper_table", "format_table", "TABLE_COLUMNS", "SYNTHETIC_TASKS",
-           "parse_tasks"]
+__all__ = [
+  'evaluate',
+  'run_tasks',
+  'paper_table',
+  'format_table',
+  'TABLE_COLUMNS',
+  'SYNTHETIC_TASKS',
+  'parse_tasks',
+]
 
 # (column, task, metric, is accuracy)
 TABLE_COLUMNS = (
-    ("Wiki. ppl", "wikitext", "word_perplexity", False),
-    ("LMB. ppl", "lambada", "perplexity", False),
-    ("LMB. acc", "lambada", "acc", True),
-    ("PIQA acc", "piqa", "acc", True),
-    ("Hella. acc_n", "hellaswag", "acc_norm", True),
-    ("Wino. acc", "winogrande", "acc", True),
-    ("ARC-e acc", "arc_easy", "acc", True),
-    ("ARC-c acc_n", "arc_challenge", "acc_norm", True),
-    ("SIQA acc", "siqa", "acc", True),
-    ("BoolQ acc", "boolq", "acc", True),
+  ('Wiki. ppl', 'wikitext', 'word_perplexity', False),
+  ('LMB. ppl', 'lambada', 'perplexity', False),
+  ('LMB. acc', 'lambada', 'acc', True),
+  ('PIQA acc', 'piqa', 'acc', True),
+  ('Hella. acc_n', 'hellaswag', 'acc_norm', True),
+  ('Wino. acc', 'winogrande', 'acc', True),
+  ('ARC-e acc', 'arc_easy', 'acc', True),
+  ('ARC-c acc_n', 'arc_challenge', 'acc_norm', True),
+  ('SIQA acc', 'siqa', 'acc', True),
+  ('BoolQ acc', 'boolq', 'acc', True),
 )
-SYNTHETIC_TASKS = ("niah", "mqar")
+SYNTHETIC_TASKS = ('niah', 'mqar')
 
 
 def parse_tasks(tasks: str | Sequence[str] | None) -> list[str]:
-    """``'piqa,lambada'`` / a list / ``'all'`` / ``'paper'`` -> task names (aliases resolved)."""
-    if tasks is None or tasks in ("all", "paper") or tasks == ["all"]:
-        return list(PAPER_TASKS)
-    if isinstance(tasks, str):
-        tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-    out = []
-    for t in tasks:
-        t = ALIASES.get(t, t)
-        if t in ("all", "paper"):
-            out += [x for x in PAPER_TASKS if x not in out]
-        elif t not in TASKS and t not in SYNTHETIC_TASKS:
-            raise ValueError(f"unknown task {t!r}; known: {', '.join([*TASKS, *SYNTHETIC_TASKS])}")
-        elif t not in out:
-            out.append(t)
-    return out
+  """``'piqa,lambada'`` / a list / ``'all'`` / ``'paper'`` -> task names (aliases resolved)."""
+  if tasks is None or tasks in ('all', 'paper') or tasks == ['all']:
+    return list(PAPER_TASKS)
+  if isinstance(tasks, str):
+    tasks = [t.strip() for t in tasks.split(',') if t.strip()]
+  out = []
+  for t in tasks:
+    t = ALIASES.get(t, t)
+    if t in ('all', 'paper'):
+      out += [x for x in PAPER_TASKS if x not in out]
+    elif t not in TASKS and t not in SYNTHETIC_TASKS:
+      raise ValueError(f'unknown task {t!r}; known: {", ".join([*TASKS, *SYNTHETIC_TASKS])}')
+    elif t not in out:
+      out.append(t)
+  return out
 
 
-def run_tasks(scorer: Scorer, tasks: Sequence[str], data_dir: Any = None, limit: int | None = None,
-              verbose: bool = False) -> dict[str, dict[str, float]]:
-    """lm-eval metrics of the zero-shot ``tasks`` with ``scorer``."""
-    results = {}
-    for name in tasks:
-        t0 = time.time()
-        docs = load_task(name, data_dir, limit)
-        if TASKS[ALIASES.get(name, name)].kind == "rolling":
-            lls = scorer.loglikelihood_rolling([d.text for d in docs])
-            per_doc = [d.metrics([ll]) for d, ll in zip(docs, lls)]
-        else:
-            flat = [req for d in docs for req in d.requests]
-            res = scorer.loglikelihood(flat)
-            per_doc, k = [], 0
-            for d in docs:
-                assert isinstance(d, (MultipleChoiceDoc, LoglikelihoodDoc))
-                n = len(d.requests)
-                per_doc.append(d.metrics(res[k:k + n]))
-                k += n
-        metrics = aggregate(per_doc)
-        metrics["num_docs"] = len(docs)
-        results[name] = metrics
-        if verbose:
-            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "num_docs")
-            print(f"{name}: {shown} ({len(docs)} docs, {time.time() - t0:.1f}s)", flush=True)
-    return results
+def run_tasks(
+  scorer: Scorer,
+  tasks: Sequence[str],
+  data_dir: Any = None,
+  limit: int | None = None,
+  verbose: bool = False,
+) -> dict[str, dict[str, float]]:
+  """lm-eval metrics of the zero-shot ``tasks`` with ``scorer``."""
+  results = {}
+  for name in tasks:
+    t0 = time.time()
+    docs = load_task(name, data_dir, limit)
+    if TASKS[ALIASES.get(name, name)].kind == 'rolling':
+      lls = scorer.loglikelihood_rolling([d.text for d in docs])
+      per_doc = [d.metrics([ll]) for d, ll in zip(docs, lls)]
+    else:
+      flat = [req for d in docs for req in d.requests]
+      res = scorer.loglikelihood(flat)
+      per_doc, k = [], 0
+      for d in docs:
+        assert isinstance(d, (MultipleChoiceDoc, LoglikelihoodDoc))
+        n = len(d.requests)
+        per_doc.append(d.metrics(res[k : k + n]))
+        k += n
+    metrics = aggregate(per_doc)
+    metrics['num_docs'] = len(docs)
+    results[name] = metrics
+    if verbose:
+      shown = ', '.join(f'{k}={v:.4g}' for k, v in metrics.items() if k != 'num_docs')
+      print(f'{name}: {shown} ({len(docs)} docs, {time.time() - t0:.1f}s)', flush=True)
+  return results
 
 
 def paper_table(results: dict[str, dict[str, float]]) -> dict[str, float]:
-    """The papers' columns (accuracies in %) and their average, for the tasks present."""
-    table, accs = {}, []
-    for col, task, metric, is_acc in TABLE_COLUMNS:
-        if task in results and metric in results[task]:
-            v = results[task][metric]
-            table[col] = 100.0 * v if is_acc else v
-            if is_acc:
-                accs.append(100.0 * v)
-    if accs:
-        table["Avg."] = float(np.mean(accs))
-    return table
+  """The papers' columns (accuracies in %) and their average, for the tasks present."""
+  table, accs = {}, []
+  for col, task, metric, is_acc in TABLE_COLUMNS:
+    if task in results and metric in results[task]:
+      v = results[task][metric]
+      table[col] = 100.0 * v if is_acc else v
+      if is_acc:
+        accs.append(100.0 * v)
+  if accs:
+    table['Avg.'] = float(np.mean(accs))
+  return table
 
 
 def format_table(table: dict[str, float]) -> str:
-    """A Markdown table of :func:`paper_table`'s columns."""
-    if not table:
-        return "(no zero-shot tasks)"
-    cols = list(table)
-    widths = [max(len(c), 6) for c in cols]
-    head = "| " + " | ".join(c.rjust(w) for c, w in zip(cols, widths)) + " |"
-    sep = "|" + "|".join("-" * (w + 1) + ":" for w in widths) + "|"
-    vals = "| " + " | ".join((f"{table[c]:.2f}" if math.isfinite(table[c]) else "inf").rjust(w)
-                             for c, w in zip(cols, widths)) + " |"
-    return "\n".join([head, sep, vals])
+  """A Markdown table of :func:`paper_table`'s columns."""
+  if not table:
+    return '(no zero-shot tasks)'
+  cols = list(table)
+  widths = [max(len(c), 6) for c in cols]
+  head = '| ' + ' | '.join(c.rjust(w) for c, w in zip(cols, widths)) + ' |'
+  sep = '|' + '|'.join('-' * (w + 1) + ':' for w in widths) + '|'
+  vals = (
+    '| '
+    + ' | '.join(
+      (f'{table[c]:.2f}' if math.isfinite(table[c]) else 'inf').rjust(w)
+      for c, w in zip(cols, widths)
+    )
+    + ' |'
+  )
+  return '\n'.join([head, sep, vals])
 
 
-def evaluate(params: Any, model_cfg: Any, tokenizer: Any, tasks: str | Sequence[str] | None = None,
-             data_dir: Any = None, limit: int | None = None, batch_size: int = 8, max_len: int | None = None,
-             *, pack: bool = False, apply_fn: Callable | None = None, prefix_token_id: int | None = None,
-             niah_lengths: Sequence[int] = (1024, 2048, 4096, 8192, 16384), niah_samples: int = 10,
-             niah_variants: Sequence[str] = synthetic.NIAH_VARIANTS,
-             mqar_pairs: Sequence[int] = (8, 32, 128, 256), mqar_samples: int = 10, seed: int = 0,
-             verbose: bool = False) -> dict[str, Any]:
-    """Evaluate ``params`` of the model ``model_cfg`` on ``tasks`` (see the module docstring).
+def evaluate(
+  params: Any,
+  model_cfg: Any,
+  tokenizer: Any,
+  tasks: str | Sequence[str] | None = None,
+  data_dir: Any = None,
+  limit: int | None = None,
+  batch_size: int = 8,
+  max_len: int | None = None,
+  *,
+  pack: bool = False,
+  apply_fn: Callable | None = None,
+  prefix_token_id: int | None = None,
+  niah_lengths: Sequence[int] = (1024, 2048, 4096, 8192, 16384),
+  niah_samples: int = 10,
+  niah_variants: Sequence[str] = synthetic.NIAH_VARIANTS,
+  mqar_pairs: Sequence[int] = (8, 32, 128, 256),
+  mqar_samples: int = 10,
+  seed: int = 0,
+  verbose: bool = False,
+) -> dict[str, Any]:
+  """Evaluate ``params`` of the model ``model_cfg`` on ``tasks`` (see the module docstring).
 
-    Args:
-        params: the parameter tree (``model.init(...)['params']``).
-        model_cfg: the model's config (ConfigDict / mapping / LMConfig); ignored if ``apply_fn``
-            is given.
-        tokenizer: a ``Tokenizer`` or the path of a SentencePiece ``.model``.
-        tasks: names (or a comma-separated string); default: the papers' nine tasks.
-        data_dir: where the task files are (default ``$MIRAS_SHARED_DATA`` or ../shared/data).
-        limit: only the first ``limit`` documents of each task.
-        batch_size: rows per forward pass.
-        max_len: context length (truncation and rolling windows); default the model's
-            ``max_len``.
-        pack: several requests per row (segments) instead of one per row; same results.
-        apply_fn: ``(params, tokens, segment_ids, positions) -> logits``, to bypass ``model_cfg``.
-    """
-    if isinstance(tokenizer, str) or hasattr(tokenizer, "__fspath__"):
-        from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-        tokenizer = Tokenizer(tokenizer)
-    if apply_fn is None:
-        from miras_jax.models import build_model  # pylint: disable=import-outside-toplevel
-        apply_fn = make_apply_fn(build_model(model_cfg))
-    if max_len is None:
-        max_len = int(model_cfg["max_len"] if hasattr(model_cfg, "__getitem__") else model_cfg.max_len)
-    names = parse_tasks(tasks)
-    t0 = time.time()
-    align = 1
-    if pack and model_cfg is not None:
-        get = model_cfg.get if hasattr(model_cfg, "get") else (lambda k, d=None: getattr(model_cfg, k, d))
-        align = int(get("chunk_size", 1) or 1)
-    scorer = Scorer(apply_fn, params, tokenizer, max_len=max_len, batch_size=batch_size, pack=pack,
-                    prefix_token_id=prefix_token_id, pad_id=getattr(tokenizer, "pad_id", 0), pack_align=align,
-                    verbose=verbose)
-    zero_shot = [n for n in names if n not in SYNTHETIC_TASKS]
-    results = run_tasks(scorer, zero_shot, data_dir, limit, verbose)
-    out: dict[str, Any] = {"results": results, "table": paper_table(results)}
-    budget = batch_size * max_len  # tokens per forward pass for the long synthetic prompts
+  Args:
+      params: the parameter tree (``model.init(...)['params']``).
+      model_cfg: the model's config (ConfigDict / mapping / LMConfig); ignored if ``apply_fn``
+          is given.
+      tokenizer: a ``Tokenizer`` or the path of a SentencePiece ``.model``.
+      tasks: names (or a comma-separated string); default: the papers' nine tasks.
+      data_dir: where the task files are (default ``$MIRAS_SHARED_DATA`` or ../shared/data).
+      limit: only the first ``limit`` documents of each task.
+      batch_size: rows per forward pass.
+      max_len: context length (truncation and rolling windows); default the model's
+          ``max_len``.
+      pack: several requests per row (segments) instead of one per row; same results.
+      apply_fn: ``(params, tokens, segment_ids, positions) -> logits``, to bypass ``model_cfg``.
+  """
+  if isinstance(tokenizer, str) or hasattr(tokenizer, '__fspath__'):
+    from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
 
-    def factory(length: int) -> Scorer:
-        return Scorer(apply_fn, params, tokenizer, max_len=length, batch_size=max(1, budget // length),
-                      pack=False, prefix_token_id=prefix_token_id, verbose=verbose)
+    tokenizer = Tokenizer(tokenizer)
+  if apply_fn is None:
+    from miras_jax.models import build_model  # pylint: disable=import-outside-toplevel
 
-    if "niah" in names:
-        out.setdefault("synthetic", {})["niah"] = synthetic.run_niah(
-            factory, tokenizer, niah_lengths, niah_variants, niah_samples, seed)
-    if "mqar" in names:
-        out.setdefault("synthetic", {})["mqar"] = synthetic.run_mqar(
-            factory, tokenizer, mqar_pairs, mqar_samples, seed)
-    out["settings"] = {"tasks": names, "limit": limit, "batch_size": batch_size, "max_len": max_len,
-                       "pack": pack, "prefix_token_id": scorer.prefix_token_id, "seconds": time.time() - t0}
-    return out
+    apply_fn = make_apply_fn(build_model(model_cfg))
+  if max_len is None:
+    max_len = int(model_cfg['max_len'] if hasattr(model_cfg, '__getitem__') else model_cfg.max_len)
+  names = parse_tasks(tasks)
+  t0 = time.time()
+  align = 1
+  if pack and model_cfg is not None:
+    get = (
+      model_cfg.get if hasattr(model_cfg, 'get') else (lambda k, d=None: getattr(model_cfg, k, d))
+    )
+    align = int(get('chunk_size', 1) or 1)
+  scorer = Scorer(
+    apply_fn,
+    params,
+    tokenizer,
+    max_len=max_len,
+    batch_size=batch_size,
+    pack=pack,
+    prefix_token_id=prefix_token_id,
+    pad_id=getattr(tokenizer, 'pad_id', 0),
+    pack_align=align,
+    verbose=verbose,
+  )
+  zero_shot = [n for n in names if n not in SYNTHETIC_TASKS]
+  results = run_tasks(scorer, zero_shot, data_dir, limit, verbose)
+  out: dict[str, Any] = {'results': results, 'table': paper_table(results)}
+  budget = batch_size * max_len  # tokens per forward pass for the long synthetic prompts
+
+  def factory(length: int) -> Scorer:
+    return Scorer(
+      apply_fn,
+      params,
+      tokenizer,
+      max_len=length,
+      batch_size=max(1, budget // length),
+      pack=False,
+      prefix_token_id=prefix_token_id,
+      verbose=verbose,
+    )
+
+  if 'niah' in names:
+    out.setdefault('synthetic', {})['niah'] = synthetic.run_niah(
+      factory, tokenizer, niah_lengths, niah_variants, niah_samples, seed
+    )
+  if 'mqar' in names:
+    out.setdefault('synthetic', {})['mqar'] = synthetic.run_mqar(
+      factory, tokenizer, mqar_pairs, mqar_samples, seed
+    )
+  out['settings'] = {
+    'tasks': names,
+    'limit': limit,
+    'batch_size': batch_size,
+    'max_len': max_len,
+    'pack': pack,
+    'prefix_token_id': scorer.prefix_token_id,
+    'seconds': time.time() - t0,
+  }
+  return out

@@ -35,133 +35,165 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["NIAH_VARIANTS", "NiahSample", "make_niah", "make_mqar", "run_niah", "run_mqar", "made_up_words"]
+__all__ = [
+  'NIAH_VARIANTS',
+  'NiahSample',
+  'make_niah',
+  'make_mqar',
+  'run_niah',
+  'run_mqar',
+  'made_up_words',
+]
 
-NIAH_VARIANTS = ("passkey", "number", "word")
-NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
-_CONS = "bdfgklmnprstvz"
-_VOWELS = "aeiou"
+NIAH_VARIANTS = ('passkey', 'number', 'word')
+NOISE = 'The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again.'
+_CONS = 'bdfgklmnprstvz'
+_VOWELS = 'aeiou'
 
 
 def made_up_words(rng: random.Random, n: int, syllables: int = 2) -> list[str]:
-    """``n`` distinct pronounceable made-up words ('bako', 'tilu', ...)."""
-    out, seen = [], set()
-    while len(out) < n:
-        w = "".join(rng.choice(_CONS) + rng.choice(_VOWELS) for _ in range(syllables))
-        if w not in seen:
-            seen.add(w)
-            out.append(w)
-    return out
+  """``n`` distinct pronounceable made-up words ('bako', 'tilu', ...)."""
+  out, seen = [], set()
+  while len(out) < n:
+    w = ''.join(rng.choice(_CONS) + rng.choice(_VOWELS) for _ in range(syllables))
+    if w not in seen:
+      seen.add(w)
+      out.append(w)
+  return out
 
 
 @dataclasses.dataclass
 class NiahSample:
-    variant: str
-    length: int
-    depth: float
-    context: list[int]
-    answer: list[int]
-    answer_text: str
+  variant: str
+  length: int
+  depth: float
+  context: list[int]
+  answer: list[int]
+  answer_text: str
 
 
 def _niah_parts(variant: str, rng: random.Random) -> tuple[str, str, str, str]:
-    """(instruction, needle, question, answer) of one sample."""
-    if variant == "passkey":
-        value = str(rng.randint(1_000_000, 9_999_999))
-        return ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. "
-                "I will quiz you about the important information there.",
-                f"The pass key is {value}. Remember it. {value} is the pass key.",
-                "What is the pass key? The pass key is", value)
-    key = made_up_words(rng, 1, 3)[0]
-    if variant == "number":
-        value, kind = str(rng.randint(1_000_000, 9_999_999)), "number"
-    elif variant == "word":
-        value, kind = made_up_words(rng, 1, 3)[0], "word"
-    else:
-        raise ValueError(f"unknown niah variant {variant!r}; known: {', '.join(NIAH_VARIANTS)}")
-    return (f"Some special magic {kind}s are hidden within the following text. Make sure to memorize it. "
-            f"I will quiz you about the {kind}s afterwards.",
-            f"One of the special magic {kind}s for {key} is: {value}.",
-            f"What is the special magic {kind} for {key} mentioned in the provided text? "
-            f"The special magic {kind} for {key} mentioned in the provided text is", value)
+  """(instruction, needle, question, answer) of one sample."""
+  if variant == 'passkey':
+    value = str(rng.randint(1_000_000, 9_999_999))
+    return (
+      'There is an important info hidden inside a lot of irrelevant text. Find it and memorize it. '
+      'I will quiz you about the important information there.',
+      f'The pass key is {value}. Remember it. {value} is the pass key.',
+      'What is the pass key? The pass key is',
+      value,
+    )
+  key = made_up_words(rng, 1, 3)[0]
+  if variant == 'number':
+    value, kind = str(rng.randint(1_000_000, 9_999_999)), 'number'
+  elif variant == 'word':
+    value, kind = made_up_words(rng, 1, 3)[0], 'word'
+  else:
+    raise ValueError(f'unknown niah variant {variant!r}; known: {", ".join(NIAH_VARIANTS)}')
+  return (
+    f'Some special magic {kind}s are hidden within the following text. Make sure to memorize it. '
+    f'I will quiz you about the {kind}s afterwards.',
+    f'One of the special magic {kind}s for {key} is: {value}.',
+    f'What is the special magic {kind} for {key} mentioned in the provided text? '
+    f'The special magic {kind} for {key} mentioned in the provided text is',
+    value,
+  )
 
 
-def make_niah(tokenizer: Any, lengths: Sequence[int] = (1024, 2048, 4096, 8192, 16384),
-              variants: Sequence[str] = NIAH_VARIANTS, samples: int = 10, seed: int = 0) -> list[NiahSample]:
-    """``samples`` prompts per (variant, length), needle depths evenly spread over [0, 1]."""
-    enc = tokenizer.encode
-    noise = enc(NOISE)
-    out = []
-    for variant in variants:
-        for length in lengths:
-            rng = random.Random(f"{seed}-{variant}-{length}")
-            for s in range(samples):
-                depth = s / (samples - 1) if samples > 1 else 0.5
-                instr, needle, question, answer = _niah_parts(variant, rng)
-                head, needle_ids, tail = enc(instr), enc(needle), enc(question)
-                ans = enc(answer)  # "▁1234567": a word after a space, as in the prompt
-                budget = max(0, int(length) - len(head) - len(needle_ids) - len(tail) - len(ans))
-                reps = budget // len(noise)
-                hay = noise * reps
-                hay += noise[: budget - len(hay)] if budget - len(hay) > 0 else []
-                # insert at a sentence boundary of the noise (a multiple of the noise block)
-                cut = int(round(depth * reps)) * len(noise)
-                ctx = head + hay[:cut] + needle_ids + hay[cut:] + tail
-                out.append(NiahSample(variant, int(length), depth, ctx, ans, answer))
-    return out
-
-
-def run_niah(scorer_factory, tokenizer: Any, lengths: Sequence[int], variants: Sequence[str] = NIAH_VARIANTS,
-             samples: int = 10, seed: int = 0) -> dict[str, Any]:
-    """Accuracy per variant and length; ``scorer_factory(max_len)`` gives a Scorer for that length."""
-    data = make_niah(tokenizer, lengths, variants, samples, seed)
-    results: dict[str, Any] = {}
+def make_niah(
+  tokenizer: Any,
+  lengths: Sequence[int] = (1024, 2048, 4096, 8192, 16384),
+  variants: Sequence[str] = NIAH_VARIANTS,
+  samples: int = 10,
+  seed: int = 0,
+) -> list[NiahSample]:
+  """``samples`` prompts per (variant, length), needle depths evenly spread over [0, 1]."""
+  enc = tokenizer.encode
+  noise = enc(NOISE)
+  out = []
+  for variant in variants:
     for length in lengths:
-        group = [d for d in data if d.length == length]
-        scorer = scorer_factory(max(len(d.context) + len(d.answer) for d in group))
-        res = scorer.loglikelihood_tokens([(d.context, d.answer) for d in group])
-        for variant in variants:
-            hits = [float(r[1]) for d, r in zip(group, res) if d.variant == variant]
-            results.setdefault(variant, {})[str(length)] = float(np.mean(hits)) if hits else float("nan")
-    results["mean"] = {str(n): float(np.mean([results[v][str(n)] for v in variants])) for n in lengths}
-    return results
+      rng = random.Random(f'{seed}-{variant}-{length}')
+      for s in range(samples):
+        depth = s / (samples - 1) if samples > 1 else 0.5
+        instr, needle, question, answer = _niah_parts(variant, rng)
+        head, needle_ids, tail = enc(instr), enc(needle), enc(question)
+        ans = enc(answer)  # "▁1234567": a word after a space, as in the prompt
+        budget = max(0, int(length) - len(head) - len(needle_ids) - len(tail) - len(ans))
+        reps = budget // len(noise)
+        hay = noise * reps
+        hay += noise[: budget - len(hay)] if budget - len(hay) > 0 else []
+        # insert at a sentence boundary of the noise (a multiple of the noise block)
+        cut = int(round(depth * reps)) * len(noise)
+        ctx = head + hay[:cut] + needle_ids + hay[cut:] + tail
+        out.append(NiahSample(variant, int(length), depth, ctx, ans, answer))
+  return out
+
+
+def run_niah(
+  scorer_factory,
+  tokenizer: Any,
+  lengths: Sequence[int],
+  variants: Sequence[str] = NIAH_VARIANTS,
+  samples: int = 10,
+  seed: int = 0,
+) -> dict[str, Any]:
+  """Accuracy per variant and length; ``scorer_factory(max_len)`` gives a Scorer for that length."""
+  data = make_niah(tokenizer, lengths, variants, samples, seed)
+  results: dict[str, Any] = {}
+  for length in lengths:
+    group = [d for d in data if d.length == length]
+    scorer = scorer_factory(max(len(d.context) + len(d.answer) for d in group))
+    res = scorer.loglikelihood_tokens([(d.context, d.answer) for d in group])
+    for variant in variants:
+      hits = [float(r[1]) for d, r in zip(group, res) if d.variant == variant]
+      results.setdefault(variant, {})[str(length)] = float(np.mean(hits)) if hits else float('nan')
+  results['mean'] = {
+    str(n): float(np.mean([results[v][str(n)] for v in variants])) for n in lengths
+  }
+  return results
 
 
 def make_mqar(tokenizer: Any, num_pairs: int, samples: int = 10, seed: int = 0):
-    """``[(context ids, query ids, value spans [(start, end)] within the query ids)]``."""
-    enc = tokenizer.encode
-    rng = random.Random(f"{seed}-mqar-{num_pairs}")
-    out = []
-    for _ in range(samples):
-        keys = made_up_words(rng, num_pairs, 2)
-        values = [str(rng.randint(100, 999)) for _ in keys]
-        ctx = enc("Remember the pairs.")
-        for k, v in zip(keys, values):
-            ctx += enc(f"{k} {v},")
-        ctx += enc("Recall.")
-        order = list(range(num_pairs))
-        rng.shuffle(order)
-        query, spans = [], []
-        for i in order:
-            query += enc(keys[i])
-            v = enc(values[i])
-            spans.append((len(query), len(query) + len(v)))
-            query += v + enc(",")[-1:] if enc(",") else v
-        out.append((ctx, query, spans))
-    return out
+  """``[(context ids, query ids, value spans [(start, end)] within the query ids)]``."""
+  enc = tokenizer.encode
+  rng = random.Random(f'{seed}-mqar-{num_pairs}')
+  out = []
+  for _ in range(samples):
+    keys = made_up_words(rng, num_pairs, 2)
+    values = [str(rng.randint(100, 999)) for _ in keys]
+    ctx = enc('Remember the pairs.')
+    for k, v in zip(keys, values):
+      ctx += enc(f'{k} {v},')
+    ctx += enc('Recall.')
+    order = list(range(num_pairs))
+    rng.shuffle(order)
+    query, spans = [], []
+    for i in order:
+      query += enc(keys[i])
+      v = enc(values[i])
+      spans.append((len(query), len(query) + len(v)))
+      query += v + enc(',')[-1:] if enc(',') else v
+    out.append((ctx, query, spans))
+  return out
 
 
-def run_mqar(scorer_factory, tokenizer: Any, num_pairs: Sequence[int] = (8, 32, 128, 256), samples: int = 10,
-             seed: int = 0) -> dict[str, Any]:
-    """Accuracy (fraction of values recalled exactly) per number of pairs, with the token length."""
-    acc, lengths = {}, {}
-    for n in num_pairs:
-        data = make_mqar(tokenizer, n, samples, seed)
-        scorer = scorer_factory(max(len(c) + len(q) for c, q, _ in data))
-        res = scorer.token_scores([(c, q) for c, q, _ in data])
-        hits = []
-        for (c, q, spans), (_, greedy) in zip(data, res):
-            hits += [float(greedy[a:b].all()) for a, b in spans]
-        acc[str(n)] = float(np.mean(hits))
-        lengths[str(n)] = int(max(len(c) + len(q) for c, q, _ in data))
-    return {"acc": acc, "tokens": lengths}
+def run_mqar(
+  scorer_factory,
+  tokenizer: Any,
+  num_pairs: Sequence[int] = (8, 32, 128, 256),
+  samples: int = 10,
+  seed: int = 0,
+) -> dict[str, Any]:
+  """Accuracy (fraction of values recalled exactly) per number of pairs, with the token length."""
+  acc, lengths = {}, {}
+  for n in num_pairs:
+    data = make_mqar(tokenizer, n, samples, seed)
+    scorer = scorer_factory(max(len(c) + len(q) for c, q, _ in data))
+    res = scorer.token_scores([(c, q) for c, q, _ in data])
+    hits = []
+    for (_, _, spans), (_, greedy) in zip(data, res):
+      hits += [float(greedy[a:b].all()) for a, b in spans]
+    acc[str(n)] = float(np.mean(hits))
+    lengths[str(n)] = int(max(len(c) + len(q) for c, q, _ in data))
+  return {'acc': acc, 'tokens': lengths}

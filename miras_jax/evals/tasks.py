@@ -68,396 +68,451 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "TASKS", "PAPER_TASKS", "TaskDataError", "Doc", "MultipleChoiceDoc", "LoglikelihoodDoc",
-    "RollingDoc", "load_task", "default_data_dir", "hellaswag_preprocess", "wikitext_detokenizer",
-    "wikitext_documents", "aggregate",
+  'TASKS',
+  'PAPER_TASKS',
+  'TaskDataError',
+  'Doc',
+  'MultipleChoiceDoc',
+  'LoglikelihoodDoc',
+  'RollingDoc',
+  'load_task',
+  'default_data_dir',
+  'hellaswag_preprocess',
+  'wikitext_detokenizer',
+  'wikitext_documents',
+  'aggregate',
 ]
 
 
 class TaskDataError(ValueError):
-    """A task's file is missing or malformed (the message names the task and the path)."""
+  """A task's file is missing or malformed (the message names the task and the path)."""
 
 
 def default_data_dir() -> Path:
-    """``$MIRAS_SHARED_DATA``, else ``<repo>/../shared/data``."""
-    env = os.environ.get("MIRAS_SHARED_DATA")
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
+  """``$MIRAS_SHARED_DATA``, else ``<repo>/../shared/data``."""
+  env = os.environ.get('MIRAS_SHARED_DATA')
+  if env:
+    return Path(env).expanduser()
+  return Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
 
 
 # ----------------------------------------------------------------- documents
 @dataclasses.dataclass
 class MultipleChoiceDoc:
-    """One question: ``requests[i] = (context_i, continuation_i)``; ``gold`` the right index.
+  """One question: ``requests[i] = (context_i, continuation_i)``; ``gold`` the right index.
 
-    ``choices`` are the strings lm-eval measures for acc_norm (the choice text
-    without the delimiter; for WinoGrande the contexts).
-    """
+  ``choices`` are the strings lm-eval measures for acc_norm (the choice text
+  without the delimiter; for WinoGrande the contexts).
+  """
 
-    requests: list[tuple[str, str]]
-    choices: list[str]
-    gold: int
+  requests: list[tuple[str, str]]
+  choices: list[str]
+  gold: int
 
-    def metrics(self, results: Sequence[tuple[float, bool]]) -> dict[str, float]:
-        lls = np.array([r[0] for r in results], dtype=np.float64)
-        lens = np.array([float(len(c)) for c in self.choices])
-        return {"acc": float(np.argmax(lls) == self.gold),
-                "acc_norm": float(np.argmax(lls / lens) == self.gold)}
+  def metrics(self, results: Sequence[tuple[float, bool]]) -> dict[str, float]:
+    lls = np.array([r[0] for r in results], dtype=np.float64)
+    lens = np.array([float(len(c)) for c in self.choices])
+    return {
+      'acc': float(np.argmax(lls) == self.gold),
+      'acc_norm': float(np.argmax(lls / lens) == self.gold),
+    }
 
 
 @dataclasses.dataclass
 class LoglikelihoodDoc:
-    """A single (context, continuation): LAMBADA."""
+  """A single (context, continuation): LAMBADA."""
 
-    requests: list[tuple[str, str]]
+  requests: list[tuple[str, str]]
 
-    def metrics(self, results: Sequence[tuple[float, bool]]) -> dict[str, Any]:
-        ll, greedy = results[0]
-        return {"acc": float(greedy), "perplexity": float(ll)}
+  def metrics(self, results: Sequence[tuple[float, bool]]) -> dict[str, Any]:
+    ll, greedy = results[0]
+    return {'acc': float(greedy), 'perplexity': float(ll)}
 
 
 @dataclasses.dataclass
 class RollingDoc:
-    """A whole document scored with rolling windows (WikiText)."""
+  """A whole document scored with rolling windows (WikiText)."""
 
-    text: str
-    words: int
-    num_bytes: int
+  text: str
+  words: int
+  num_bytes: int
 
-    def metrics(self, results: Sequence[float]) -> dict[str, Any]:
-        (ll,) = results
-        return {"word_perplexity": (float(ll), self.words), "byte_perplexity": (float(ll), self.num_bytes),
-                "bits_per_byte": (float(ll), self.num_bytes)}
+  def metrics(self, results: Sequence[float]) -> dict[str, Any]:
+    (ll,) = results
+    return {
+      'word_perplexity': (float(ll), self.words),
+      'byte_perplexity': (float(ll), self.num_bytes),
+      'bits_per_byte': (float(ll), self.num_bytes),
+    }
 
 
 Doc = MultipleChoiceDoc | LoglikelihoodDoc | RollingDoc
 
 
 def aggregate(per_doc: list[dict[str, Any]]) -> dict[str, float]:
-    """lm-eval's aggregations: mean; perplexity = exp(-mean ll); weighted perplexities."""
-    out: dict[str, float] = {}
-    if not per_doc:
-        return out
-    for key in per_doc[0]:
-        vals = [d[key] for d in per_doc]
-        if key == "perplexity":
-            out[key] = float(math.exp(-float(np.mean(vals))))
-        elif key in ("word_perplexity", "byte_perplexity"):
-            ll = sum(v[0] for v in vals)
-            n = sum(v[1] for v in vals)
-            out[key] = float(math.exp(-ll / n))
-        elif key == "bits_per_byte":
-            ll = sum(v[0] for v in vals)
-            n = sum(v[1] for v in vals)
-            out[key] = float(-ll / n / math.log(2))
-        else:
-            out[key] = float(np.mean(vals))
+  """lm-eval's aggregations: mean; perplexity = exp(-mean ll); weighted perplexities."""
+  out: dict[str, float] = {}
+  if not per_doc:
     return out
+  for key in per_doc[0]:
+    vals = [d[key] for d in per_doc]
+    if key == 'perplexity':
+      out[key] = float(math.exp(-float(np.mean(vals))))
+    elif key in ('word_perplexity', 'byte_perplexity'):
+      ll = sum(v[0] for v in vals)
+      n = sum(v[1] for v in vals)
+      out[key] = float(math.exp(-ll / n))
+    elif key == 'bits_per_byte':
+      ll = sum(v[0] for v in vals)
+      n = sum(v[1] for v in vals)
+      out[key] = float(-ll / n / math.log(2))
+    else:
+      out[key] = float(np.mean(vals))
+  return out
 
 
 # ------------------------------------------------------------------- readers
 def _need(task: str, path: Path) -> Path:
-    if not path.is_file():
-        raise TaskDataError(f"{task}: data file not found: {str(path)!r}")
-    return path
+  if not path.is_file():
+    raise TaskDataError(f'{task}: data file not found: {str(path)!r}')
+  return path
 
 
 def _read_jsonl(task: str, path: Path) -> list[dict[str, Any]]:
-    _need(task, path)
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise TaskDataError(f"{task}: malformed JSON on line {i} of {str(path)!r}: {e}") from None
-            if not isinstance(row, dict):
-                raise TaskDataError(f"{task}: line {i} of {str(path)!r} is not a JSON object")
-            rows.append(row)
-    if not rows:
-        raise TaskDataError(f"{task}: {str(path)!r} holds no examples")
-    return rows
+  _need(task, path)
+  rows = []
+  with open(path, encoding='utf-8') as f:
+    for i, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise TaskDataError(f'{task}: malformed JSON on line {i} of {str(path)!r}: {e}') from None
+      if not isinstance(row, dict):
+        raise TaskDataError(f'{task}: line {i} of {str(path)!r} is not a JSON object')
+      rows.append(row)
+  if not rows:
+    raise TaskDataError(f'{task}: {str(path)!r} holds no examples')
+  return rows
 
 
 def _read_labels(task: str, path: Path, n: int) -> list[int]:
-    _need(task, path)
-    labels = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if len(labels) != n:
-        raise TaskDataError(f"{task}: {str(path)!r} has {len(labels)} labels for {n} examples")
-    try:
-        return [int(x) for x in labels]
-    except ValueError:
-        raise TaskDataError(f"{task}: non-integer label in {str(path)!r}") from None
+  _need(task, path)
+  labels = [line.strip() for line in path.read_text(encoding='utf-8').splitlines() if line.strip()]
+  if len(labels) != n:
+    raise TaskDataError(f'{task}: {str(path)!r} has {len(labels)} labels for {n} examples')
+  try:
+    return [int(x) for x in labels]
+  except ValueError:
+    raise TaskDataError(f'{task}: non-integer label in {str(path)!r}') from None
 
 
 def _field(task: str, path: Path, row: dict, key: str, i: int) -> Any:
-    if key not in row:
-        raise TaskDataError(f"{task}: example {i} of {str(path)!r} has no field {key!r}")
-    return row[key]
+  if key not in row:
+    raise TaskDataError(f'{task}: example {i} of {str(path)!r} has no field {key!r}')
+  return row[key]
 
 
 # ---------------------------------------------------------------------- tasks
 def _piqa(data_dir: Path) -> list[Doc]:
-    task, path = "piqa", data_dir / "piqa" / "valid.jsonl"
-    rows = _read_jsonl(task, path)
-    labels = _read_labels(task, data_dir / "piqa" / "valid-labels.lst", len(rows))
-    docs = []
-    for i, (r, y) in enumerate(zip(rows, labels)):
-        ctx = f"Question: {_field(task, path, r, 'goal', i)}\nAnswer:"
-        choices = [_field(task, path, r, "sol1", i), _field(task, path, r, "sol2", i)]
-        docs.append(MultipleChoiceDoc([(ctx, " " + c) for c in choices], choices, y))
-    return docs
+  task, path = 'piqa', data_dir / 'piqa' / 'valid.jsonl'
+  rows = _read_jsonl(task, path)
+  labels = _read_labels(task, data_dir / 'piqa' / 'valid-labels.lst', len(rows))
+  docs = []
+  for i, (r, y) in enumerate(zip(rows, labels)):
+    ctx = f'Question: {_field(task, path, r, "goal", i)}\nAnswer:'
+    choices = [_field(task, path, r, 'sol1', i), _field(task, path, r, 'sol2', i)]
+    docs.append(MultipleChoiceDoc([(ctx, ' ' + c) for c in choices], choices, y))
+  return docs
 
 
 def hellaswag_preprocess(text: str) -> str:
-    """lm-eval's hellaswag ``preprocess``."""
-    text = text.strip()
-    text = text.replace(" [title]", ". ")
-    text = re.sub("\\[.*?\\]", "", text)
-    text = text.replace("  ", " ")
-    return text
+  """lm-eval's hellaswag ``preprocess``."""
+  text = text.strip()
+  text = text.replace(' [title]', '. ')
+  text = re.sub('\\[.*?\\]', '', text)
+  text = text.replace('  ', ' ')
+  return text
 
 
 _CTX_B = re.compile(r"^(.*[.!?][\"')]*) ([a-z][^.!?]*)$", re.S)
 
 
 def _hellaswag_query_from_export(line: str) -> str:
-    label, sep, ctx = line.partition(": ")
-    if not sep:
-        return line
-    m = _CTX_B.match(ctx)
-    if m:  # the ctx_b fragment: lm-eval capitalizes it
-        ctx = m.group(1) + " " + m.group(2).capitalize()
-    elif ctx[:1].islower():  # the whole ctx is ctx_b (empty ctx_a)
-        ctx = ctx.capitalize()
-    return hellaswag_preprocess(label + ": " + ctx)
+  label, sep, ctx = line.partition(': ')
+  if not sep:
+    return line
+  m = _CTX_B.match(ctx)
+  if m:  # the ctx_b fragment: lm-eval capitalizes it
+    ctx = m.group(1) + ' ' + m.group(2).capitalize()
+  elif ctx[:1].islower():  # the whole ctx is ctx_b (empty ctx_a)
+    ctx = ctx.capitalize()
+  return hellaswag_preprocess(label + ': ' + ctx)
 
 
 def _hellaswag(data_dir: Path) -> list[Doc]:
-    task = "hellaswag"
-    native = data_dir / "hellaswag" / "hellaswag_val.jsonl"
-    docs = []
-    if native.is_file():
-        rows = _read_jsonl(task, native)
-        for i, r in enumerate(rows):
-            ctx = _field(task, native, r, "ctx_a", i) + " " + _field(task, native, r, "ctx_b", i).capitalize()
-            query = hellaswag_preprocess(_field(task, native, r, "activity_label", i) + ": " + ctx)
-            choices = [hellaswag_preprocess(e) for e in _field(task, native, r, "endings", i)]
-            docs.append(MultipleChoiceDoc([(query, " " + c) for c in choices], choices,
-                                          int(_field(task, native, r, "label", i))))
-        return docs
-    path = _need(task, data_dir / "hellaswag" / "hellaswag_val_full.txt.bz2")
-    try:
-        with bz2.open(path, "rt", encoding="utf-8") as f:
-            lines = f.read().split("\n")
-    except (OSError, EOFError, UnicodeDecodeError) as e:
-        raise TaskDataError(f"{task}: cannot read {str(path)!r}: {e}") from None
-    if lines and lines[-1] == "":
-        lines.pop()
-    if len(lines) % 6 or not lines:
-        raise TaskDataError(f"{task}: {str(path)!r} has {len(lines)} lines, not a multiple of 6")
-    for k in range(0, len(lines), 6):
-        try:
-            gold = int(lines[k + 1])
-        except ValueError:
-            raise TaskDataError(f"{task}: bad label {lines[k + 1]!r} on line {k + 2} of {str(path)!r}") from None
-        query = _hellaswag_query_from_export(lines[k])
-        choices = [hellaswag_preprocess(e) for e in lines[k + 2:k + 6]]
-        docs.append(MultipleChoiceDoc([(query, " " + c) for c in choices], choices, gold))
+  task = 'hellaswag'
+  native = data_dir / 'hellaswag' / 'hellaswag_val.jsonl'
+  docs = []
+  if native.is_file():
+    rows = _read_jsonl(task, native)
+    for i, r in enumerate(rows):
+      ctx = (
+        _field(task, native, r, 'ctx_a', i) + ' ' + _field(task, native, r, 'ctx_b', i).capitalize()
+      )
+      query = hellaswag_preprocess(_field(task, native, r, 'activity_label', i) + ': ' + ctx)
+      choices = [hellaswag_preprocess(e) for e in _field(task, native, r, 'endings', i)]
+      docs.append(
+        MultipleChoiceDoc(
+          [(query, ' ' + c) for c in choices], choices, int(_field(task, native, r, 'label', i))
+        )
+      )
     return docs
+  path = _need(task, data_dir / 'hellaswag' / 'hellaswag_val_full.txt.bz2')
+  try:
+    with bz2.open(path, 'rt', encoding='utf-8') as f:
+      lines = f.read().split('\n')
+  except (OSError, EOFError, UnicodeDecodeError) as e:
+    raise TaskDataError(f'{task}: cannot read {str(path)!r}: {e}') from None
+  if lines and lines[-1] == '':
+    lines.pop()
+  if len(lines) % 6 or not lines:
+    raise TaskDataError(f'{task}: {str(path)!r} has {len(lines)} lines, not a multiple of 6')
+  for k in range(0, len(lines), 6):
+    try:
+      gold = int(lines[k + 1])
+    except ValueError:
+      raise TaskDataError(
+        f'{task}: bad label {lines[k + 1]!r} on line {k + 2} of {str(path)!r}'
+      ) from None
+    query = _hellaswag_query_from_export(lines[k])
+    choices = [hellaswag_preprocess(e) for e in lines[k + 2 : k + 6]]
+    docs.append(MultipleChoiceDoc([(query, ' ' + c) for c in choices], choices, gold))
+  return docs
 
 
 def _winogrande(data_dir: Path) -> list[Doc]:
-    task, path = "winogrande", data_dir / "winogrande" / "dev.jsonl"
-    rows = _read_jsonl(task, path)
-    docs = []
-    for i, r in enumerate(rows):
-        sentence = _field(task, path, r, "sentence", i)
-        if "_" not in sentence:
-            raise TaskDataError(f"{task}: example {i} of {str(path)!r} has no '_' blank")
-        idx = sentence.index("_")
-        target = sentence[idx + 1:].strip()
-        contexts = [sentence[:idx] + _field(task, path, r, k, i) for k in ("option1", "option2")]
-        answer = str(_field(task, path, r, "answer", i))
-        if answer not in ("1", "2"):
-            raise TaskDataError(f"{task}: example {i} of {str(path)!r} has answer {answer!r}")
-        docs.append(MultipleChoiceDoc([(c, " " + target) for c in contexts], contexts, int(answer) - 1))
-    return docs
+  task, path = 'winogrande', data_dir / 'winogrande' / 'dev.jsonl'
+  rows = _read_jsonl(task, path)
+  docs = []
+  for i, r in enumerate(rows):
+    sentence = _field(task, path, r, 'sentence', i)
+    if '_' not in sentence:
+      raise TaskDataError(f"{task}: example {i} of {str(path)!r} has no '_' blank")
+    idx = sentence.index('_')
+    target = sentence[idx + 1 :].strip()
+    contexts = [sentence[:idx] + _field(task, path, r, k, i) for k in ('option1', 'option2')]
+    answer = str(_field(task, path, r, 'answer', i))
+    if answer not in ('1', '2'):
+      raise TaskDataError(f'{task}: example {i} of {str(path)!r} has answer {answer!r}')
+    docs.append(MultipleChoiceDoc([(c, ' ' + target) for c in contexts], contexts, int(answer) - 1))
+  return docs
 
 
-def _arc(data_dir: Path, name: str, files: Sequence[str], optional: Sequence[str] = ()) -> list[Doc]:
-    rows = []
-    for fname in files:
-        p = data_dir / "arc" / fname
-        rows += [(p, r) for r in _read_jsonl(name, p)]
-    for fname in optional:
-        p = data_dir / "arc" / fname
-        if p.is_file():
-            rows += [(p, r) for r in _read_jsonl(name, p)]
-    docs = []
-    for i, (path, r) in enumerate(rows):
-        q = _field(name, path, r, "question", i)
-        if not isinstance(q, dict) or "stem" not in q or "choices" not in q:
-            raise TaskDataError(f"{name}: example {i} of {str(path)!r} is not in ARC schema")
-        labels = [c["label"] for c in q["choices"]]
-        texts = [c["text"] for c in q["choices"]]
-        key = _field(name, path, r, "answerKey", i)
-        if key not in labels:
-            raise TaskDataError(f"{name}: example {i} of {str(path)!r}: answerKey {key!r} not in {labels}")
-        ctx = f"Question: {q['stem']}\nAnswer:"
-        docs.append(MultipleChoiceDoc([(ctx, " " + t) for t in texts], texts, labels.index(key)))
-    return docs
+def _arc(
+  data_dir: Path, name: str, files: Sequence[str], optional: Sequence[str] = ()
+) -> list[Doc]:
+  rows = []
+  for fname in files:
+    p = data_dir / 'arc' / fname
+    rows += [(p, r) for r in _read_jsonl(name, p)]
+  for fname in optional:
+    p = data_dir / 'arc' / fname
+    if p.is_file():
+      rows += [(p, r) for r in _read_jsonl(name, p)]
+  docs = []
+  for i, (path, r) in enumerate(rows):
+    q = _field(name, path, r, 'question', i)
+    if not isinstance(q, dict) or 'stem' not in q or 'choices' not in q:
+      raise TaskDataError(f'{name}: example {i} of {str(path)!r} is not in ARC schema')
+    labels = [c['label'] for c in q['choices']]
+    texts = [c['text'] for c in q['choices']]
+    key = _field(name, path, r, 'answerKey', i)
+    if key not in labels:
+      raise TaskDataError(
+        f'{name}: example {i} of {str(path)!r}: answerKey {key!r} not in {labels}'
+      )
+    ctx = f'Question: {q["stem"]}\nAnswer:'
+    docs.append(MultipleChoiceDoc([(ctx, ' ' + t) for t in texts], texts, labels.index(key)))
+  return docs
 
 
 def _siqa(data_dir: Path) -> list[Doc]:
-    task, path = "siqa", data_dir / "socialiqa" / "dev.jsonl"
-    rows = _read_jsonl(task, path)
-    labels = _read_labels(task, data_dir / "socialiqa" / "dev-labels.lst", len(rows))
-    docs = []
-    for i, (r, y) in enumerate(zip(rows, labels)):
-        ctx = f"Q: {_field(task, path, r, 'context', i)} {_field(task, path, r, 'question', i)}\nA:"
-        choices = [_field(task, path, r, k, i) for k in ("answerA", "answerB", "answerC")]
-        docs.append(MultipleChoiceDoc([(ctx, " " + c) for c in choices], choices, y - 1))
-    return docs
+  task, path = 'siqa', data_dir / 'socialiqa' / 'dev.jsonl'
+  rows = _read_jsonl(task, path)
+  labels = _read_labels(task, data_dir / 'socialiqa' / 'dev-labels.lst', len(rows))
+  docs = []
+  for i, (r, y) in enumerate(zip(rows, labels)):
+    ctx = f'Q: {_field(task, path, r, "context", i)} {_field(task, path, r, "question", i)}\nA:'
+    choices = [_field(task, path, r, k, i) for k in ('answerA', 'answerB', 'answerC')]
+    docs.append(MultipleChoiceDoc([(ctx, ' ' + c) for c in choices], choices, y - 1))
+  return docs
 
 
 def _boolq(data_dir: Path) -> list[Doc]:
-    task, path = "boolq", data_dir / "boolq" / "dev.jsonl"
-    docs = []
-    for i, r in enumerate(_read_jsonl(task, path)):
-        ctx = f"{_field(task, path, r, 'passage', i)}\nQuestion: {_field(task, path, r, 'question', i)}?\nAnswer:"
-        ans = _field(task, path, r, "answer", i)
-        if not isinstance(ans, bool):
-            raise TaskDataError(f"{task}: example {i} of {str(path)!r} has a non-boolean answer {ans!r}")
-        choices = ["no", "yes"]
-        docs.append(MultipleChoiceDoc([(ctx, " " + c) for c in choices], choices, int(ans)))
-    return docs
+  task, path = 'boolq', data_dir / 'boolq' / 'dev.jsonl'
+  docs = []
+  for i, r in enumerate(_read_jsonl(task, path)):
+    ctx = f'{_field(task, path, r, "passage", i)}\nQuestion: {_field(task, path, r, "question", i)}?\nAnswer:'
+    ans = _field(task, path, r, 'answer', i)
+    if not isinstance(ans, bool):
+      raise TaskDataError(f'{task}: example {i} of {str(path)!r} has a non-boolean answer {ans!r}')
+    choices = ['no', 'yes']
+    docs.append(MultipleChoiceDoc([(ctx, ' ' + c) for c in choices], choices, int(ans)))
+  return docs
 
 
 def _lambada(data_dir: Path) -> list[Doc]:
-    task, path = "lambada", data_dir / "lambada" / "lambada_test.jsonl"
-    docs = []
-    for i, r in enumerate(_read_jsonl(task, path)):
-        text = _field(task, path, r, "text", i)
-        words = text.split(" ")
-        docs.append(LoglikelihoodDoc([(" ".join(words[:-1]), " " + words[-1])]))
-    return docs
+  task, path = 'lambada', data_dir / 'lambada' / 'lambada_test.jsonl'
+  docs = []
+  for i, r in enumerate(_read_jsonl(task, path)):
+    text = _field(task, path, r, 'text', i)
+    words = text.split(' ')
+    docs.append(LoglikelihoodDoc([(' '.join(words[:-1]), ' ' + words[-1])]))
+  return docs
 
 
 def wikitext_detokenizer(string: str) -> str:
-    """lm-eval's ``wikitext_detokenizer``."""
-    string = string.replace("s '", "s'")
-    string = re.sub(r"/' [0-9]/", r"/'[0-9]/", string)
-    string = string.replace(" @-@ ", "-")
-    string = string.replace(" @,@ ", ",")
-    string = string.replace(" @.@ ", ".")
-    string = string.replace(" : ", ": ")
-    string = string.replace(" ; ", "; ")
-    string = string.replace(" . ", ". ")
-    string = string.replace(" ! ", "! ")
-    string = string.replace(" ? ", "? ")
-    string = string.replace(" , ", ", ")
-    string = re.sub(r"\(\s*([^\)]*?)\s*\)", r"(\1)", string)
-    string = re.sub(r"\[\s*([^\]]*?)\s*\]", r"[\1]", string)
-    string = re.sub(r"{\s*([^}]*?)\s*}", r"{\1}", string)
-    string = re.sub(r"\"\s*([^\"]*?)\s*\"", r'"\1"', string)
-    string = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", string)
-    string = string.replace("= = = =", "====")
-    string = string.replace("= = =", "===")
-    string = string.replace("= =", "==")
-    string = string.replace(" " + chr(176) + " ", chr(176))
-    string = string.replace(" \n", "\n")
-    string = string.replace("\n ", "\n")
-    string = string.replace(" N ", " 1 ")
-    string = string.replace(" 's", "'s")
-    return string
+  """lm-eval's ``wikitext_detokenizer``."""
+  string = string.replace("s '", "s'")
+  string = re.sub(r"/' [0-9]/", r"/'[0-9]/", string)
+  string = string.replace(' @-@ ', '-')
+  string = string.replace(' @,@ ', ',')
+  string = string.replace(' @.@ ', '.')
+  string = string.replace(' : ', ': ')
+  string = string.replace(' ; ', '; ')
+  string = string.replace(' . ', '. ')
+  string = string.replace(' ! ', '! ')
+  string = string.replace(' ? ', '? ')
+  string = string.replace(' , ', ', ')
+  string = re.sub(r'\(\s*([^\)]*?)\s*\)', r'(\1)', string)
+  string = re.sub(r'\[\s*([^\]]*?)\s*\]', r'[\1]', string)
+  string = re.sub(r'{\s*([^}]*?)\s*}', r'{\1}', string)
+  string = re.sub(r'\"\s*([^\"]*?)\s*\"', r'"\1"', string)
+  string = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", string)
+  string = string.replace('= = = =', '====')
+  string = string.replace('= = =', '===')
+  string = string.replace('= =', '==')
+  string = string.replace(' ' + chr(176) + ' ', chr(176))
+  string = string.replace(' \n', '\n')
+  string = string.replace('\n ', '\n')
+  string = string.replace(' N ', ' 1 ')
+  string = string.replace(" 's", "'s")
+  return string
 
 
-_HEADING = re.compile(r"^ (= )+[^=].*?( =)+ ?$")
+_HEADING = re.compile(r'^ (= )+[^=].*?( =)+ ?$')
 
 
 def wikitext_documents(raw: str) -> list[str]:
-    """Pages of a raw WikiText file, as EleutherAI/wikitext_document_level builds them.
+  """Pages of a raw WikiText file, as EleutherAI/wikitext_document_level builds them.
 
-    Blank lines (`` ``) that the HF-rows export dropped are put back around headings.
-    """
-    lines = raw.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not any(line.strip() == "" for line in lines):  # blank rows dropped: restore them
-        full = []
-        for line in lines:
-            if _HEADING.match(line):
-                full += [" ", line, " "]
-            else:
-                full.append(line)
-        lines = full
-    lines.append("")  # the file's final newline
-    pages, cur = [], []
+  Blank lines (`` ``) that the HF-rows export dropped are put back around headings.
+  """
+  lines = raw.replace('\r\n', '\n').replace('\r', '\n').split('\n')
+  if lines and lines[-1] == '':
+    lines.pop()
+  if not any(line.strip() == '' for line in lines):  # blank rows dropped: restore them
+    full = []
     for line in lines:
-        rline = line.replace("= = =", "===").replace("= =", "==").strip()
-        if rline.startswith("= ") and rline.strip().endswith(" ="):
-            page = "\n".join(cur)
-            if page.strip():
-                pages.append(page)
-            cur = []
-        cur.append(line)
-    page = "\n".join(cur)
-    if page.strip():
+      if _HEADING.match(line):
+        full += [' ', line, ' ']
+      else:
+        full.append(line)
+    lines = full
+  lines.append('')  # the file's final newline
+  pages, cur = [], []
+  for line in lines:
+    rline = line.replace('= = =', '===').replace('= =', '==').strip()
+    if rline.startswith('= ') and rline.strip().endswith(' ='):
+      page = '\n'.join(cur)
+      if page.strip():
         pages.append(page)
-    return pages
+      cur = []
+    cur.append(line)
+  page = '\n'.join(cur)
+  if page.strip():
+    pages.append(page)
+  return pages
 
 
 def _wikitext(data_dir: Path) -> list[Doc]:
-    task, path = "wikitext", data_dir / "wikitext2_raw" / "wiki.test.raw"
-    _need(task, path)
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise TaskDataError(f"{task}: {str(path)!r} is not UTF-8: {e}") from None
-    pages = wikitext_documents(raw)
-    if not pages:
-        raise TaskDataError(f"{task}: no documents in {str(path)!r}")
-    return [RollingDoc(wikitext_detokenizer(p), len(re.split(r"\s+", p)), len(p.encode("utf-8"))) for p in pages]
+  task, path = 'wikitext', data_dir / 'wikitext2_raw' / 'wiki.test.raw'
+  _need(task, path)
+  try:
+    raw = path.read_text(encoding='utf-8')
+  except UnicodeDecodeError as e:
+    raise TaskDataError(f'{task}: {str(path)!r} is not UTF-8: {e}') from None
+  pages = wikitext_documents(raw)
+  if not pages:
+    raise TaskDataError(f'{task}: no documents in {str(path)!r}')
+  return [
+    RollingDoc(wikitext_detokenizer(p), len(re.split(r'\s+', p)), len(p.encode('utf-8')))
+    for p in pages
+  ]
 
 
 @dataclasses.dataclass(frozen=True)
 class TaskSpec:
-    name: str
-    loader: Callable[[Path], list[Doc]]
-    metrics: tuple[str, ...]  # the metrics reported in the table, in order
-    kind: str  # 'multiple_choice' | 'loglikelihood' | 'rolling'
+  name: str
+  loader: Callable[[Path], list[Doc]]
+  metrics: tuple[str, ...]  # the metrics reported in the table, in order
+  kind: str  # 'multiple_choice' | 'loglikelihood' | 'rolling'
 
 
 TASKS: dict[str, TaskSpec] = {
-    "wikitext": TaskSpec("wikitext", _wikitext, ("word_perplexity",), "rolling"),
-    "lambada": TaskSpec("lambada", _lambada, ("perplexity", "acc"), "loglikelihood"),
-    "piqa": TaskSpec("piqa", _piqa, ("acc", "acc_norm"), "multiple_choice"),
-    "hellaswag": TaskSpec("hellaswag", _hellaswag, ("acc", "acc_norm"), "multiple_choice"),
-    "winogrande": TaskSpec("winogrande", _winogrande, ("acc",), "multiple_choice"),
-    "arc_easy": TaskSpec("arc_easy", lambda d: _arc(d, "arc_easy", ["ARC-Easy-Test.jsonl"]),
-                         ("acc", "acc_norm"), "multiple_choice"),
-    "arc_challenge": TaskSpec(
-        "arc_challenge",
-        lambda d: _arc(d, "arc_challenge", ["ARC-Challenge-Test.jsonl"],
-                       ["ARC-Challenge-Test.missing2.from_llmfoundry.jsonl"]),
-        ("acc", "acc_norm"), "multiple_choice"),
-    "siqa": TaskSpec("siqa", _siqa, ("acc",), "multiple_choice"),
-    "boolq": TaskSpec("boolq", _boolq, ("acc",), "multiple_choice"),
+  'wikitext': TaskSpec('wikitext', _wikitext, ('word_perplexity',), 'rolling'),
+  'lambada': TaskSpec('lambada', _lambada, ('perplexity', 'acc'), 'loglikelihood'),
+  'piqa': TaskSpec('piqa', _piqa, ('acc', 'acc_norm'), 'multiple_choice'),
+  'hellaswag': TaskSpec('hellaswag', _hellaswag, ('acc', 'acc_norm'), 'multiple_choice'),
+  'winogrande': TaskSpec('winogrande', _winogrande, ('acc',), 'multiple_choice'),
+  'arc_easy': TaskSpec(
+    'arc_easy',
+    lambda d: _arc(d, 'arc_easy', ['ARC-Easy-Test.jsonl']),
+    ('acc', 'acc_norm'),
+    'multiple_choice',
+  ),
+  'arc_challenge': TaskSpec(
+    'arc_challenge',
+    lambda d: _arc(
+      d,
+      'arc_challenge',
+      ['ARC-Challenge-Test.jsonl'],
+      ['ARC-Challenge-Test.missing2.from_llmfoundry.jsonl'],
+    ),
+    ('acc', 'acc_norm'),
+    'multiple_choice',
+  ),
+  'siqa': TaskSpec('siqa', _siqa, ('acc',), 'multiple_choice'),
+  'boolq': TaskSpec('boolq', _boolq, ('acc',), 'multiple_choice'),
 }
-ALIASES = {"lambada_openai": "lambada", "social_iqa": "siqa", "wikitext2": "wikitext", "wiki": "wikitext"}
-PAPER_TASKS = ("wikitext", "lambada", "piqa", "hellaswag", "winogrande", "arc_easy", "arc_challenge", "siqa",
-               "boolq")
+ALIASES = {
+  'lambada_openai': 'lambada',
+  'social_iqa': 'siqa',
+  'wikitext2': 'wikitext',
+  'wiki': 'wikitext',
+}
+PAPER_TASKS = (
+  'wikitext',
+  'lambada',
+  'piqa',
+  'hellaswag',
+  'winogrande',
+  'arc_easy',
+  'arc_challenge',
+  'siqa',
+  'boolq',
+)
 
 
-def load_task(name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None) -> list[Doc]:
-    """The documents of task ``name`` (the first ``limit`` when given)."""
-    name = ALIASES.get(name, name)
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-    data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
-    docs = TASKS[name].loader(data_dir)
-    return docs[:limit] if limit else docs
+def load_task(
+  name: str, data_dir: str | os.PathLike | None = None, limit: int | None = None
+) -> list[Doc]:
+  """The documents of task ``name`` (the first ``limit`` when given)."""
+  name = ALIASES.get(name, name)
+  if name not in TASKS:
+    raise ValueError(f'unknown task {name!r}; known: {", ".join(TASKS)}')
+  data_dir = Path(data_dir).expanduser() if data_dir else default_data_dir()
+  docs = TASKS[name].loader(data_dir)
+  return docs[:limit] if limit else docs

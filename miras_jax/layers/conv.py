@@ -29,150 +29,151 @@ Initializer = Callable[..., jax.Array]
 
 
 def causal_depthwise_conv(
-    x: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array | None = None,
-    segment_ids: jax.Array | None = None,
-    dtype: Dtype | None = None,
+  x: jax.Array,
+  kernel: jax.Array,
+  bias: jax.Array | None = None,
+  segment_ids: jax.Array | None = None,
+  dtype: Dtype | None = None,
 ) -> jax.Array:
-    """Pure causal depthwise convolution over time.
+  """Pure causal depthwise convolution over time.
 
-    Args:
-        x: ``[B, T, C]``.
-        kernel: ``[K, C]``; ``kernel[K-1]`` applies to the current token.
-        bias: ``[C]`` or None.
-        segment_ids: integer ``[B, T]`` or None. When given, tap ``x[t - s]`` contributes to
-            ``y[t]`` only if ``segment_ids[t - s] == segment_ids[t]``: no mixing across packed
-            documents.
-        dtype: output dtype; None means ``x.dtype``. Accumulation is float32.
+  Args:
+      x: ``[B, T, C]``.
+      kernel: ``[K, C]``; ``kernel[K-1]`` applies to the current token.
+      bias: ``[C]`` or None.
+      segment_ids: integer ``[B, T]`` or None. When given, tap ``x[t - s]`` contributes to
+          ``y[t]`` only if ``segment_ids[t - s] == segment_ids[t]``: no mixing across packed
+          documents.
+      dtype: output dtype; None means ``x.dtype``. Accumulation is float32.
 
-    Returns:
-        ``[B, T, C]``.
-    """
-    k_size = kernel.shape[0]
-    seq_len = x.shape[1]
-    out_dtype = x.dtype if dtype is None else dtype
-    x32 = x.astype(jnp.float32)
-    w32 = kernel.astype(jnp.float32)
-    x_pad = jnp.pad(x32, ((0, 0), (k_size - 1, 0), (0, 0)))
-    if segment_ids is not None:
-        # The id given to the left padding does not matter: padded inputs are zero anyway.
-        seg_pad = jnp.pad(segment_ids, ((0, 0), (k_size - 1, 0)))
-    y = jnp.zeros_like(x32)
-    # Oldest tap first, so that `step` (which sums in the same order) matches bit for bit.
-    for j in range(k_size):
-        shift = k_size - 1 - j  # tap j reads x[t - shift]
-        start = k_size - 1 - shift
-        x_shift = x_pad[:, start:start + seq_len]
-        if segment_ids is not None and shift > 0:
-            same = seg_pad[:, start:start + seq_len] == segment_ids
-            x_shift = jnp.where(same[..., None], x_shift, 0.0)
-        y = y + x_shift * w32[j]
-    if bias is not None:
-        y = y + bias.astype(jnp.float32)
-    return y.astype(out_dtype)
+  Returns:
+      ``[B, T, C]``.
+  """
+  k_size = kernel.shape[0]
+  seq_len = x.shape[1]
+  out_dtype = x.dtype if dtype is None else dtype
+  x32 = x.astype(jnp.float32)
+  w32 = kernel.astype(jnp.float32)
+  x_pad = jnp.pad(x32, ((0, 0), (k_size - 1, 0), (0, 0)))
+  if segment_ids is not None:
+    # The id given to the left padding does not matter: padded inputs are zero anyway.
+    seg_pad = jnp.pad(segment_ids, ((0, 0), (k_size - 1, 0)))
+  y = jnp.zeros_like(x32)
+  # Oldest tap first, so that `step` (which sums in the same order) matches bit for bit.
+  for j in range(k_size):
+    shift = k_size - 1 - j  # tap j reads x[t - shift]
+    start = k_size - 1 - shift
+    x_shift = x_pad[:, start : start + seq_len]
+    if segment_ids is not None and shift > 0:
+      same = seg_pad[:, start : start + seq_len] == segment_ids
+      x_shift = jnp.where(same[..., None], x_shift, 0.0)
+    y = y + x_shift * w32[j]
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  return y.astype(out_dtype)
 
 
 def causal_depthwise_conv_step(
-    x_t: jax.Array,
-    conv_state: jax.Array,
-    kernel: jax.Array,
-    bias: jax.Array | None = None,
-    dtype: Dtype | None = None,
+  x_t: jax.Array,
+  conv_state: jax.Array,
+  kernel: jax.Array,
+  bias: jax.Array | None = None,
+  dtype: Dtype | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """One decoding step of `causal_depthwise_conv`.
+  """One decoding step of `causal_depthwise_conv`.
 
-    Args:
-        x_t: ``[B, C]``, the new token's input.
-        conv_state: ``[B, K - 1, C]``, the previous ``K - 1`` inputs, oldest first (zeros at the
-            start of a document).
-        kernel, bias, dtype: as in `causal_depthwise_conv`.
+  Args:
+      x_t: ``[B, C]``, the new token's input.
+      conv_state: ``[B, K - 1, C]``, the previous ``K - 1`` inputs, oldest first (zeros at the
+          start of a document).
+      kernel, bias, dtype: as in `causal_depthwise_conv`.
 
-    Returns:
-        ``(y_t [B, C], new_state [B, K - 1, C])``; the state keeps ``conv_state``'s dtype.
-    """
-    k_size = kernel.shape[0]
-    out_dtype = x_t.dtype if dtype is None else dtype
-    window = jnp.concatenate([conv_state.astype(jnp.float32), x_t.astype(jnp.float32)[:, None]], 1)
-    w32 = kernel.astype(jnp.float32)
-    y = jnp.zeros_like(window[:, 0])
-    for j in range(k_size):
-        y = y + window[:, j] * w32[j]
-    if bias is not None:
-        y = y + bias.astype(jnp.float32)
-    new_state = window[:, 1:].astype(conv_state.dtype)
-    return y.astype(out_dtype), new_state
+  Returns:
+      ``(y_t [B, C], new_state [B, K - 1, C])``; the state keeps ``conv_state``'s dtype.
+  """
+  k_size = kernel.shape[0]
+  out_dtype = x_t.dtype if dtype is None else dtype
+  window = jnp.concatenate([conv_state.astype(jnp.float32), x_t.astype(jnp.float32)[:, None]], 1)
+  w32 = kernel.astype(jnp.float32)
+  y = jnp.zeros_like(window[:, 0])
+  for j in range(k_size):
+    y = y + window[:, j] * w32[j]
+  if bias is not None:
+    y = y + bias.astype(jnp.float32)
+  new_state = window[:, 1:].astype(conv_state.dtype)
+  return y.astype(out_dtype), new_state
 
 
 def conv_state_from_inputs(x: jax.Array, kernel_size: int) -> jax.Array:
-    """The decoding state after a prefill: the last ``K - 1`` inputs of ``x [B, T, C]``.
+  """The decoding state after a prefill: the last ``K - 1`` inputs of ``x [B, T, C]``.
 
-    Zero-padded on the left when ``T < K - 1``. Assumes the prefill is one document (a packed
-    prompt should be prefilled per document).
-    """
-    x_pad = jnp.pad(x, ((0, 0), (kernel_size - 1, 0), (0, 0)))
-    return x_pad[:, x_pad.shape[1] - (kernel_size - 1):]
+  Zero-padded on the left when ``T < K - 1``. Assumes the prefill is one document (a packed
+  prompt should be prefilled per document).
+  """
+  x_pad = jnp.pad(x, ((0, 0), (kernel_size - 1, 0), (0, 0)))
+  return x_pad[:, x_pad.shape[1] - (kernel_size - 1) :]
 
 
 class CausalDepthwiseConv1D(nn.Module):
-    """Per-channel causal 1-D convolution over time, ``[B, T, C] -> [B, T, C]``.
+  """Per-channel causal 1-D convolution over time, ``[B, T, C] -> [B, T, C]``.
 
-    Parameters: ``kernel [K, C]`` with logical axes ``kernel_axes`` (default ``(None, 'embed')``:
-    the tap axis is never sharded), and ``bias [C]`` if ``use_bias``.
+  Parameters: ``kernel [K, C]`` with logical axes ``kernel_axes`` (default ``(None, 'embed')``:
+  the tap axis is never sharded), and ``bias [C]`` if ``use_bias``.
 
-    Attributes:
-        kernel_size: K (4 by default).
-        use_bias: add a per-channel bias.
-        dtype: output dtype; None keeps the input's. Accumulation is float32.
-        param_dtype: parameter dtype.
-        kernel_init: initializer for ``[K, C]``; default fan-in ``K`` (each output sees K inputs).
-        kernel_axes: logical axis names of the kernel; a caller convolving ``heads * head_dim``
-            channels may pass ``(None, 'heads')``.
+  Attributes:
+      kernel_size: K (4 by default).
+      use_bias: add a per-channel bias.
+      dtype: output dtype; None keeps the input's. Accumulation is float32.
+      param_dtype: parameter dtype.
+      kernel_init: initializer for ``[K, C]``; default fan-in ``K`` (each output sees K inputs).
+      kernel_axes: logical axis names of the kernel; a caller convolving ``heads * head_dim``
+          channels may pass ``(None, 'heads')``.
 
-    Methods:
-        ``__call__(x, segment_ids=None) -> y``: a whole sequence (training / prefill).
-        ``step(x_t, conv_state) -> (y_t, new_state)``: one token; identical to ``__call__``.
-        ``init_state(batch, channels, dtype)``: the zero state of a fresh document.
-    """
+  Methods:
+      ``__call__(x, segment_ids=None) -> y``: a whole sequence (training / prefill).
+      ``step(x_t, conv_state) -> (y_t, new_state)``: one token; identical to ``__call__``.
+      ``init_state(batch, channels, dtype)``: the zero state of a fresh document.
+  """
 
-    kernel_size: int = 4
-    use_bias: bool = False
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Initializer = nn.initializers.variance_scaling(
-        1.0, 'fan_in', 'normal', in_axis=0, out_axis=1)
-    kernel_axes: tuple[str | None, str | None] = (None, 'embed')
+  kernel_size: int = 4
+  use_bias: bool = False
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = nn.initializers.variance_scaling(
+    1.0, 'fan_in', 'normal', in_axis=0, out_axis=1
+  )
+  kernel_axes: tuple[str | None, str | None] = (None, 'embed')
 
-    @nn.compact
-    def _params(self, channels: int) -> tuple[jax.Array, jax.Array | None]:
-        # The one compact method: both `__call__` and `step` get the weights here, so `init`
-        # through either creates the same parameter tree.
-        kernel = self.param(
-            'kernel',
-            nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
-            (self.kernel_size, channels),
-            self.param_dtype,
-        )
-        bias = None
-        if self.use_bias:
-            bias = self.param(
-                'bias',
-                nn.with_logical_partitioning(nn.initializers.zeros_init(), self.kernel_axes[1:]),
-                (channels,),
-                self.param_dtype,
-            )
-        return kernel, bias
+  @nn.compact
+  def _params(self, channels: int) -> tuple[jax.Array, jax.Array | None]:
+    # The one compact method: both `__call__` and `step` get the weights here, so `init`
+    # through either creates the same parameter tree.
+    kernel = self.param(
+      'kernel',
+      nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+      (self.kernel_size, channels),
+      self.param_dtype,
+    )
+    bias = None
+    if self.use_bias:
+      bias = self.param(
+        'bias',
+        nn.with_logical_partitioning(nn.initializers.zeros_init(), self.kernel_axes[1:]),
+        (channels,),
+        self.param_dtype,
+      )
+    return kernel, bias
 
-    def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
-        """``x [B, T, C]``, optional integer ``segment_ids [B, T]`` -> ``[B, T, C]``."""
-        kernel, bias = self._params(x.shape[-1])
-        return causal_depthwise_conv(x, kernel, bias, segment_ids, self.dtype)
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """``x [B, T, C]``, optional integer ``segment_ids [B, T]`` -> ``[B, T, C]``."""
+    kernel, bias = self._params(x.shape[-1])
+    return causal_depthwise_conv(x, kernel, bias, segment_ids, self.dtype)
 
-    def step(self, x_t: jax.Array, conv_state: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """``x_t [B, C]``, ``conv_state [B, K-1, C]`` -> ``(y_t [B, C], new_state [B, K-1, C])``."""
-        kernel, bias = self._params(x_t.shape[-1])
-        return causal_depthwise_conv_step(x_t, conv_state, kernel, bias, self.dtype)
+  def step(self, x_t: jax.Array, conv_state: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``x_t [B, C]``, ``conv_state [B, K-1, C]`` -> ``(y_t [B, C], new_state [B, K-1, C])``."""
+    kernel, bias = self._params(x_t.shape[-1])
+    return causal_depthwise_conv_step(x_t, conv_state, kernel, bias, self.dtype)
 
-    def init_state(self, batch: int, channels: int, dtype: Dtype = jnp.float32) -> jax.Array:
-        """Zeros ``[batch, K - 1, channels]``: the state at the start of a document."""
-        return jnp.zeros((batch, self.kernel_size - 1, channels), dtype)
+  def init_state(self, batch: int, channels: int, dtype: Dtype = jnp.float32) -> jax.Array:
+    """Zeros ``[batch, K - 1, channels]``: the state at the start of a document."""
+    return jnp.zeros((batch, self.kernel_size - 1, channels), dtype)

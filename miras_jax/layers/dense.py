@@ -8,6 +8,7 @@ the kernel's real shape; the fan-in of ``kernel_init`` is still the product of t
 contracted dimensions (as DenseGeneral computes it). Parameter name and shape match
 DenseGeneral's ('kernel', in_shape + features).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,6 +22,7 @@ from flax.linen.dtypes import promote_dtype
 
 class DenseND(nn.Module):
   """y[..., *features] = Σ_{axis} x[..., *in] kernel[*in, *features]."""
+
   features: int | Sequence[int]
   axis: int | Sequence[int] = -1
   kernel_axes: Sequence[str | None] = ()
@@ -36,14 +38,16 @@ class DenseND(nn.Module):
     in_shape = tuple(x.shape[a] for a in axis)
     shape = in_shape + features
     if self.kernel_axes and len(self.kernel_axes) != len(shape):
-      raise ValueError(f"kernel_axes {tuple(self.kernel_axes)} do not match kernel shape {shape}")
+      raise ValueError(f'kernel_axes {tuple(self.kernel_axes)} do not match kernel shape {shape}')
 
     def init(rng, shape_, dtype=self.param_dtype):
       flat = (math.prod(in_shape), math.prod(features))
       return self.kernel_init(rng, flat, dtype).reshape(shape_)
 
-    boxed = nn.with_logical_partitioning(init, tuple(self.kernel_axes)) if self.kernel_axes else init
-    kernel = self.param("kernel", boxed, shape, self.param_dtype)
+    boxed = (
+      nn.with_logical_partitioning(init, tuple(self.kernel_axes)) if self.kernel_axes else init
+    )
+    kernel = self.param('kernel', boxed, shape, self.param_dtype)
     x, kernel = promote_dtype(x, kernel, dtype=self.dtype)
     dims = ((axis, tuple(range(len(axis)))), ((), ()))
     y = jax.lax.dot_general(x, kernel, dims)

@@ -68,341 +68,389 @@ OUTPUT_GATES = ('silu', 'sigmoid')
 
 
 def _logit(p: float) -> float:
-    return math.log(p) - math.log1p(-p)
+  return math.log(p) - math.log1p(-p)
 
 
 def _softplus_inv(y: float) -> float:
-    return math.log(math.expm1(y))
+  return math.log(math.expm1(y))
 
 
 def retnet_log_gamma(num_heads: int) -> jax.Array:
-    """RetNet's fixed per-head decay, log(1 − 2^(−5−h)) for h = 0..H−1 (float32 [H])."""
-    h = jnp.arange(num_heads, dtype=jnp.float32)
-    return jnp.log1p(-jnp.exp2(-5.0 - h))
+  """RetNet's fixed per-head decay, log(1 − 2^(−5−h)) for h = 0..H−1 (float32 [H])."""
+  h = jnp.arange(num_heads, dtype=jnp.float32)
+  return jnp.log1p(-jnp.exp2(-5.0 - h))
 
 
 def _to_bht(g: jax.Array) -> jax.Array:
-    """[B, T, H(, c)] -> [B, H, T(, c)] (and back: the swap is its own inverse)."""
-    return jnp.swapaxes(g, 1, 2)
+  """[B, T, H(, c)] -> [B, H, T(, c)] (and back: the swap is its own inverse)."""
+  return jnp.swapaxes(g, 1, 2)
 
 
 class _HeadsToEmbed(nn.Module):
-    """Output projection ``[B, T, H, D] -> [B, T, E]``; kernel ``[H, D, E]`` ('heads',
-    'head_dim', 'embed'), fan-in H·D. E is a call argument (known only from the layer input)."""
+  """Output projection ``[B, T, H, D] -> [B, T, E]``; kernel ``[H, D, E]`` ('heads',
+  'head_dim', 'embed'), fan-in H·D. E is a call argument (known only from the layer input)."""
 
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, y: jax.Array, embed: int) -> jax.Array:
-        init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal',
-                                                in_axis=(0, 1), out_axis=2)
-        kernel = self.param('kernel',
-                            nn.with_logical_partitioning(init, ('heads', 'head_dim', 'embed')),
-                            y.shape[-2:] + (embed,), self.param_dtype)
-        dtype = y.dtype if self.dtype is None else self.dtype
-        return jnp.einsum('bthd,hde->bte', y.astype(dtype), kernel.astype(dtype))
+  @nn.compact
+  def __call__(self, y: jax.Array, embed: int) -> jax.Array:
+    init = nn.initializers.variance_scaling(
+      1.0, 'fan_in', 'truncated_normal', in_axis=(0, 1), out_axis=2
+    )
+    kernel = self.param(
+      'kernel',
+      nn.with_logical_partitioning(init, ('heads', 'head_dim', 'embed')),
+      y.shape[-2:] + (embed,),
+      self.param_dtype,
+    )
+    dtype = y.dtype if self.dtype is None else self.dtype
+    return jnp.einsum('bthd,hde->bte', y.astype(dtype), kernel.astype(dtype))
 
 
 class MirasLayer(nn.Module):
-    """Multi-head test-time memory mixer, ``[B, T, E] -> [B, T, E]``.
+  """Multi-head test-time memory mixer, ``[B, T, E] -> [B, T, E]``.
 
-    Attributes:
-        rule: a memory rule name (``miras_jax.memory.list_rules()``).
-        num_heads: H, one memory per head.
-        head_dim: D (= d_k = d_v).
-        chunk_size: b of the chunk-parallel training form (also the semantics, see memory/).
-        implementation: 'auto' | 'reference' | 'xla' (memory_forward).
-        gate_rank: rank of the low-rank gate projections (Miras: 32 or 64).
-        conv_size: kernel of the depthwise causal conv (4).
-        eta_max, eta_bias_init: η = eta_max · sigmoid(· + b), b initialised to eta_bias_init.
-        alpha_init: (lo, hi) range of the keep factor α at initialisation, spread over heads.
-        mu_init: momentum decay μ at initialisation.
-        delta_init: Huber threshold δ at initialisation.
-        channel_delta: δ per value channel ([B, H, T, D]) instead of per head.
-        output_gate: 'silu' (default, as Gated DeltaNet / FLA) or 'sigmoid'.
-        remat_group: chunks per ``jax.checkpoint`` in the chunked memory.
-        grad_horizon: 0 for exact gradients; else truncated back-propagation through the memory
-            state, cut every ``grad_horizon`` tokens (a multiple of ``chunk_size``; forward
-            unchanged; memory/common.py ``gradient_cuts``). An approximation, for the deep
-            memories with forgetting whose exact gradient through thousands of tokens explodes
-            (see models/config.py ``memory_grad_horizon``).
-        dtype: compute dtype of the projections (None keeps the input's); the memory itself
-            always runs in float32.
-        param_dtype: parameter dtype.
-        kernel_init: initializer of the q/k/v/gate/output kernels.
+  Attributes:
+      rule: a memory rule name (``miras_jax.memory.list_rules()``).
+      num_heads: H, one memory per head.
+      head_dim: D (= d_k = d_v).
+      chunk_size: b of the chunk-parallel training form (also the semantics, see memory/).
+      implementation: 'auto' | 'reference' | 'xla' (memory_forward).
+      gate_rank: rank of the low-rank gate projections (Miras: 32 or 64).
+      conv_size: kernel of the depthwise causal conv (4).
+      eta_max, eta_bias_init: η = eta_max · sigmoid(· + b), b initialised to eta_bias_init.
+      alpha_init: (lo, hi) range of the keep factor α at initialisation, spread over heads.
+      mu_init: momentum decay μ at initialisation.
+      delta_init: Huber threshold δ at initialisation.
+      channel_delta: δ per value channel ([B, H, T, D]) instead of per head.
+      output_gate: 'silu' (default, as Gated DeltaNet / FLA) or 'sigmoid'.
+      remat_group: chunks per ``jax.checkpoint`` in the chunked memory.
+      grad_horizon: 0 for exact gradients; else truncated back-propagation through the memory
+          state, cut every ``grad_horizon`` tokens (a multiple of ``chunk_size``; forward
+          unchanged; memory/common.py ``gradient_cuts``). An approximation, for the deep
+          memories with forgetting whose exact gradient through thousands of tokens explodes
+          (see models/config.py ``memory_grad_horizon``).
+      dtype: compute dtype of the projections (None keeps the input's); the memory itself
+          always runs in float32.
+      param_dtype: parameter dtype.
+      kernel_init: initializer of the q/k/v/gate/output kernels.
+  """
+
+  rule: str = 'moneta'
+  num_heads: int = 4
+  head_dim: int = 16
+  chunk_size: int = 64
+  implementation: str = 'auto'
+  gate_rank: int = 32
+  conv_size: int = 4
+  eta_max: float = 1.0
+  eta_bias_init: float = 0.0
+  alpha_init: tuple[float, float] = (0.99, 0.999)
+  mu_init: float = 0.9
+  delta_init: float = 1.0
+  channel_delta: bool = False
+  output_gate: str = 'silu'
+  remat_group: int = 4
+  grad_horizon: int = 0
+  dtype: Dtype | None = None
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = nn.initializers.lecun_normal()
+
+  # ------------------------------------------------------------------------------------------
+  # Parameters.
+
+  @property
+  def memory_rule(self):
+    return get_rule(self.rule)
+
+  def _dense(self, features, axes, axis=-1):
+    return DenseND(
+      features=features,
+      axis=axis,
+      kernel_axes=axes,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_init=self.kernel_init,
+    )
+
+  def setup(self):
+    if self.output_gate not in OUTPUT_GATES:
+      raise ValueError(f'unknown output_gate {self.output_gate!r}; choose {OUTPUT_GATES}')
+    rule = self.memory_rule
+    H, D = self.num_heads, self.head_dim
+    proj = ('embed', 'heads', 'head_dim')
+    self.q_proj = self._dense((H, D), proj)
+    self.k_proj = self._dense((H, D), proj)
+    self.v_proj = self._dense((H, D), proj)
+    conv = lambda: CausalDepthwiseConv1D(
+      kernel_size=self.conv_size,
+      dtype=self.dtype,
+      param_dtype=self.param_dtype,
+      kernel_axes=(None, 'heads'),
+    )
+    self.conv_q, self.conv_k, self.conv_v = conv(), conv(), conv()
+    self.g_proj = self._dense((H, D), proj)
+    self.o_proj = _HeadsToEmbed(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.out_norm = RMSNorm(
+      dtype=jnp.float32, param_dtype=self.param_dtype, scale_axis_name='head_dim'
+    )
+
+    # Low-rank gates: x -> [rank] -> [H] (or [H, c]) + bias.
+    uses = rule.uses
+    specs = {}  # name -> (per-head channels or None, bias init [H(, c)])
+    if uses['eta']:
+      specs['eta'] = (None, jnp.full((H,), self.eta_bias_init, jnp.float32))
+    if uses['log_alpha'] and rule.decay_style != 'fixed':
+      lo, hi = (_logit(p) for p in self.alpha_init)
+      if rule.retention.decay == 'channel':
+        b = jnp.linspace(lo, hi, H * D, dtype=jnp.float32).reshape(H, D)
+        specs['alpha'] = (D, b)
+      else:
+        specs['alpha'] = (None, jnp.linspace(lo, hi, H, dtype=jnp.float32))
+    if uses['log_mu']:
+      specs['mu'] = (None, jnp.full((H,), _logit(self.mu_init), jnp.float32))
+    if uses['delta']:
+      c = D if self.channel_delta else None
+      shape = (H,) if c is None else (H, c)
+      specs['delta'] = (c, jnp.full(shape, _softplus_inv(self.delta_init), jnp.float32))
+    self._gate_specs = {n: c for n, (c, _) in specs.items()}
+    downs, ups, biases = {}, {}, {}
+    for n, (c, b0) in specs.items():
+      downs[n] = self._dense(self.gate_rank, ('embed', None))
+      if c is None:
+        ups[n] = self._dense((H,), (None, 'heads'))
+        axes = ('heads',)
+      else:
+        ups[n] = self._dense((H, c), (None, 'heads', 'head_dim'))
+        axes = ('heads', 'head_dim')
+      biases[n] = self.param(
+        f'gate_bias_{n}',
+        nn.with_logical_partitioning(lambda key, shape, dtype, b0=b0: b0.astype(dtype), axes),
+        b0.shape,
+        self.param_dtype,
+      )
+    self.gate_down, self.gate_up, self.gate_bias = downs, ups, biases
+
+    # Outer-loop memory parameters: W_0 per head and the architecture's outer params.
+    arch = rule.arch
+    shapes = tuple(arch.shapes(D, D))
+    softmax_w0 = rule.retention.map == 'softmax'
+
+    def w0_init(l):
+      def init(key, shape, dtype):
+        if softmax_w0:  # raw logits of W_0 = c · softmax(raw): near-uniform rows
+          return 0.02 * jax.random.normal(key, shape, dtype)
+        keys = jax.random.split(key, H)
+        return jax.vmap(lambda kk: arch.init_weights(kk, D, D, dtype)[l])(keys)
+
+      return init
+
+    self.w0_raw = [
+      self.param(
+        f'w0_{l}',
+        nn.with_logical_partitioning(w0_init(l), ('heads', None, None)),
+        (H,) + tuple(s),
+        self.param_dtype,
+      )
+      for l, s in enumerate(shapes)
+    ]
+    outer0 = arch.init_outer(D)
+    self.outer = {
+      n: self.param(
+        f'outer_{n}',
+        nn.with_logical_partitioning(
+          lambda key, shape, dtype, v=v: jnp.broadcast_to(v, shape).astype(dtype),
+          ('heads', 'head_dim'),
+        ),
+        (H, D),
+        self.param_dtype,
+      )
+      for n, v in outer0.items()
+    }
+
+  # ------------------------------------------------------------------------------------------
+  # Pieces shared by __call__ and decode.
+
+  def _memory_params(self):
+    rule = self.memory_rule
+    w0 = tuple(jnp.asarray(w, jnp.float32) for w in self.w0_raw)
+    if rule.retention.map == 'softmax':
+      w0 = tuple(rule.retention.scale_c * jax.nn.softmax(w, axis=-1) for w in w0)
+    outer = {n: jnp.asarray(v, jnp.float32) for n, v in self.outer.items()}
+    return w0, outer
+
+  def _gates(self, x):
+    """Gates as the memory core wants them: dict of float32 [B, H, T(, c)]."""
+    rule = self.memory_rule
+    B, T = x.shape[:2]
+    H = self.num_heads
+
+    def lowrank(n):
+      z = self.gate_up[n](self.gate_down[n](x)).astype(jnp.float32)
+      return z + jnp.asarray(self.gate_bias[n], jnp.float32)
+
+    g = {}
+    if 'eta' in self._gate_specs:
+      g['eta'] = _to_bht(self.eta_max * jax.nn.sigmoid(lowrank('eta')))
+    if rule.uses['log_alpha']:
+      if rule.decay_style == 'fixed':
+        g['log_alpha'] = jnp.broadcast_to(retnet_log_gamma(H)[None, :, None], (B, H, T))
+      else:
+        g['log_alpha'] = _to_bht(jax.nn.log_sigmoid(lowrank('alpha')))
+    if 'mu' in self._gate_specs:
+      g['log_mu'] = _to_bht(jax.nn.log_sigmoid(lowrank('mu')))
+    if 'delta' in self._gate_specs:
+      g['delta'] = _to_bht(jax.nn.softplus(lowrank('delta')))
+    return g
+
+  def _project(self, x):
+    """Raw q, k, v projections, flattened to [B, T, H·D] for the convs."""
+    B, T = x.shape[:2]
+    flat = lambda z: z.reshape(B, T, self.num_heads * self.head_dim)
+    return flat(self.q_proj(x)), flat(self.k_proj(x)), flat(self.v_proj(x))
+
+  def _post_conv(self, q, k, v):
+    """SiLU, split heads, ℓ2-normalise q and k; returns [B, H, T, D] each."""
+    B, T = q.shape[:2]
+    heads = lambda z: _to_bht(nn.silu(z).reshape(B, T, self.num_heads, self.head_dim))
+    q, k, v = heads(q), heads(k), heads(v)
+    return l2_normalize(q), l2_normalize(k), v
+
+  def _output(self, x, y):
+    """y [B, H, T, D] -> out [B, T, E]: per-head RMSNorm, gate from x, projection."""
+    y = self.out_norm(_to_bht(y).astype(jnp.float32))  # [B, T, H, D]
+    g = self.g_proj(x).astype(jnp.float32)
+    g = nn.silu(g) if self.output_gate == 'silu' else jax.nn.sigmoid(g)
+    out_dtype = x.dtype if self.dtype is None else self.dtype
+    return self.o_proj((y * g).astype(out_dtype), x.shape[-1])
+
+  def _memory(self, q, k, v, gates, state=None, segment_ids=None):
+    rule = self.memory_rule
+    w0, outer = self._memory_params()
+    return memory_forward(
+      rule,
+      q,
+      k,
+      v,
+      gates,
+      w0=w0,
+      outer=outer,
+      state=state,
+      segment_ids=segment_ids,
+      chunk_size=self.chunk_size,
+      implementation=self.implementation,
+      remat_group=self.remat_group,
+      # decoding continues a carried state: no gradients wanted there
+      grad_horizon=self.grad_horizon if state is None else None,
+    )
+
+  def _sow_inner_loss(self, k, v, state):
+    """Sow the ℓ2 inner-loss proxy (module docstring) on the last ≤ chunk_size tokens."""
+    rule = self.memory_rule
+    arch, ret = rule.arch, rule.retention
+    n = min(k.shape[2], self.chunk_size)
+    k = jax.lax.stop_gradient(k[:, :, -n:].astype(jnp.float32))
+    v = jax.lax.stop_gradient(v[:, :, -n:].astype(jnp.float32))
+    w0, outer = jax.lax.stop_gradient(self._memory_params())
+    w_end = jax.tree.map(
+      jax.lax.stop_gradient, tuple(jax.vmap(jax.vmap(ret.phi))(a) for a in state['A'])
+    )
+
+    def err(w, kk, vv, o):  # one (batch, head): mean over tokens of ‖M(W; k) − v‖²
+      return jnp.mean(jnp.sum(jnp.square(arch.apply(w, kk, o) - vv), axis=-1))
+
+    per_head = jax.vmap(err, in_axes=(0, 0, 0, 0))
+    before = jax.vmap(per_head, in_axes=(None, 0, 0, None))(w0, k, v, outer)
+    after = jax.vmap(per_head, in_axes=(0, 0, 0, None))(w_end, k, v, outer)
+    self.sow('intermediates', 'inner_loss_before', jnp.mean(before))
+    self.sow('intermediates', 'inner_loss_after', jnp.mean(after))
+
+  # ------------------------------------------------------------------------------------------
+  # Public API.
+
+  def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """Whole sequences (training, evaluation).
+
+    Args:
+        x: ``[B, T, E]``.
+        segment_ids: integer ``[B, T]`` for packed rows: the convs do not reach across a
+            document boundary and every memory restarts from W_0 at a document start
+            (DESIGN §5). Chunk semantics follow the row's chunk grid (memory/chunked.py).
+
+    Returns:
+        ``[B, T, E]`` in ``dtype`` (or x's dtype).
     """
+    qr, kr, vr = self._project(x)
+    q, k, v = self._post_conv(
+      self.conv_q(qr, segment_ids), self.conv_k(kr, segment_ids), self.conv_v(vr, segment_ids)
+    )
+    y, state = self._memory(q, k, v, self._gates(x), segment_ids=segment_ids)
+    if self.is_mutable_collection('intermediates'):
+      self._sow_inner_loss(k, v, state)
+    return self._output(x, y)
 
-    rule: str = 'moneta'
-    num_heads: int = 4
-    head_dim: int = 16
-    chunk_size: int = 64
-    implementation: str = 'auto'
-    gate_rank: int = 32
-    conv_size: int = 4
-    eta_max: float = 1.0
-    eta_bias_init: float = 0.0
-    alpha_init: tuple[float, float] = (0.99, 0.999)
-    mu_init: float = 0.9
-    delta_init: float = 1.0
-    channel_delta: bool = False
-    output_gate: str = 'silu'
-    remat_group: int = 4
-    grad_horizon: int = 0
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    kernel_init: Initializer = nn.initializers.lecun_normal()
+  def init_cache(self, batch: int, dtype: Dtype = jnp.float32) -> dict:
+    """The decoding cache of a fresh document (no parameters needed; callable unbound).
 
-    # ------------------------------------------------------------------------------------------
-    # Parameters.
+    ``{'conv_q', 'conv_k', 'conv_v': zeros [B, K−1, H·D], 'memory': placeholder state
+    [B, H, ...] (replaced by the fresh state at the first decode), 'started': False}``.
+    """
+    rule = self.memory_rule
+    H, D = self.num_heads, self.head_dim
+    w0 = tuple(jax.ShapeDtypeStruct((H,) + tuple(s), jnp.float32) for s in rule.arch.shapes(D, D))
+    shapes = jax.eval_shape(lambda w: init_state(rule, w, batch), w0)
+    conv = jnp.zeros((batch, self.conv_size - 1, H * D), dtype)
+    return {
+      'conv_q': conv,
+      'conv_k': conv,
+      'conv_v': conv,
+      'memory': jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+      'started': jnp.zeros((), bool),
+    }
 
-    @property
-    def memory_rule(self):
-        return get_rule(self.rule)
+  def decode(self, x: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
+    """Continue a sequence by ``T_new`` tokens (a prefill, or one-token steps).
 
-    def _dense(self, features, axes, axis=-1):
-        return DenseND(
-            features=features, axis=axis, kernel_axes=axes, dtype=self.dtype,
-            param_dtype=self.param_dtype, kernel_init=self.kernel_init)
+    Args:
+        x: ``[B, T_new, E]``, the next tokens of every row (one document per row).
+        cache: from `init_cache` or a previous `decode`.
 
-    def setup(self):
-        if self.output_gate not in OUTPUT_GATES:
-            raise ValueError(f'unknown output_gate {self.output_gate!r}; choose {OUTPUT_GATES}')
-        rule = self.memory_rule
-        H, D = self.num_heads, self.head_dim
-        proj = ('embed', 'heads', 'head_dim')
-        self.q_proj = self._dense((H, D), proj)
-        self.k_proj = self._dense((H, D), proj)
-        self.v_proj = self._dense((H, D), proj)
-        conv = lambda: CausalDepthwiseConv1D(
-            kernel_size=self.conv_size, dtype=self.dtype, param_dtype=self.param_dtype,
-            kernel_axes=(None, 'heads'))
-        self.conv_q, self.conv_k, self.conv_v = conv(), conv(), conv()
-        self.g_proj = self._dense((H, D), proj)
-        self.o_proj = _HeadsToEmbed(dtype=self.dtype, param_dtype=self.param_dtype)
-        self.out_norm = RMSNorm(dtype=jnp.float32, param_dtype=self.param_dtype,
-                                scale_axis_name='head_dim')
+    Returns:
+        ``(y [B, T_new, E], new_cache)``; exactly the outputs ``__call__`` gives these
+        tokens in one pass over the whole sequence.
+    """
+    rule = self.memory_rule
+    B, T = x.shape[:2]
+    K = self.conv_size
 
-        # Low-rank gates: x -> [rank] -> [H] (or [H, c]) + bias.
-        uses = rule.uses
-        specs = {}  # name -> (per-head channels or None, bias init [H(, c)])
-        if uses['eta']:
-            specs['eta'] = (None, jnp.full((H,), self.eta_bias_init, jnp.float32))
-        if uses['log_alpha'] and rule.decay_style != 'fixed':
-            lo, hi = (_logit(p) for p in self.alpha_init)
-            if rule.retention.decay == 'channel':
-                b = jnp.linspace(lo, hi, H * D, dtype=jnp.float32).reshape(H, D)
-                specs['alpha'] = (D, b)
-            else:
-                specs['alpha'] = (None, jnp.linspace(lo, hi, H, dtype=jnp.float32))
-        if uses['log_mu']:
-            specs['mu'] = (None, jnp.full((H,), _logit(self.mu_init), jnp.float32))
-        if uses['delta']:
-            c = D if self.channel_delta else None
-            shape = (H,) if c is None else (H, c)
-            specs['delta'] = (c, jnp.full(shape, _softplus_inv(self.delta_init), jnp.float32))
-        self._gate_specs = {n: c for n, (c, _) in specs.items()}
-        downs, ups, biases = {}, {}, {}
-        for n, (c, b0) in specs.items():
-            downs[n] = self._dense(self.gate_rank, ('embed', None))
-            if c is None:
-                ups[n] = self._dense((H,), (None, 'heads'))
-                axes = ('heads',)
-            else:
-                ups[n] = self._dense((H, c), (None, 'heads', 'head_dim'))
-                axes = ('heads', 'head_dim')
-            biases[n] = self.param(
-                f'gate_bias_{n}',
-                nn.with_logical_partitioning(
-                    lambda key, shape, dtype, b0=b0: b0.astype(dtype), axes),
-                b0.shape, self.param_dtype)
-        self.gate_down, self.gate_up, self.gate_bias = downs, ups, biases
+    def conv(module, raw, st):
+      cat = jnp.concatenate([st.astype(raw.dtype), raw], axis=1)  # [B, K−1+T, C]
+      return module(cat)[:, K - 1 :], cat[:, cat.shape[1] - (K - 1) :].astype(st.dtype)
 
-        # Outer-loop memory parameters: W_0 per head and the architecture's outer params.
-        arch = rule.arch
-        shapes = tuple(arch.shapes(D, D))
-        softmax_w0 = rule.retention.map == 'softmax'
-
-        def w0_init(l):
-            def init(key, shape, dtype):
-                if softmax_w0:  # raw logits of W_0 = c · softmax(raw): near-uniform rows
-                    return 0.02 * jax.random.normal(key, shape, dtype)
-                keys = jax.random.split(key, H)
-                return jax.vmap(lambda kk: arch.init_weights(kk, D, D, dtype)[l])(keys)
-            return init
-
-        self.w0_raw = [
-            self.param(f'w0_{l}', nn.with_logical_partitioning(w0_init(l), ('heads', None, None)),
-                       (H,) + tuple(s), self.param_dtype)
-            for l, s in enumerate(shapes)]
-        outer0 = arch.init_outer(D)
-        self.outer = {
-            n: self.param(f'outer_{n}', nn.with_logical_partitioning(
-                lambda key, shape, dtype, v=v: jnp.broadcast_to(v, shape).astype(dtype),
-                ('heads', 'head_dim')), (H, D), self.param_dtype)
-            for n, v in outer0.items()}
-
-    # ------------------------------------------------------------------------------------------
-    # Pieces shared by __call__ and decode.
-
-    def _memory_params(self):
-        rule = self.memory_rule
-        w0 = tuple(jnp.asarray(w, jnp.float32) for w in self.w0_raw)
-        if rule.retention.map == 'softmax':
-            w0 = tuple(rule.retention.scale_c * jax.nn.softmax(w, axis=-1) for w in w0)
-        outer = {n: jnp.asarray(v, jnp.float32) for n, v in self.outer.items()}
-        return w0, outer
-
-    def _gates(self, x):
-        """Gates as the memory core wants them: dict of float32 [B, H, T(, c)]."""
-        rule = self.memory_rule
-        B, T = x.shape[:2]
-        H = self.num_heads
-
-        def lowrank(n):
-            z = self.gate_up[n](self.gate_down[n](x)).astype(jnp.float32)
-            return z + jnp.asarray(self.gate_bias[n], jnp.float32)
-
-        g = {}
-        if 'eta' in self._gate_specs:
-            g['eta'] = _to_bht(self.eta_max * jax.nn.sigmoid(lowrank('eta')))
-        if rule.uses['log_alpha']:
-            if rule.decay_style == 'fixed':
-                g['log_alpha'] = jnp.broadcast_to(retnet_log_gamma(H)[None, :, None], (B, H, T))
-            else:
-                g['log_alpha'] = _to_bht(jax.nn.log_sigmoid(lowrank('alpha')))
-        if 'mu' in self._gate_specs:
-            g['log_mu'] = _to_bht(jax.nn.log_sigmoid(lowrank('mu')))
-        if 'delta' in self._gate_specs:
-            g['delta'] = _to_bht(jax.nn.softplus(lowrank('delta')))
-        return g
-
-    def _project(self, x):
-        """Raw q, k, v projections, flattened to [B, T, H·D] for the convs."""
-        B, T = x.shape[:2]
-        flat = lambda z: z.reshape(B, T, self.num_heads * self.head_dim)
-        return flat(self.q_proj(x)), flat(self.k_proj(x)), flat(self.v_proj(x))
-
-    def _post_conv(self, q, k, v):
-        """SiLU, split heads, ℓ2-normalise q and k; returns [B, H, T, D] each."""
-        B, T = q.shape[:2]
-        heads = lambda z: _to_bht(nn.silu(z).reshape(B, T, self.num_heads, self.head_dim))
-        q, k, v = heads(q), heads(k), heads(v)
-        return l2_normalize(q), l2_normalize(k), v
-
-    def _output(self, x, y):
-        """y [B, H, T, D] -> out [B, T, E]: per-head RMSNorm, gate from x, projection."""
-        y = self.out_norm(_to_bht(y).astype(jnp.float32))  # [B, T, H, D]
-        g = self.g_proj(x).astype(jnp.float32)
-        g = nn.silu(g) if self.output_gate == 'silu' else jax.nn.sigmoid(g)
-        out_dtype = x.dtype if self.dtype is None else self.dtype
-        return self.o_proj((y * g).astype(out_dtype), x.shape[-1])
-
-    def _memory(self, q, k, v, gates, state=None, segment_ids=None):
-        rule = self.memory_rule
-        w0, outer = self._memory_params()
-        return memory_forward(rule, q, k, v, gates, w0=w0, outer=outer, state=state,
-                              segment_ids=segment_ids, chunk_size=self.chunk_size,
-                              implementation=self.implementation,
-                              remat_group=self.remat_group,
-                              # decoding continues a carried state: no gradients wanted there
-                              grad_horizon=self.grad_horizon if state is None else None)
-
-    def _sow_inner_loss(self, k, v, state):
-        """Sow the ℓ2 inner-loss proxy (module docstring) on the last ≤ chunk_size tokens."""
-        rule = self.memory_rule
-        arch, ret = rule.arch, rule.retention
-        n = min(k.shape[2], self.chunk_size)
-        k = jax.lax.stop_gradient(k[:, :, -n:].astype(jnp.float32))
-        v = jax.lax.stop_gradient(v[:, :, -n:].astype(jnp.float32))
-        w0, outer = jax.lax.stop_gradient(self._memory_params())
-        w_end = jax.tree.map(jax.lax.stop_gradient,
-                             tuple(jax.vmap(jax.vmap(ret.phi))(a) for a in state['A']))
-
-        def err(w, kk, vv, o):  # one (batch, head): mean over tokens of ‖M(W; k) − v‖²
-            return jnp.mean(jnp.sum(jnp.square(arch.apply(w, kk, o) - vv), axis=-1))
-
-        per_head = jax.vmap(err, in_axes=(0, 0, 0, 0))
-        before = jax.vmap(per_head, in_axes=(None, 0, 0, None))(w0, k, v, outer)
-        after = jax.vmap(per_head, in_axes=(0, 0, 0, None))(w_end, k, v, outer)
-        self.sow('intermediates', 'inner_loss_before', jnp.mean(before))
-        self.sow('intermediates', 'inner_loss_after', jnp.mean(after))
-
-    # ------------------------------------------------------------------------------------------
-    # Public API.
-
-    def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
-        """Whole sequences (training, evaluation).
-
-        Args:
-            x: ``[B, T, E]``.
-            segment_ids: integer ``[B, T]`` for packed rows: the convs do not reach across a
-                document boundary and every memory restarts from W_0 at a document start
-                (DESIGN §5). Chunk semantics follow the row's chunk grid (memory/chunked.py).
-
-        Returns:
-            ``[B, T, E]`` in ``dtype`` (or x's dtype).
-        """
-        qr, kr, vr = self._project(x)
-        q, k, v = self._post_conv(self.conv_q(qr, segment_ids), self.conv_k(kr, segment_ids),
-                                  self.conv_v(vr, segment_ids))
-        y, state = self._memory(q, k, v, self._gates(x), segment_ids=segment_ids)
-        if self.is_mutable_collection('intermediates'):
-            self._sow_inner_loss(k, v, state)
-        return self._output(x, y)
-
-    def init_cache(self, batch: int, dtype: Dtype = jnp.float32) -> dict:
-        """The decoding cache of a fresh document (no parameters needed; callable unbound).
-
-        ``{'conv_q', 'conv_k', 'conv_v': zeros [B, K−1, H·D], 'memory': placeholder state
-        [B, H, ...] (replaced by the fresh state at the first decode), 'started': False}``.
-        """
-        rule = self.memory_rule
-        H, D = self.num_heads, self.head_dim
-        w0 = tuple(jax.ShapeDtypeStruct((H,) + tuple(s), jnp.float32)
-                   for s in rule.arch.shapes(D, D))
-        shapes = jax.eval_shape(lambda w: init_state(rule, w, batch), w0)
-        conv = jnp.zeros((batch, self.conv_size - 1, H * D), dtype)
-        return {'conv_q': conv, 'conv_k': conv, 'conv_v': conv,
-                'memory': jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
-                'started': jnp.zeros((), bool)}
-
-    def decode(self, x: jax.Array, cache: dict) -> tuple[jax.Array, dict]:
-        """Continue a sequence by ``T_new`` tokens (a prefill, or one-token steps).
-
-        Args:
-            x: ``[B, T_new, E]``, the next tokens of every row (one document per row).
-            cache: from `init_cache` or a previous `decode`.
-
-        Returns:
-            ``(y [B, T_new, E], new_cache)``; exactly the outputs ``__call__`` gives these
-            tokens in one pass over the whole sequence.
-        """
-        rule = self.memory_rule
-        B, T = x.shape[:2]
-        K = self.conv_size
-
-        def conv(module, raw, st):
-            cat = jnp.concatenate([st.astype(raw.dtype), raw], axis=1)  # [B, K−1+T, C]
-            return module(cat)[:, K - 1:], cat[:, cat.shape[1] - (K - 1):].astype(st.dtype)
-
-        qr, kr, vr = self._project(x)
-        qc, cq = conv(self.conv_q, qr, cache['conv_q'])
-        kc, ck = conv(self.conv_k, kr, cache['conv_k'])
-        vc, cv = conv(self.conv_v, vr, cache['conv_v'])
-        q, k, v = self._post_conv(qc, kc, vc)
-        gates = self._gates(x)
-        w0, outer = self._memory_params()
-        fresh = init_state(rule, w0, B)
-        state = jax.tree.map(lambda c, f: jnp.where(cache['started'], c, f),
-                             cache['memory'], fresh)
-        if T == 1:
-            y, state = memory_step(rule, q[:, :, 0], k[:, :, 0], v[:, :, 0],
-                                   {n: g[:, :, 0] for n, g in gates.items()}, w0=w0,
-                                   outer=outer, state=state, chunk_size=self.chunk_size)
-            y = y[:, :, None]
-        else:
-            y, state = self._memory(q, k, v, gates, state=state)
-        new = {'conv_q': cq, 'conv_k': ck, 'conv_v': cv, 'memory': state,
-               'started': jnp.ones((), bool)}
-        return self._output(x, y), new
+    qr, kr, vr = self._project(x)
+    qc, cq = conv(self.conv_q, qr, cache['conv_q'])
+    kc, ck = conv(self.conv_k, kr, cache['conv_k'])
+    vc, cv = conv(self.conv_v, vr, cache['conv_v'])
+    q, k, v = self._post_conv(qc, kc, vc)
+    gates = self._gates(x)
+    w0, outer = self._memory_params()
+    fresh = init_state(rule, w0, B)
+    state = jax.tree.map(lambda c, f: jnp.where(cache['started'], c, f), cache['memory'], fresh)
+    if T == 1:
+      y, state = memory_step(
+        rule,
+        q[:, :, 0],
+        k[:, :, 0],
+        v[:, :, 0],
+        {n: g[:, :, 0] for n, g in gates.items()},
+        w0=w0,
+        outer=outer,
+        state=state,
+        chunk_size=self.chunk_size,
+      )
+      y = y[:, :, None]
+    else:
+      y, state = self._memory(q, k, v, gates, state=state)
+    new = {'conv_q': cq, 'conv_k': ck, 'conv_v': cv, 'memory': state, 'started': jnp.ones((), bool)}
+    return self._output(x, y), new

@@ -6,6 +6,7 @@ where g_t is the gradient of the attentional bias and α_t the retention gate. T
 writes the retention as (1 − α_t); here α_t is always the *keep* factor, and the
 momentum decay μ_t is Titans' η_t (their θ_t is our η_t).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,14 +14,14 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class GD:
-  name: str = "gd"
+  name: str = 'gd'
   momentum: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
 class Momentum:
-  name: str = "momentum"
+  name: str = 'momentum'
   momentum: bool = True
 
 
-ALGORITHMS = {"gd": GD, "momentum": Momentum}
+ALGORITHMS = {'gd': GD, 'momentum': Momentum}

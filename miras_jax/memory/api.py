@@ -8,34 +8,71 @@ implementation = 'auto' | 'reference' | 'xla'
 Both give the same outputs, final state and gradients for the same chunk size
 (tests/memory/test_equivalence.py).
 """
+
 from __future__ import annotations
 
 from miras_jax.memory.chunked import chunked
 from miras_jax.memory.reference import memory_step, reference
 from miras_jax.memory.rules import MemoryRule
 
-IMPLEMENTATIONS = ("auto", "reference", "xla")
+IMPLEMENTATIONS = ('auto', 'reference', 'xla')
 
 
-def memory_forward(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=None,
-                   segment_ids=None, chunk_size: int = 64, implementation: str = "auto",
-                   remat_group: int = 4, aligned: bool | None = None,
-                   grad_horizon: int | None = None):
+def memory_forward(
+  rule: MemoryRule,
+  q,
+  k,
+  v,
+  gates=None,
+  *,
+  w0,
+  outer=None,
+  state=None,
+  segment_ids=None,
+  chunk_size: int = 64,
+  implementation: str = 'auto',
+  remat_group: int = 4,
+  aligned: bool | None = None,
+  grad_horizon: int | None = None,
+):
   """q, k [B, H, T, dk], v [B, H, T, dv] → (y [B, H, T, dv], final state [B, H, ...]).
 
   ``grad_horizon`` (tokens, a multiple of ``chunk_size``; None = exact): truncated
   back-propagation through the memory state, see common.gradient_cuts. Outputs are unchanged.
   """
   if implementation not in IMPLEMENTATIONS:
-    raise ValueError(f"unknown memory implementation {implementation!r}; "
-                     f"choose one of {IMPLEMENTATIONS}")
-  if implementation == "reference":
-    return reference(rule, q, k, v, gates, w0=w0, outer=outer, state=state,
-                     segment_ids=segment_ids, chunk_size=chunk_size,
-                     grad_horizon=grad_horizon)
-  return chunked(rule, q, k, v, gates, w0=w0, outer=outer, state=state,
-                 segment_ids=segment_ids, chunk_size=chunk_size, remat_group=remat_group,
-                 aligned=aligned, grad_horizon=grad_horizon)
+    raise ValueError(
+      f'unknown memory implementation {implementation!r}; choose one of {IMPLEMENTATIONS}'
+    )
+  if implementation == 'reference':
+    return reference(
+      rule,
+      q,
+      k,
+      v,
+      gates,
+      w0=w0,
+      outer=outer,
+      state=state,
+      segment_ids=segment_ids,
+      chunk_size=chunk_size,
+      grad_horizon=grad_horizon,
+    )
+  return chunked(
+    rule,
+    q,
+    k,
+    v,
+    gates,
+    w0=w0,
+    outer=outer,
+    state=state,
+    segment_ids=segment_ids,
+    chunk_size=chunk_size,
+    remat_group=remat_group,
+    aligned=aligned,
+    grad_horizon=grad_horizon,
+  )
 
 
-__all__ = ["memory_forward", "memory_step", "reference", "chunked", "IMPLEMENTATIONS"]
+__all__ = ['memory_forward', 'memory_step', 'reference', 'chunked', 'IMPLEMENTATIONS']

@@ -12,6 +12,7 @@ The weight gradient of any bias is Σ over tokens of outer products ``δ_l h_{l�
 possible (DESIGN §4, TTT §2.7). ``keys_forward`` and ``backprop`` return exactly those
 factors for a batch of keys; the reference path instead uses ``jax.vjp`` of ``apply``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,8 @@ def _layer_norm(z, scale, bias, eps):
 @dataclasses.dataclass(frozen=True)
 class LinearMemory:
   """M(W; x) = W x, W: [d_v, d_k]."""
-  name: str = "linear"
+
+  name: str = 'linear'
   is_linear: bool = True
 
   def shapes(self, dk: int, dv: int) -> Sequence[tuple[int, int]]:
@@ -63,12 +65,13 @@ class LinearMemory:
 @dataclasses.dataclass(frozen=True)
 class MLPMemory:
   """M(x) = x + LN(W_L σ(… σ(W_1 x))) (Titans §3.1, Miras §5; TTT-Linear when depth=1)."""
+
   depth: int = 2
   expansion: int = 4
   residual: bool = True
   layer_norm: bool = True
   ln_eps: float = 1e-6
-  name: str = "mlp"
+  name: str = 'mlp'
   is_linear: bool = False
 
   def shapes(self, dk: int, dv: int):
@@ -80,7 +83,7 @@ class MLPMemory:
   def init_outer(self, dv: int, dtype=jnp.float32):
     if not self.layer_norm:
       return {}
-    return {"ln_scale": jnp.ones((dv,), dtype), "ln_bias": jnp.zeros((dv,), dtype)}
+    return {'ln_scale': jnp.ones((dv,), dtype), 'ln_bias': jnp.zeros((dv,), dtype)}
 
   def init_weights(self, key, dk, dv, dtype=jnp.float32, scale=None):
     keys = jax.random.split(key, self.depth)
@@ -96,7 +99,7 @@ class MLPMemory:
   def final(self, z, x, outer):
     y = z
     if self.layer_norm:
-      y = _layer_norm(z, outer["ln_scale"], outer["ln_bias"], self.ln_eps)
+      y = _layer_norm(z, outer['ln_scale'], outer['ln_bias'], self.ln_eps)
     if self.residual:
       y = x + y
     return y
@@ -139,4 +142,4 @@ def backprop(arch, w: Weights, x, outer, cache, u):
   return deltas[::-1], hs
 
 
-ARCHITECTURES = {"linear": LinearMemory, "mlp": MLPMemory}
+ARCHITECTURES = {'linear': LinearMemory, 'mlp': MLPMemory}

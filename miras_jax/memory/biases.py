@@ -14,6 +14,7 @@ Convention (constant factors folded into η, identical in every implementation):
 with ``e = p − v``. The (1/p) normalisation makes ℓp with p = 2 coincide with ℓ2.
 All functions act on the last axis and broadcast over leading axes.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,8 @@ import jax.numpy as jnp
 @dataclasses.dataclass(frozen=True)
 class DotProduct:
   """Hebbian bias ℓ = −⟨p, v⟩: the gradient does not depend on the memory."""
-  name: str = "dot"
+
+  name: str = 'dot'
   depends_on_memory: bool = False
 
   def grad(self, p, v, delta=None):
@@ -39,7 +41,8 @@ class DotProduct:
 @dataclasses.dataclass(frozen=True)
 class L2:
   """Regression bias ℓ = ½‖p − v‖² (delta rule)."""
-  name: str = "l2"
+
+  name: str = 'l2'
   depends_on_memory: bool = True
 
   def grad(self, p, v, delta=None):
@@ -58,10 +61,11 @@ class Lp:
   sign(x) ≈ tanh(a·x) and |x| ≈ sqrt(x² + ε) keep the gradient smooth at e = 0 (for
   p < 2 the exact gradient is unbounded there). ``a`` = ``sharpness``.
   """
+
   p: float = 3.0
   sharpness: float = 10.0
   eps: float = 1e-6
-  name: str = "lp"
+  name: str = 'lp'
   depends_on_memory: bool = True
 
   def grad(self, p, v, delta=None):
@@ -84,9 +88,10 @@ class Huber:
   paper's norm test ‖e‖ ≤ δ (δ then a scalar per token): ℓ2 gradient inside,
   δ·e/‖e‖ outside.
   """
+
   per_channel: bool = True
   default_delta: float = 1.0
-  name: str = "huber"
+  name: str = 'huber'
   depends_on_memory: bool = True
 
   def _delta(self, delta, e):
@@ -118,9 +123,10 @@ class Huber:
 @dataclasses.dataclass(frozen=True)
 class ValueShiftRobust:
   """ℓ = ½‖e‖² + Δ‖e‖: robust to a shift of the values of size Δ (miras-math.md)."""
+
   shift: float = 0.1
   eps: float = 1e-6
-  name: str = "value_shift"
+  name: str = 'value_shift'
   depends_on_memory: bool = True
 
   def grad(self, p, v, delta=None):
@@ -137,9 +143,9 @@ class ValueShiftRobust:
 
 
 BIASES = {
-    "dot": DotProduct,
-    "l2": L2,
-    "lp": Lp,
-    "huber": Huber,
-    "value_shift": ValueShiftRobust,
+  'dot': DotProduct,
+  'l2': L2,
+  'lp': Lp,
+  'huber': Huber,
+  'value_shift': ValueShiftRobust,
 }

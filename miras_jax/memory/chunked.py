@@ -23,6 +23,7 @@ Three chunk kernels: ``_chunk_general`` (any architecture / bias / scalar retent
 momentum), ``_chunk_channel`` (linear memory with channel-wise decay, GLA) and
 ``_chunk_wy`` (the exact delta rule by the UT/WY transform).
 """
+
 from __future__ import annotations
 
 import functools
@@ -34,6 +35,7 @@ from jax.scipy.linalg import solve_triangular
 from miras_jax.memory import common
 from miras_jax.memory.architectures import backprop, keys_forward
 from miras_jax.memory.rules import MemoryRule, read_base
+
 
 def _masked_exp(diff, mask):
   # exp only where the mask holds: masked entries get exp(0)·0, never exp(±large), so
@@ -60,7 +62,7 @@ def coefficients(la, eta, reset, active, lm=None):
   cum_ex = cum - la
   chan = la.ndim == 2
   Mx = M[..., None] if chan else M
-  start_sel = (M & is_start[None, :])
+  start_sel = M & is_start[None, :]
   start_sel = start_sel[..., None] if chan else start_sel
   start_ex = jnp.sum(jnp.where(start_sel, cum_ex[None], 0.0), axis=1)
   a = jnp.exp(cum - start_ex)
@@ -69,7 +71,7 @@ def coefficients(la, eta, reset, active, lm=None):
   if chan:
     return out
   if lm is None:
-    out["C"] = Dw * (-eta)[None, :]
+    out['C'] = Dw * (-eta)[None, :]
     return out
   cm = jnp.cumsum(lm)
   Ds = _masked_exp(cm[:, None] - cm[None, :], M)
@@ -109,21 +111,21 @@ def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
   The chunk ends on a boundary when its real tokens fill it up to the last slot."""
   ret, arch = rule.retention, rule.arch
   n_active = jnp.sum(active).astype(jnp.int32)
-  boundary = st["pos"] + n_active == q.shape[0]
+  boundary = st['pos'] + n_active == q.shape[0]
   new = {}
-  new["A"] = a_end
+  new['A'] = a_end
   phi_a = tuple(ret.phi(a) for a in a_end)
-  wg_last = common.tree_where(e_cont, st["Wg"], fresh["Wg"])
-  new["Wg"] = common.tree_where(boundary, phi_a, wg_last)
-  if "S" in st:
-    new["S"] = s_end
-  if "sig" in st:
-    sig_last = common.tree_where(e_cont, st["sig"], fresh["sig"])
-    new["sig"] = common.tree_where(boundary, tuple(ret.scale(a) for a in a_end), sig_last)
-  if "R" in st:
-    new["R"] = common.tree_where(boundary, phi_a, r_end)
-  new["pos"] = jnp.where(boundary, 0, st["pos"] + n_active).astype(jnp.int32)
-  if ret.read_mode != "identity":
+  wg_last = common.tree_where(e_cont, st['Wg'], fresh['Wg'])
+  new['Wg'] = common.tree_where(boundary, phi_a, wg_last)
+  if 'S' in st:
+    new['S'] = s_end
+  if 'sig' in st:
+    sig_last = common.tree_where(e_cont, st['sig'], fresh['sig'])
+    new['sig'] = common.tree_where(boundary, tuple(ret.scale(a) for a in a_end), sig_last)
+  if 'R' in st:
+    new['R'] = common.tree_where(boundary, phi_a, r_end)
+  new['pos'] = jnp.where(boundary, 0, st['pos'] + n_active).astype(jnp.int32)
+  if ret.read_mode != 'identity':
     # The last token of a chunk reads the exact φ(A) (a chunk boundary).
     y_last = arch.apply(phi_a, q[-1], outer)
     y = y.at[-1].set(jnp.where(boundary, y_last, y[-1]))
@@ -132,13 +134,12 @@ def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
 
 def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   arch = rule.arch
-  q, k, v = x["q"], x["k"], x["v"]
-  co = coefficients(x["la"], x["eta"], x["reset"], x["active"], x["lm"])
-  cont, a, C = co["cont"], co["a"], co["C"]
-  momentum = "S" in st
+  q, k, v = x['q'], x['k'], x['v']
+  co = coefficients(x['la'], x['eta'], x['reset'], x['active'], x['lm'])
+  cont, a, C = co['cont'], co['a'], co['C']
+  momentum = 'S' in st
 
-  deltas, hk = _key_factors(rule, st["Wg"], fresh["Wg"], k, v, x["delta"], outer, cont,
-                            resets)
+  deltas, hk = _key_factors(rule, st['Wg'], fresh['Wg'], k, v, x['delta'], outer, cont, resets)
   base_c, s_c = read_base(rule, st)
   base_0, s_0 = read_base(rule, fresh)
 
@@ -152,27 +153,28 @@ def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
       s_tok = jnp.where(cont, s_c[l], s_0[l])
     upd = ((h @ hk[l].T) * C) @ deltas[l]
     if momentum:
-      upd = upd + co["d"][:, None] * (h @ st["S"][l].T)
+      upd = upd + co['d'][:, None] * (h @ st['S'][l].T)
     z = a[:, None] * zb + s_tok[:, None] * upd
     h = arch.act(z) if l < L - 1 else z
   y = arch.final(h, q, outer)
 
   # Primal update to the chunk's last slot (the last real token: padding adds nothing).
   e_cont = cont[-1]
-  a_base = common.tree_where(e_cont, st["A"], fresh["A"])
+  a_base = common.tree_where(e_cont, st['A'], fresh['A'])
   a_end, s_end, r_end = [], [], []
   for l in range(L):
     step = (C[-1][:, None] * deltas[l]).T @ hk[l]
     acc = a[-1] * a_base[l] + step
     if momentum:
-      acc = acc + co["d"][-1] * st["S"][l]
-      s_end.append(co["sdec"][-1] * st["S"][l] + (co["Cs"][-1][:, None] * deltas[l]).T @ hk[l])
+      acc = acc + co['d'][-1] * st['S'][l]
+      s_end.append(co['sdec'][-1] * st['S'][l] + (co['Cs'][-1][:, None] * deltas[l]).T @ hk[l])
     a_end.append(acc)
-    if "R" in st:
+    if 'R' in st:
       r_base = jnp.where(e_cont, base_c[l], base_0[l])
       r_end.append(a[-1] * r_base + step)
-  return _finish(rule, st, fresh, e_cont, tuple(a_end), tuple(s_end), tuple(r_end),
-                 x["active"], y, q, outer)
+  return _finish(
+    rule, st, fresh, e_cont, tuple(a_end), tuple(s_end), tuple(r_end), x['active'], y, q, outer
+  )
 
 
 _CHANNEL_TILE = 16
@@ -186,33 +188,33 @@ def _chunk_channel(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   more than the parallelism saves (CPU, T=2048, d=64, fwd+bwd: 113 ms with 8-token chunks,
   143 with 16, 267 with 32, 739 with 64, against 399 for the token-by-token reference).
   """
-  b = x["q"].shape[0]
+  b = x['q'].shape[0]
   tile = _CHANNEL_TILE if b % _CHANNEL_TILE == 0 else b
-  (wg,), (w0,) = st["Wg"], fresh["Wg"]
-  (a_cur,), (a0,) = st["A"], fresh["A"]
-  reset = x["reset"]
+  (wg,), (w0,) = st['Wg'], fresh['Wg']
+  (a_cur,), (a0,) = st['A'], fresh['A']
+  reset = x['reset']
   # Tokens before the chunk's first reset take their gradient at Wg, later ones at W_0.
   cont_chunk = jnp.cumsum(reset) == 0
   ys = []
   for s0 in range(0, b, tile):
-    xt = {n: (None if val is None else val[s0:s0 + tile]) for n, val in x.items()}
-    co = coefficients(xt["la"], xt["eta"], xt["reset"], xt["active"])
-    cont, a, Dw = co["cont"], co["a"], co["Dw"]  # a [t, dk], Dw [t, t, dk]
-    q, k, v, eta = xt["q"], xt["k"], xt["v"], xt["eta"]
+    xt = {n: (None if val is None else val[s0 : s0 + tile]) for n, val in x.items()}
+    co = coefficients(xt['la'], xt['eta'], xt['reset'], xt['active'])
+    cont, a, Dw = co['cont'], co['a'], co['Dw']  # a [t, dk], Dw [t, t, dk]
+    q, k, v, eta = xt['q'], xt['k'], xt['v'], xt['eta']
     p = k @ wg.T
     if resets:
-      p = _sel(cont_chunk[s0:s0 + tile], p, k @ w0.T)
-    u = rule.bias.grad(p, v, xt["delta"]) * (-eta)[:, None]  # token i writes −η_i u_i
+      p = _sel(cont_chunk[s0 : s0 + tile], p, k @ w0.T)
+    u = rule.bias.grad(p, v, xt['delta']) * (-eta)[:, None]  # token i writes −η_i u_i
     yb = (q * a) @ a_cur.T
     if resets:
       yb = _sel(cont, yb, (q * a) @ a0.T)
-    P = jnp.einsum("tc,ic,tic->ti", q, k, Dw)
+    P = jnp.einsum('tc,ic,tic->ti', q, k, Dw)
     ys.append(yb + P @ u)
     a_base = jnp.where(cont[-1], a_cur, a0)
     a_cur = a_base * a[-1][None, :] + u.T @ (k * Dw[-1])
   y = jnp.concatenate(ys, 0)
   e_cont = cont_chunk[-1]
-  return _finish(rule, st, fresh, e_cont, (a_cur,), (), (), x["active"], y, x["q"], outer)
+  return _finish(rule, st, fresh, e_cont, (a_cur,), (), (), x['active'], y, x['q'], outer)
 
 
 def _chunk_wy(rule: MemoryRule, resets: bool, st, x, fresh, outer):
@@ -224,11 +226,11 @@ def _chunk_wy(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   unit-triangular solve per chunk (Yang et al. 2024, "Parallelizing Linear Transformers
   with the Delta Rule", §3; flash-linear-attention ops/gated_delta_rule/chunk).
   """
-  q, k, v, beta = x["q"], x["k"], x["v"], x["eta"]
-  co = coefficients(x["la"], beta, x["reset"], x["active"])
-  cont, a, Dw = co["cont"], co["a"], co["Dw"]
+  q, k, v, beta = x['q'], x['k'], x['v'], x['eta']
+  co = coefficients(x['la'], beta, x['reset'], x['active'])
+  cont, a, Dw = co['cont'], co['a'], co['Dw']
   b = q.shape[0]
-  (ac,), (a0,) = st["A"], fresh["A"]
+  (ac,), (a0,) = st['A'], fresh['A']
   sk = k @ ac.T
   sq = q @ ac.T
   if resets:
@@ -243,14 +245,14 @@ def _chunk_wy(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   e_cont = cont[-1]
   a_base = jnp.where(e_cont, ac, a0)
   a_end = a[-1] * a_base + (Dw[-1][:, None] * U).T @ k
-  new = {"A": (a_end,), "Wg": (a_end,), "pos": jnp.zeros((), jnp.int32)}
+  new = {'A': (a_end,), 'Wg': (a_end,), 'pos': jnp.zeros((), jnp.int32)}
   return new, y
 
 
 def _kernel(rule: MemoryRule):
-  if rule.form == "wy":
+  if rule.form == 'wy':
     return _chunk_wy
-  if rule.retention.decay == "channel":
+  if rule.retention.decay == 'channel':
     return _chunk_channel
   return _chunk_general
 
@@ -258,9 +260,9 @@ def _kernel(rule: MemoryRule):
 def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
   """One (batch, head): lay tokens into chunk slots, scan, read back."""
   fresh, outer = head
-  T = tok["q"].shape[0]
+  T = tok['q'].shape[0]
   slots = n_chunks * b
-  offset = jnp.zeros((), jnp.int32) if aligned else st["pos"]
+  offset = jnp.zeros((), jnp.int32) if aligned else st['pos']
 
   def lay(x, fill=0.0):
     if x is None:
@@ -268,16 +270,16 @@ def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
     buf = jnp.full((slots,) + x.shape[1:], fill, x.dtype)
     return jax.lax.dynamic_update_slice_in_dim(buf, x, offset, axis=0)
 
-  xs = {n: lay(tok[n]) for n in ("q", "k", "v", "eta", "la", "lm", "delta", "reset", "cut")}
-  if xs["delta"] is not None:
-    xs["delta"] = lay(tok["delta"], 1.0)
-  xs["active"] = lay(jnp.ones((T,), jnp.float32))
+  xs = {n: lay(tok[n]) for n in ('q', 'k', 'v', 'eta', 'la', 'lm', 'delta', 'reset', 'cut')}
+  if xs['delta'] is not None:
+    xs['delta'] = lay(tok['delta'], 1.0)
+  xs['active'] = lay(jnp.ones((T,), jnp.float32))
   xs = jax.tree.map(lambda x: x.reshape((n_chunks // group, group, b) + x.shape[1:]), xs)
 
   kern = functools.partial(_kernel(rule), rule, resets)
 
   def chunk_body(carry, xc):
-    cut = xc.pop("cut")
+    cut = xc.pop('cut')
     if cut is not None:  # truncated BPTT: cuts fall on chunk starts (common.gradient_cuts)
       carry = common.stop_gradient_where(cut[0], carry)
     return kern(carry, xc, fresh, outer)
@@ -292,9 +294,22 @@ def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
   return y, st
 
 
-def chunked(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=None,
-            segment_ids=None, chunk_size: int = 64, remat_group: int = 4,
-            aligned: bool | None = None, grad_horizon: int | None = None):
+def chunked(
+  rule: MemoryRule,
+  q,
+  k,
+  v,
+  gates=None,
+  *,
+  w0,
+  outer=None,
+  state=None,
+  segment_ids=None,
+  chunk_size: int = 64,
+  remat_group: int = 4,
+  aligned: bool | None = None,
+  grad_horizon: int | None = None,
+):
   """Chunk-parallel memory; same signature and results as ``reference`` with the same b.
 
   q, k [B, H, T, dk]; v [B, H, T, dv]; gates: dict of [B, H, T(, d)] (rules.py);
@@ -309,7 +324,7 @@ def chunked(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=None
   cut = common.gradient_cuts(grad_horizon, chunk_size, state, q.shape[:3])
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   b = int(chunk_size)
-  if rule.form == "wy":
+  if rule.form == 'wy':
     aligned = True  # exact sequential semantics: the chunk grid is immaterial
   if aligned is None:
     aligned = state is None
@@ -318,8 +333,8 @@ def chunked(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=None
   group = max(1, min(int(remat_group), n_chunks))
   n_chunks = -(-n_chunks // group) * group
   resets = segment_ids is not None
-  tok = {n: P[n] for n in ("q", "k", "v", "eta", "la", "lm", "delta", "reset")}
-  tok["cut"] = cut
+  tok = {n: P[n] for n in ('q', 'k', 'v', 'eta', 'la', 'lm', 'delta', 'reset')}
+  tok['cut'] = cut
   fn = functools.partial(_run_one, rule, b, group, resets, aligned, n_chunks)
-  y, st = common.vmap_bh(fn)(tok, (P["fresh"], P["outer"]), P["state"])
+  y, st = common.vmap_bh(fn)(tok, (P['fresh'], P['outer']), P['state'])
   return y.astype(q.dtype), st

@@ -1,4 +1,5 @@
 """Shared plumbing of the memory implementations: inputs, resets, batching."""
+
 from __future__ import annotations
 
 import jax
@@ -13,7 +14,7 @@ def tree_where(c, a, b):
 
 def semantic_chunk(rule: MemoryRule, chunk_size: int) -> int:
   """The chunk size that defines the rule's semantics: the WY form is exactly sequential."""
-  return 1 if rule.form == "wy" else int(chunk_size)
+  return 1 if rule.form == 'wy' else int(chunk_size)
 
 
 def resets_from_segments(segment_ids, shape):
@@ -26,24 +27,27 @@ def resets_from_segments(segment_ids, shape):
     return jnp.zeros(shape, jnp.float32)
   seg = jnp.asarray(segment_ids)
   if seg.shape != (shape[0], shape[2]):
-    raise ValueError(f"segment_ids has shape {seg.shape}, expected {(shape[0], shape[2])}")
+    raise ValueError(f'segment_ids has shape {seg.shape}, expected {(shape[0], shape[2])}')
   r = jnp.concatenate([jnp.zeros_like(seg[:, :1], dtype=bool), seg[:, 1:] != seg[:, :-1]], 1)
   return jnp.broadcast_to(r[:, None, :].astype(jnp.float32), shape)
 
 
 def check_inputs(rule: MemoryRule, q, k, v, w0, outer):
   if q.ndim != 4 or k.shape != q.shape or v.shape[:3] != q.shape[:3]:
-    raise ValueError(f"q, k, v must be [B, H, T, d] with equal B, H, T (and q, k equal d); "
-                     f"got q {q.shape}, k {k.shape}, v {v.shape}")
+    raise ValueError(
+      f'q, k, v must be [B, H, T, d] with equal B, H, T (and q, k equal d); '
+      f'got q {q.shape}, k {k.shape}, v {v.shape}'
+    )
   H, dk, dv = q.shape[1], q.shape[-1], v.shape[-1]
   shapes = tuple(rule.arch.shapes(dk, dv))
   got = tuple(tuple(w.shape) for w in w0)
   want = tuple((H,) + s for s in shapes)
   if got != want:
-    raise ValueError(f"rule {rule.name}: initial memory w0 has shapes {got}, expected {want}")
-  if getattr(rule.arch, "residual", False) and dk != dv:
-    raise ValueError(f"rule {rule.name}: the residual MLP memory needs d_k == d_v, "
-                     f"got {dk} and {dv}")
+    raise ValueError(f'rule {rule.name}: initial memory w0 has shapes {got}, expected {want}')
+  if getattr(rule.arch, 'residual', False) and dk != dv:
+    raise ValueError(
+      f'rule {rule.name}: the residual MLP memory needs d_k == d_v, got {dk} and {dv}'
+    )
   if outer is None:
     outer = jax.vmap(lambda _: rule.arch.init_outer(dv))(jnp.arange(H))
   return outer
@@ -63,10 +67,12 @@ def gradient_cuts(grad_horizon, chunk_size, state, shape):
     return None
   h, b = int(grad_horizon), int(chunk_size)
   if h < 0 or h % b:
-    raise ValueError(f"grad_horizon={h} must be a positive multiple of the chunk size {b}")
+    raise ValueError(f'grad_horizon={h} must be a positive multiple of the chunk size {b}')
   if state is not None:
-    raise ValueError("grad_horizon needs a fresh call (state=None): truncation points are "
-                     "counted from the first token")
+    raise ValueError(
+      'grad_horizon needs a fresh call (state=None): truncation points are '
+      'counted from the first token'
+    )
   t = jnp.arange(shape[2])
   cut = ((t % h == 0) & (t > 0)).astype(jnp.float32)
   return jnp.broadcast_to(cut, shape)
@@ -88,13 +94,26 @@ def prepare(rule, q, k, v, gates, w0, outer, state, segment_ids):
   B = q.shape[0]
   if state is None:
     state = jax.tree.map(lambda x: jnp.broadcast_to(x, (B,) + x.shape), fresh)
-  return dict(q=qf, k=kf, v=vf, eta=eta, la=la, lm=lm, delta=delta, reset=reset,
-              fresh=fresh, outer=outer, state=state)
+  return dict(
+    q=qf,
+    k=kf,
+    v=vf,
+    eta=eta,
+    la=la,
+    lm=lm,
+    delta=delta,
+    reset=reset,
+    fresh=fresh,
+    outer=outer,
+    state=state,
+  )
 
 
 def vmap_bh(fn):
   """vmap a single-(batch, head) function: per-token args [B, H, ...], per-head args
   [H, ...] (shared over batch), state [B, H, ...]."""
+
   def per_b(tok, head, st):
     return jax.vmap(fn, in_axes=(0, 0, 0))(tok, head, st)
+
   return jax.vmap(per_b, in_axes=(0, None, 0))

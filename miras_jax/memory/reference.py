@@ -13,6 +13,7 @@ the chunk grid stays that of the row.
 The weight gradient here comes from ``jax.vjp`` of the memory function, independently of
 the factored back-propagation the chunked path uses.
 """
+
 from __future__ import annotations
 
 import jax
@@ -26,45 +27,45 @@ def step(rule: MemoryRule, b: int, st: dict, x: dict, fresh: dict, outer):
   """One token for one head. x: q [dk], k [dk], v [dv], eta [], la [] or [dk], lm [],
   delta [dv] or None, reset []. Returns (new state, y [dv])."""
   arch, bias, ret = rule.arch, rule.bias, rule.retention
-  pos = st["pos"]
-  if x.get("cut") is not None:  # truncated BPTT (common.gradient_cuts)
-    st = common.stop_gradient_where(x["cut"], st)
-  st = common.tree_where(x["reset"] > 0, fresh, st)
+  pos = st['pos']
+  if x.get('cut') is not None:  # truncated BPTT (common.gradient_cuts)
+    st = common.stop_gradient_where(x['cut'], st)
+  st = common.tree_where(x['reset'] > 0, fresh, st)
   st = dict(st, pos=pos)
-  wg = st["Wg"]
-  alpha = jnp.exp(x["la"])  # scalar, or [dk] for channel decay (W Diag(α))
+  wg = st['Wg']
+  alpha = jnp.exp(x['la'])  # scalar, or [dk] for channel decay (W Diag(α))
   decay = lambda m: m * alpha
 
   # 'decayed' (Gated DeltaNet, b = 1): the delta step is taken at α_t W_{t−1}.
-  wpt = tuple(decay(w) for w in wg) if rule.grad_point == "decayed" else wg
-  p = arch.apply(wpt, x["k"], outer)
-  u = bias.grad(p, x["v"], x["delta"])
-  _, vjp = jax.vjp(lambda w: arch.apply(w, x["k"], outer), wpt)
+  wpt = tuple(decay(w) for w in wg) if rule.grad_point == 'decayed' else wg
+  p = arch.apply(wpt, x['k'], outer)
+  u = bias.grad(p, x['v'], x['delta'])
+  _, vjp = jax.vjp(lambda w: arch.apply(w, x['k'], outer), wpt)
   (g,) = vjp(u)
-  eta = x["eta"]
+  eta = x['eta']
   new = dict(st)
   if rule.algorithm.momentum:
-    mu = jnp.exp(x["lm"])
-    new["S"] = tuple(mu * s - eta * gi for s, gi in zip(st["S"], g))
-    new["A"] = tuple(decay(a) + s for a, s in zip(st["A"], new["S"]))
+    mu = jnp.exp(x['lm'])
+    new['S'] = tuple(mu * s - eta * gi for s, gi in zip(st['S'], g))
+    new['A'] = tuple(decay(a) + s for a, s in zip(st['A'], new['S']))
   else:
-    new["A"] = tuple(decay(a) - eta * gi for a, gi in zip(st["A"], g))
+    new['A'] = tuple(decay(a) - eta * gi for a, gi in zip(st['A'], g))
 
   boundary = pos == b - 1
-  phi_a = tuple(ret.phi(a) for a in new["A"])
-  new["Wg"] = common.tree_where(boundary, phi_a, wg)
+  phi_a = tuple(ret.phi(a) for a in new['A'])
+  new['Wg'] = common.tree_where(boundary, phi_a, wg)
   mode = ret.read_mode
-  if mode == "identity":
-    w_read = new["A"]
-  elif mode == "scale":
-    new["sig"] = common.tree_where(boundary, tuple(ret.scale(a) for a in new["A"]), st["sig"])
-    w_read = tuple(s * a for s, a in zip(new["sig"], new["A"]))
+  if mode == 'identity':
+    w_read = new['A']
+  elif mode == 'scale':
+    new['sig'] = common.tree_where(boundary, tuple(ret.scale(a) for a in new['A']), st['sig'])
+    w_read = tuple(s * a for s, a in zip(new['sig'], new['A']))
   else:
-    r = tuple(decay(ri) - eta * gi for ri, gi in zip(st["R"], g))
-    new["R"] = common.tree_where(boundary, phi_a, r)
-    w_read = new["R"]
-  y = arch.apply(w_read, x["q"], outer)
-  new["pos"] = jnp.where(boundary, 0, pos + 1).astype(jnp.int32)
+    r = tuple(decay(ri) - eta * gi for ri, gi in zip(st['R'], g))
+    new['R'] = common.tree_where(boundary, phi_a, r)
+    w_read = new['R']
+  y = arch.apply(w_read, x['q'], outer)
+  new['pos'] = jnp.where(boundary, 0, pos + 1).astype(jnp.int32)
   return new, y
 
 
@@ -78,8 +79,20 @@ def _scan_one(rule, b, tok, head, st):
   return ys, st
 
 
-def reference(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=None,
-              segment_ids=None, chunk_size: int = 1, grad_horizon: int | None = None):
+def reference(
+  rule: MemoryRule,
+  q,
+  k,
+  v,
+  gates=None,
+  *,
+  w0,
+  outer=None,
+  state=None,
+  segment_ids=None,
+  chunk_size: int = 1,
+  grad_horizon: int | None = None,
+):
   """Token-by-token memory. q, k [B, H, T, dk], v [B, H, T, dv]; w0: tuple of [H, o, i].
 
   ``grad_horizon``: None for exact gradients, else truncated BPTT (common.gradient_cuts).
@@ -89,8 +102,8 @@ def reference(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=No
   cut = common.gradient_cuts(grad_horizon, chunk_size, state, q.shape[:3])
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   # Scan over time: move T to the front of each per-token input (after B, H vmaps).
-  tok = {n: P[n] for n in ("q", "k", "v", "eta", "la", "lm", "delta", "reset")}
-  tok["cut"] = cut
+  tok = {n: P[n] for n in ('q', 'k', 'v', 'eta', 'la', 'lm', 'delta', 'reset')}
+  tok['cut'] = cut
   tok = jax.tree.map(lambda x: jnp.moveaxis(x, 2, 0) if x is not None else None, tok)
 
   def one(tok_bh, head, st):
@@ -101,19 +114,30 @@ def reference(rule: MemoryRule, q, k, v, gates=None, *, w0, outer=None, state=No
     return jax.vmap(one, in_axes=(1, 0, 0), out_axes=(1, 0))(tok_b, head, st_b)
 
   ys, st = jax.vmap(per_b, in_axes=(1, None, 0), out_axes=(1, 0))(
-      tok, (P["fresh"], P["outer"]), P["state"])
+    tok, (P['fresh'], P['outer']), P['state']
+  )
   y = jnp.moveaxis(ys, 0, 2)  # (T, B, H, dv) → (B, H, T, dv)
   return y.astype(q.dtype), st
 
 
-def memory_step(rule: MemoryRule, q, k, v, gates=None, *, w0, state, outer=None,
-                reset=None, chunk_size: int = 1):
+def memory_step(
+  rule: MemoryRule, q, k, v, gates=None, *, w0, state, outer=None, reset=None, chunk_size: int = 1
+):
   """One decoding step with the carried state: q, k [B, H, dk], v [B, H, dv].
 
   Reproduces the chunk semantics exactly (the state holds the position in the chunk), so
   prefill + steps equals one full pass. Returns (y [B, H, dv], new state)."""
-  y, st = reference(rule, q[:, :, None], k[:, :, None], v[:, :, None],
-                    None if gates is None else {n: (g[:, :, None] if g is not None else None)
-                                                for n, g in gates.items()},
-                    w0=w0, outer=outer, state=state, chunk_size=chunk_size)
+  y, st = reference(
+    rule,
+    q[:, :, None],
+    k[:, :, None],
+    v[:, :, None],
+    None
+    if gates is None
+    else {n: (g[:, :, None] if g is not None else None) for n, g in gates.items()},
+    w0=w0,
+    outer=outer,
+    state=state,
+    chunk_size=chunk_size,
+  )
   return y[:, :, 0], st

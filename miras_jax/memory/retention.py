@@ -26,6 +26,7 @@ How a non-linear φ is read *inside* a chunk (``read_mode``; b = 1 makes all exa
               (Memora's "linear steps for the rest"; elastic net likewise).
   and the last token of every chunk reads the exact φ(A_t) (a boundary).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,25 +43,26 @@ _NORM_EPS = 1e-2
 
 @dataclasses.dataclass(frozen=True)
 class Retention:
-  decay: str = "none"  # none | scalar | channel
-  map: str = "identity"  # identity | lq | softmax | elastic
+  decay: str = 'none'  # none | scalar | channel
+  map: str = 'identity'  # identity | lq | softmax | elastic
   q: float = 4.0  # Moneta's ℓq
   scale_c: float = 1.0  # Memora's simplex scale c
   l1: float = 1e-3  # elastic net threshold λ
   clamp_min: float = 1e-12  # Memora: clamp before log
 
   def __post_init__(self):
-    if self.decay not in ("none", "scalar", "channel"):
-      raise ValueError(f"unknown retention decay {self.decay!r}")
-    if self.map not in ("identity", "lq", "softmax", "elastic"):
-      raise ValueError(f"unknown retention map {self.map!r}")
-    if self.map == "lq" and self.q == 3.0:
-      raise ValueError("ℓq retention with q = 3 is not invertible (‖W‖_q = 1 always)")
+    if self.decay not in ('none', 'scalar', 'channel'):
+      raise ValueError(f'unknown retention decay {self.decay!r}')
+    if self.map not in ('identity', 'lq', 'softmax', 'elastic'):
+      raise ValueError(f'unknown retention map {self.map!r}')
+    if self.map == 'lq' and self.q == 3.0:
+      raise ValueError('ℓq retention with q = 3 is not invertible (‖W‖_q = 1 always)')
 
   @property
   def read_mode(self) -> str:
-    return {"identity": "identity", "lq": "scale",
-            "softmax": "wspace", "elastic": "wspace"}[self.map]
+    return {'identity': 'identity', 'lq': 'scale', 'softmax': 'wspace', 'elastic': 'wspace'}[
+      self.map
+    ]
 
   # --- the map φ and its (right) inverse, per weight matrix --------------------
   def _qnorm(self, a):
@@ -68,29 +70,28 @@ class Retention:
 
   def scale(self, a):
     """s(A) with φ(A) = s(A)·A for 'lq' (a scalar); 1 otherwise."""
-    if self.map != "lq":
+    if self.map != 'lq':
       return jnp.ones((), a.dtype)
     n = jnp.maximum(self._qnorm(a), _NORM_EPS)
     return jnp.power(n, -(self.q - 2.0))
 
   def phi(self, a):
-    if self.map == "identity":
+    if self.map == 'identity':
       return a
-    if self.map == "lq":
+    if self.map == 'lq':
       return self.scale(a) * a
-    if self.map == "softmax":
+    if self.map == 'softmax':
       return self.scale_c * jax.nn.softmax(a, axis=-1)
     return jnp.sign(a) * jnp.maximum(jnp.abs(a) - self.l1, 0.0)
 
   def phi_inv(self, w):
     """An accumulator A with φ(A) = W (the learned initial memory W_0 → A_0)."""
-    if self.map == "identity":
+    if self.map == 'identity':
       return w
-    if self.map == "lq":
+    if self.map == 'lq':
       # ‖φ(A)‖_q = ‖A‖_q^{3−q}  ⇒  A = W · ‖W‖_q^{(q−2)/(3−q)}
       n = jnp.maximum(self._qnorm(w), _NORM_EPS)
       return w * jnp.power(n, (self.q - 2.0) / (3.0 - self.q))
-    if self.map == "softmax":
+    if self.map == 'softmax':
       return jnp.log(jnp.maximum(w / self.scale_c, self.clamp_min))
     return w + self.l1 * jnp.sign(w)
-

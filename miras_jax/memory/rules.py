@@ -14,6 +14,7 @@ Gates (all per head, per token; produced by the layer, see miras_jax/layers):
   delta      [.., T, d_v] or [.., T]   Huber threshold δ_t
 Decays are passed in log space so extreme gates (α → 0 or 1) stay exact.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 
 from miras_jax.memory.algorithms import GD, Momentum
 from miras_jax.memory.architectures import LinearMemory, MLPMemory
-from miras_jax.memory.biases import DotProduct, Huber, L2, Lp, ValueShiftRobust
+from miras_jax.memory.biases import L2, DotProduct, Huber, Lp, ValueShiftRobust
 from miras_jax.memory.retention import Retention
 
 
@@ -38,61 +39,68 @@ class MemoryRule:
   # 'minibatch': gradients at the chunk-start memory (Titans/TTT/Miras parallel training).
   # 'wy': the exact sequential delta rule at any kernel chunk size (UT/WY transform);
   #       only for linear memory + ℓ2 bias + identity retention (DeltaNet family).
-  form: str = "minibatch"
-  eta_transform: str = "identity"  # 'identity' | 'longhorn'
+  form: str = 'minibatch'
+  eta_transform: str = 'identity'  # 'identity' | 'longhorn'
   # Where token t's gradient is taken: 'boundary' (W at the last chunk boundary; Miras,
   # Titans, TTT) or 'decayed' (α_t W_{t−1}: Gated DeltaNet's S_t = α_t S_{t−1}(I − β k kᵀ)
   # + β v kᵀ, which decays before the delta step; only with the exact 'wy' form).
-  grad_point: str = "boundary"
+  grad_point: str = 'boundary'
   # What the layer should produce (hints, not used by the core math):
-  decay_style: str = "none"  # none | fixed (RetNet γ per head) | data (per token)
-  eta_style: str = "data"  # data | one (linear attention: η ≡ 1)
+  decay_style: str = 'none'  # none | fixed (RetNet γ per head) | data (per token)
+  eta_style: str = 'data'  # data | one (linear attention: η ≡ 1)
 
   def __post_init__(self):
-    if self.form not in ("minibatch", "wy"):
-      raise ValueError(f"rule {self.name}: unknown form {self.form!r}")
-    if self.form == "wy" and not (self.arch.is_linear and isinstance(self.bias, L2)
-                                  and self.retention.map == "identity"
-                                  and self.retention.decay != "channel"
-                                  and not self.algorithm.momentum):
-      raise ValueError(f"rule {self.name}: the WY form needs linear memory, ℓ2 bias, "
-                       "scalar or no decay, identity retention and plain GD")
-    if self.grad_point not in ("boundary", "decayed"):
-      raise ValueError(f"rule {self.name}: unknown grad_point {self.grad_point!r}")
-    if self.grad_point == "decayed" and self.form != "wy":
+    if self.form not in ('minibatch', 'wy'):
+      raise ValueError(f'rule {self.name}: unknown form {self.form!r}')
+    if self.form == 'wy' and not (
+      self.arch.is_linear
+      and isinstance(self.bias, L2)
+      and self.retention.map == 'identity'
+      and self.retention.decay != 'channel'
+      and not self.algorithm.momentum
+    ):
+      raise ValueError(
+        f'rule {self.name}: the WY form needs linear memory, ℓ2 bias, '
+        'scalar or no decay, identity retention and plain GD'
+      )
+    if self.grad_point not in ('boundary', 'decayed'):
+      raise ValueError(f'rule {self.name}: unknown grad_point {self.grad_point!r}')
+    if self.grad_point == 'decayed' and self.form != 'wy':
       raise ValueError(f"rule {self.name}: grad_point='decayed' needs form='wy'")
-    if self.retention.decay == "channel" and not self.arch.is_linear:
-      raise ValueError(f"rule {self.name}: channel-wise decay needs the linear memory")
-    if self.retention.decay == "channel" and self.algorithm.momentum:
-      raise ValueError(f"rule {self.name}: channel-wise decay with momentum is not supported")
-    if self.retention.read_mode == "wspace" and self.algorithm.momentum:
-      raise ValueError(f"rule {self.name}: {self.retention.map} retention with momentum "
-                       "is not supported")
+    if self.retention.decay == 'channel' and not self.arch.is_linear:
+      raise ValueError(f'rule {self.name}: channel-wise decay needs the linear memory')
+    if self.retention.decay == 'channel' and self.algorithm.momentum:
+      raise ValueError(f'rule {self.name}: channel-wise decay with momentum is not supported')
+    if self.retention.read_mode == 'wspace' and self.algorithm.momentum:
+      raise ValueError(
+        f'rule {self.name}: {self.retention.map} retention with momentum is not supported'
+      )
 
   @property
   def uses(self) -> dict[str, bool]:
     """Which gates this rule reads."""
     return {
-        "eta": self.eta_style == "data",
-        "log_alpha": self.retention.decay != "none",
-        "log_mu": self.algorithm.momentum,
-        "delta": isinstance(self.bias, Huber),
+      'eta': self.eta_style == 'data',
+      'log_alpha': self.retention.decay != 'none',
+      'log_mu': self.algorithm.momentum,
+      'delta': isinstance(self.bias, Huber),
     }
 
-  def replace(self, **kw) -> "MemoryRule":
+  def replace(self, **kw) -> 'MemoryRule':
     return dataclasses.replace(self, **kw)
 
 
 # ----------------------------------------------------------------------------------
 # Gates: defaults, validation and the η transform shared by every implementation.
 
+
 def prepare_gates(rule: MemoryRule, gates: dict | None, q, k, v):
   """Returns fp32 (eta [..,T], log_alpha [..,T(,dk)], log_mu [..,T], delta or None)."""
   gates = dict(gates or {})
-  known = {"eta", "log_alpha", "log_mu", "delta"}
+  known = {'eta', 'log_alpha', 'log_mu', 'delta'}
   unknown = set(gates) - known
   if unknown:
-    raise ValueError(f"unknown gate(s) {sorted(unknown)}; expected a subset of {sorted(known)}")
+    raise ValueError(f'unknown gate(s) {sorted(unknown)}; expected a subset of {sorted(known)}')
   lead = q.shape[:-1]
   f32 = q.dtype
 
@@ -102,27 +110,27 @@ def prepare_gates(rule: MemoryRule, gates: dict | None, q, k, v):
       return jnp.full(shape, default, f32)
     g = jnp.asarray(g, f32)
     if g.shape != shape:
-      raise ValueError(f"gate {name!r} has shape {g.shape}, expected {shape}")
+      raise ValueError(f'gate {name!r} has shape {g.shape}, expected {shape}')
     return g
 
-  eta = get("eta", 1.0, lead)
+  eta = get('eta', 1.0, lead)
   dk, dv = k.shape[-1], v.shape[-1]
-  la_shape = lead + (dk,) if rule.retention.decay == "channel" else lead
-  if rule.retention.decay == "none":
-    if gates.get("log_alpha") is not None:
+  la_shape = lead + (dk,) if rule.retention.decay == 'channel' else lead
+  if rule.retention.decay == 'none':
+    if gates.get('log_alpha') is not None:
       raise ValueError(f"rule {rule.name} has no retention decay but got a 'log_alpha' gate")
     la = jnp.zeros(la_shape, f32)
   else:
-    la = get("log_alpha", 0.0, la_shape)
-  lm = get("log_mu", 0.0, lead) if rule.algorithm.momentum else None
-  delta = gates.get("delta")
+    la = get('log_alpha', 0.0, la_shape)
+  lm = get('log_mu', 0.0, lead) if rule.algorithm.momentum else None
+  delta = gates.get('delta')
   if delta is not None:
     delta = jnp.asarray(delta, f32)
     if delta.shape == lead:
       delta = delta[..., None]
     if delta.shape not in (lead + (1,), lead + (dv,)):
       raise ValueError(f"gate 'delta' has shape {delta.shape}, expected {lead} or {lead + (dv,)}")
-  if rule.eta_transform == "longhorn":
+  if rule.eta_transform == 'longhorn':
     # Longhorn (Liu et al. 2024, eq. 9): ε_t = β_t / (1 + β_t k_tᵀk_t), the closed-form
     # implicit step of the online regression objective.
     kk = jnp.sum(jnp.square(k.astype(f32)), axis=-1)
@@ -139,19 +147,20 @@ def prepare_gates(rule: MemoryRule, gates: dict | None, q, k, v):
 #   R    current read weights (read_mode 'wspace')
 #   pos  position inside the current chunk (int32); 0 at a boundary
 
+
 def fresh_state(rule: MemoryRule, w0: tuple) -> dict:
   """The state of a memory that has seen nothing: W = W_0 (single head, unbatched)."""
   ret = rule.retention
   w0 = tuple(jnp.asarray(w, jnp.promote_types(w.dtype, jnp.float32)) for w in w0)
   a0 = tuple(ret.phi_inv(w) for w in w0)
   wg = tuple(ret.phi(a) for a in a0)
-  st = {"A": a0, "Wg": wg, "pos": jnp.zeros((), jnp.int32)}
+  st = {'A': a0, 'Wg': wg, 'pos': jnp.zeros((), jnp.int32)}
   if rule.algorithm.momentum:
-    st["S"] = tuple(jnp.zeros_like(a) for a in a0)
-  if ret.read_mode == "scale":
-    st["sig"] = tuple(ret.scale(a) for a in a0)
-  if ret.read_mode == "wspace":
-    st["R"] = wg
+    st['S'] = tuple(jnp.zeros_like(a) for a in a0)
+  if ret.read_mode == 'scale':
+    st['sig'] = tuple(ret.scale(a) for a in a0)
+  if ret.read_mode == 'wspace':
+    st['R'] = wg
   return st
 
 
@@ -164,11 +173,11 @@ def init_state(rule: MemoryRule, w0: tuple, batch_size: int) -> dict:
 def read_base(rule: MemoryRule, st: dict) -> tuple[tuple, tuple]:
   """(B, s): the read weights are Ŵ_t = a_t B + s ⊙ (accumulated steps) in a chunk."""
   mode = rule.retention.read_mode
-  if mode == "identity":
-    return st["A"], tuple(jnp.ones((), jnp.float32) for _ in st["A"])
-  if mode == "scale":
-    return tuple(s * a for s, a in zip(st["sig"], st["A"])), st["sig"]
-  return st["R"], tuple(jnp.ones((), jnp.float32) for _ in st["A"])
+  if mode == 'identity':
+    return st['A'], tuple(jnp.ones((), jnp.float32) for _ in st['A'])
+  if mode == 'scale':
+    return tuple(s * a for s, a in zip(st['sig'], st['A'])), st['sig']
+  return st['R'], tuple(jnp.ones((), jnp.float32) for _ in st['A'])
 
 
 # ----------------------------------------------------------------------------------
@@ -181,42 +190,54 @@ def _zoo() -> dict[str, Callable[..., MemoryRule]]:
   def make(name, arch, bias, ret, alg=GD(), **kw):
     def factory(**overrides):
       return MemoryRule(name, arch, bias, ret, alg, **kw).replace(**overrides)
+
     return factory
 
   lin = LinearMemory()
   return {
-      # Katharopoulos et al. 2020: W_t = W_{t−1} + v_t k_tᵀ.
-      "linear_attention": make("linear_attention", lin, DotProduct(), Retention("none"),
-                               eta_style="one"),
-      # Sun et al. 2023 (RetNet): fixed decay γ per head.
-      "retnet": make("retnet", lin, DotProduct(), Retention("scalar"),
-                     decay_style="fixed", eta_style="one"),
-      # Dao & Gu 2024 (Mamba2 / SSD): data-dependent scalar decay, η = Δ_t.
-      "mamba2": make("mamba2", lin, DotProduct(), Retention("scalar"), decay_style="data"),
-      # Yang et al. 2024 (GLA): channel-wise (key) decay.
-      "gla": make("gla", lin, DotProduct(), Retention("channel"), decay_style="data",
-                  eta_style="one"),
-      # Schlag et al. 2021 / Yang et al. 2024 (DeltaNet).
-      "deltanet": make("deltanet", lin, L2(), Retention("none"), form="wy"),
-      # Yang et al. 2025 (Gated DeltaNet).
-      "gated_deltanet": make("gated_deltanet", lin, L2(), Retention("scalar"), form="wy",
-                             grad_point="decayed", decay_style="data"),
-      # Liu et al. 2024 (Longhorn): implicit online regression step.
-      "longhorn": make("longhorn", lin, L2(), Retention("none"), form="wy",
-                       eta_transform="longhorn"),
-      # Sun et al. 2024 (TTT): inner model x + LN(f(x)); no retention; mini-batch GD.
-      "ttt_linear": make("ttt_linear", MLPMemory(depth=1), L2(), Retention("none")),
-      "ttt_mlp": make("ttt_mlp", MLPMemory(**_MLP2), L2(), Retention("none")),
-      # Behrouz et al. 2025 (Titans LMM): deep memory, momentum, weight decay.
-      "titans": make("titans", MLPMemory(**_MLP2), L2(), Retention("scalar"), Momentum(),
-                     decay_style="data"),
-      # Miras (Behrouz et al. 2025): Moneta (p, q) = (3, 4), Yaad (Huber), Memora (KL).
-      "moneta": make("moneta", MLPMemory(**_MLP2), Lp(p=3.0), Retention("scalar", "lq", q=4.0),
-                     decay_style="data"),
-      "yaad": make("yaad", MLPMemory(**_MLP2), Huber(), Retention("scalar"),
-                   decay_style="data"),
-      "memora": make("memora", MLPMemory(**_MLP2), L2(), Retention("scalar", "softmax"),
-                     decay_style="data"),
+    # Katharopoulos et al. 2020: W_t = W_{t−1} + v_t k_tᵀ.
+    'linear_attention': make(
+      'linear_attention', lin, DotProduct(), Retention('none'), eta_style='one'
+    ),
+    # Sun et al. 2023 (RetNet): fixed decay γ per head.
+    'retnet': make(
+      'retnet', lin, DotProduct(), Retention('scalar'), decay_style='fixed', eta_style='one'
+    ),
+    # Dao & Gu 2024 (Mamba2 / SSD): data-dependent scalar decay, η = Δ_t.
+    'mamba2': make('mamba2', lin, DotProduct(), Retention('scalar'), decay_style='data'),
+    # Yang et al. 2024 (GLA): channel-wise (key) decay.
+    'gla': make(
+      'gla', lin, DotProduct(), Retention('channel'), decay_style='data', eta_style='one'
+    ),
+    # Schlag et al. 2021 / Yang et al. 2024 (DeltaNet).
+    'deltanet': make('deltanet', lin, L2(), Retention('none'), form='wy'),
+    # Yang et al. 2025 (Gated DeltaNet).
+    'gated_deltanet': make(
+      'gated_deltanet',
+      lin,
+      L2(),
+      Retention('scalar'),
+      form='wy',
+      grad_point='decayed',
+      decay_style='data',
+    ),
+    # Liu et al. 2024 (Longhorn): implicit online regression step.
+    'longhorn': make('longhorn', lin, L2(), Retention('none'), form='wy', eta_transform='longhorn'),
+    # Sun et al. 2024 (TTT): inner model x + LN(f(x)); no retention; mini-batch GD.
+    'ttt_linear': make('ttt_linear', MLPMemory(depth=1), L2(), Retention('none')),
+    'ttt_mlp': make('ttt_mlp', MLPMemory(**_MLP2), L2(), Retention('none')),
+    # Behrouz et al. 2025 (Titans LMM): deep memory, momentum, weight decay.
+    'titans': make(
+      'titans', MLPMemory(**_MLP2), L2(), Retention('scalar'), Momentum(), decay_style='data'
+    ),
+    # Miras (Behrouz et al. 2025): Moneta (p, q) = (3, 4), Yaad (Huber), Memora (KL).
+    'moneta': make(
+      'moneta', MLPMemory(**_MLP2), Lp(p=3.0), Retention('scalar', 'lq', q=4.0), decay_style='data'
+    ),
+    'yaad': make('yaad', MLPMemory(**_MLP2), Huber(), Retention('scalar'), decay_style='data'),
+    'memora': make(
+      'memora', MLPMemory(**_MLP2), L2(), Retention('scalar', 'softmax'), decay_style='data'
+    ),
   }
 
 
@@ -225,7 +246,7 @@ RULES: dict[str, Callable[..., MemoryRule]] = _zoo()
 
 def get_rule(name: str, **overrides) -> MemoryRule:
   if name not in RULES:
-    raise ValueError(f"unknown memory rule {name!r}; known: {', '.join(sorted(RULES))}")
+    raise ValueError(f'unknown memory rule {name!r}; known: {", ".join(sorted(RULES))}')
   return RULES[name](**overrides)
 
 
@@ -233,6 +254,23 @@ def list_rules() -> list[str]:
   return sorted(RULES)
 
 
-__all__ = ["MemoryRule", "RULES", "get_rule", "list_rules", "init_state", "fresh_state",
-           "prepare_gates", "read_base", "LinearMemory", "MLPMemory", "DotProduct", "L2",
-           "Lp", "Huber", "ValueShiftRobust", "Retention", "GD", "Momentum"]
+__all__ = [
+  'MemoryRule',
+  'RULES',
+  'get_rule',
+  'list_rules',
+  'init_state',
+  'fresh_state',
+  'prepare_gates',
+  'read_base',
+  'LinearMemory',
+  'MLPMemory',
+  'DotProduct',
+  'L2',
+  'Lp',
+  'Huber',
+  'ValueShiftRobust',
+  'Retention',
+  'GD',
+  'Momentum',
+]

@@ -1,4 +1,5 @@
 """Random inputs for memory tests and benchmarks (shared so both use the same gates)."""
+
 from __future__ import annotations
 
 import jax
@@ -10,15 +11,28 @@ from miras_jax.memory.rules import MemoryRule
 def random_w0(rule: MemoryRule, key, H: int, dk: int, dv: int, scale: float | None = None):
   """A non-trivial initial memory per head, valid for the rule's retention map."""
   keys = jax.random.split(key, H)
-  ws = jax.vmap(lambda kk: rule.arch.init_weights(kk, dk, dv, scale=scale if scale is not None
-                                                 else (None if not rule.arch.is_linear else 0.3)))(keys)
-  if rule.retention.map == "softmax":
+  ws = jax.vmap(
+    lambda kk: rule.arch.init_weights(
+      kk, dk, dv, scale=scale if scale is not None else (None if not rule.arch.is_linear else 0.3)
+    )
+  )(keys)
+  if rule.retention.map == 'softmax':
     ws = tuple(rule.retention.scale_c * jax.nn.softmax(w, axis=-1) for w in ws)
   return tuple(ws)
 
 
-def random_inputs(rule: MemoryRule, key, B=2, H=2, T=37, dk=12, dv=None, dtype=jnp.float32,
-                  gate_range: str = "normal", segments: int = 0):
+def random_inputs(
+  rule: MemoryRule,
+  key,
+  B=2,
+  H=2,
+  T=37,
+  dk=12,
+  dv=None,
+  dtype=jnp.float32,
+  gate_range: str = 'normal',
+  segments: int = 0,
+):
   """q, k (ℓ2-normalised), v, gates, w0, outer, segment_ids for a rule.
 
   gate_range: 'normal' | 'extreme' (α and μ near 0 and near 1, η spanning 1e-3…1).
@@ -32,7 +46,7 @@ def random_inputs(rule: MemoryRule, key, B=2, H=2, T=37, dk=12, dv=None, dtype=j
   v = jax.random.normal(ks[2], (B, H, T, dv)) * 0.5
   uses = rule.uses
   gates = {}
-  if gate_range == "extreme":
+  if gate_range == 'extreme':
     # Half the tokens keep nearly everything (α ≈ 1 − 1e-6), half forget nearly all
     # (α ≈ e^−30): exercises log-space decays at both ends.
     pick = jax.random.bernoulli(ks[3], 0.5, (B, H, T))
@@ -41,24 +55,24 @@ def random_inputs(rule: MemoryRule, key, B=2, H=2, T=37, dk=12, dv=None, dtype=j
   else:
     la_s = jax.nn.log_sigmoid(jax.random.normal(ks[3], (B, H, T)) + 2.5)
     eta = jax.nn.sigmoid(jax.random.normal(ks[4], (B, H, T)) - 0.5)
-  if uses["eta"]:
-    gates["eta"] = eta
-  if uses["log_alpha"]:
-    if rule.retention.decay == "channel":
+  if uses['eta']:
+    gates['eta'] = eta
+  if uses['log_alpha']:
+    if rule.retention.decay == 'channel':
       base = jax.random.normal(ks[5], (B, H, T, dk))
-      if gate_range == "extreme":
-        gates["log_alpha"] = jnp.where(base > 0, -1e-6, -30.0)
+      if gate_range == 'extreme':
+        gates['log_alpha'] = jnp.where(base > 0, -1e-6, -30.0)
       else:
-        gates["log_alpha"] = jax.nn.log_sigmoid(base + 2.5)
+        gates['log_alpha'] = jax.nn.log_sigmoid(base + 2.5)
     else:
-      gates["log_alpha"] = la_s
-  if uses["log_mu"]:
+      gates['log_alpha'] = la_s
+  if uses['log_mu']:
     lm = jax.nn.log_sigmoid(jax.random.normal(ks[6], (B, H, T)) + 1.0)
-    if gate_range == "extreme":
+    if gate_range == 'extreme':
       lm = jnp.where(jax.random.bernoulli(ks[7], 0.5, (B, H, T)), -1e-6, -30.0)
-    gates["log_mu"] = lm
-  if uses["delta"]:
-    gates["delta"] = jax.nn.softplus(jax.random.normal(ks[8], (B, H, T, dv))) * 0.3
+    gates['log_mu'] = lm
+  if uses['delta']:
+    gates['delta'] = jax.nn.softplus(jax.random.normal(ks[8], (B, H, T, dv))) * 0.3
   w0 = random_w0(rule, ks[9], H, dk, dv)
   outer = jax.vmap(lambda _: rule.arch.init_outer(dv))(jnp.arange(H))
   if outer:
@@ -69,13 +83,13 @@ def random_inputs(rule: MemoryRule, key, B=2, H=2, T=37, dk=12, dv=None, dtype=j
     cuts = jax.random.choice(ks[11], jnp.arange(1, T), (B, segments - 1), replace=False)
     seg = jnp.sum(jnp.arange(T)[None, :, None] >= cuts[:, None, :], axis=-1).astype(jnp.int32)
   cast = lambda x: x.astype(dtype)
-  return dict(q=cast(q), k=cast(k), v=cast(v), gates=gates, w0=w0, outer=outer,
-              segment_ids=seg)
+  return dict(q=cast(q), k=cast(k), v=cast(v), gates=gates, w0=w0, outer=outer, segment_ids=seg)
 
 
 def rel_err(a, b):
   """Relative RMS error ‖a − b‖ / ‖b‖ (absolute when ‖b‖ is ~0)."""
   import numpy as np
+
   a = np.asarray(a, np.float64)
   b = np.asarray(b, np.float64)
   den = np.linalg.norm(b)
@@ -83,16 +97,17 @@ def rel_err(a, b):
   return num / den if den > 1e-12 else num
 
 
-def assert_close(a, b, tol, what=""):
+def assert_close(a, b, tol, what=''):
   import numpy as np
-  assert np.all(np.isfinite(np.asarray(a, np.float64))), f"{what}: non-finite values"
+
+  assert np.all(np.isfinite(np.asarray(a, np.float64))), f'{what}: non-finite values'
   e = rel_err(a, b)
-  assert e <= tol, f"{what}: relative error {e:.3e} > {tol:.1e}"
+  assert e <= tol, f'{what}: relative error {e:.3e} > {tol:.1e}'
 
 
-def assert_tree_close(a, b, tol, what=""):
+def assert_tree_close(a, b, tol, what=''):
   la = jax.tree_util.tree_flatten_with_path(a)[0]
   lb = jax.tree_util.tree_flatten_with_path(b)[0]
-  assert len(la) == len(lb), f"{what}: different structures"
+  assert len(la) == len(lb), f'{what}: different structures'
   for (pa, xa), (_, xb) in zip(la, lb):
-    assert_close(xa, xb, tol, f"{what}{jax.tree_util.keystr(pa)}")
+    assert_close(xa, xb, tol, f'{what}{jax.tree_util.keystr(pa)}')

@@ -1,6 +1,6 @@
 """The model's own frozen config (hashable, so Flax modules can hold it).
 
-`LMConfig.from_config(cfg)` reads a `ml_collections.ConfigDict` (configs/models.py) or any
+`LMConfig.from_config(cfg)` reads a `ml_collections.ConfigDict` (miras_jax/models/presets.py) or any
 mapping with the same keys; unknown keys are an error, missing keys take the defaults below.
 
 Layer pattern: ``pattern`` is a list of mixer kinds, repeated ``n_layers // len(pattern)`` times
@@ -17,12 +17,12 @@ MAL: a memory layer, then an SWA layer), ['mag'] Titans MAG.
 ``eta_max`` and ``alpha_init`` set the memory gates (layers/miras.py): η ≤ eta_max, and the
 keep-rate α starts spread over heads in ``alpha_init`` = (lo, hi). The papers do not give them;
 the presets choose per rule values whose exact 4K-token gradient stays bounded at
-initialisation (configs/models.py, scripts/bench_bptt.py).
+initialisation (miras_jax/models/presets.py, scripts/bench_bptt.py).
 
 ``memory_grad_horizon`` (tokens, 0 = exact): truncated back-propagation through every memory
 state, cut every that many tokens (a multiple of ``chunk_size``; the forward pass is unchanged).
 An approximation, off in every preset (whose gates keep the exact gradient bounded at
-initialisation, configs/models.py); a fallback if training drives the forgetting gates into
+initialisation, miras_jax/models/presets.py); a fallback if training drives the forgetting gates into
 the regime where it overflows (scripts/bench_bptt.py).
 
 ``persistent_tokens`` (Titans §3.3, default 0): N_p learnable tokens prepended to every document
@@ -38,114 +38,128 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 MIXERS = ('attention', 'swa', 'memory', 'mag')
-REMAT_POLICIES = ('none', 'full', 'dots_saveable', 'dots_with_no_batch_dims_saveable',
-                  'nothing_saveable', 'everything_saveable')
+REMAT_POLICIES = (
+  'none',
+  'full',
+  'dots_saveable',
+  'dots_with_no_batch_dims_saveable',
+  'nothing_saveable',
+  'everything_saveable',
+)
 
 
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
-    name: str = 'lm'
-    family: str = 'transformer'
-    vocab_size: int = 256
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 4
-    n_kv_heads: int | None = None
-    head_dim: int = 16
-    mlp_dim: int = 192
-    pattern: tuple[str, ...] = ('attention',)
-    # memory mixer
-    rule: str = 'moneta'
-    chunk_size: int = 64
-    memory_impl: str = 'auto'
-    gate_rank: int = 32
-    conv_size: int = 4
-    eta_max: float = 1.0
-    alpha_init: tuple[float, float] = (0.99, 0.999)
-    output_gate: str = 'silu'
-    memory_remat_group: int = 4
-    memory_grad_horizon: int = 0
-    # attention mixers
-    window: int = 2048
-    rope_theta: float = 10_000.0
-    attention_backend: str = 'xla'
-    persistent_tokens: int = 0
-    # model
-    max_len: int = 4096
-    tie_embeddings: bool = True
-    norm_eps: float = 1e-6
-    embed_init_std: float = 0.02
-    dtype: str = 'float32'
-    param_dtype: str = 'float32'
-    remat: str = 'none'
-    scan_layers: bool = True
+  name: str = 'lm'
+  family: str = 'transformer'
+  vocab_size: int = 256
+  d_model: int = 64
+  n_layers: int = 2
+  n_heads: int = 4
+  n_kv_heads: int | None = None
+  head_dim: int = 16
+  mlp_dim: int = 192
+  pattern: tuple[str, ...] = ('attention',)
+  # memory mixer
+  rule: str = 'moneta'
+  chunk_size: int = 64
+  memory_impl: str = 'auto'
+  gate_rank: int = 32
+  conv_size: int = 4
+  eta_max: float = 1.0
+  alpha_init: tuple[float, float] = (0.99, 0.999)
+  output_gate: str = 'silu'
+  memory_remat_group: int = 4
+  memory_grad_horizon: int = 0
+  # attention mixers
+  window: int = 2048
+  rope_theta: float = 10_000.0
+  attention_backend: str = 'xla'
+  persistent_tokens: int = 0
+  # model
+  max_len: int = 4096
+  tie_embeddings: bool = True
+  norm_eps: float = 1e-6
+  embed_init_std: float = 0.02
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+  remat: str = 'none'
+  scan_layers: bool = True
 
-    def __post_init__(self):
-        object.__setattr__(self, 'pattern', tuple(self.pattern))
-        object.__setattr__(self, 'alpha_init', tuple(float(a) for a in self.alpha_init))
-        lo_hi = self.alpha_init
-        if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] < 1.0:
-            raise ValueError(f'alpha_init={lo_hi} must be (lo, hi) with 0 < lo <= hi < 1')
-        bad = [m for m in self.pattern if m not in MIXERS]
-        if bad or not self.pattern:
-            raise ValueError(f'pattern {self.pattern}: unknown mixer(s) {bad}; choose from {MIXERS}')
-        if self.n_layers % len(self.pattern):
-            raise ValueError(f'n_layers={self.n_layers} is not a multiple of the pattern length '
-                             f'{len(self.pattern)} ({self.pattern})')
-        if self.memory_grad_horizon < 0 or self.memory_grad_horizon % self.chunk_size:
-            raise ValueError(f'memory_grad_horizon={self.memory_grad_horizon} must be 0 or a '
-                             f'positive multiple of chunk_size={self.chunk_size}')
-        if self.persistent_tokens < 0:
-            raise ValueError(f'persistent_tokens must be >= 0, got {self.persistent_tokens}')
-        if self.persistent_tokens and not any(m != 'memory' for m in self.pattern):
-            raise ValueError(
-                f'persistent_tokens={self.persistent_tokens} but pattern {self.pattern} has no '
-                f'attention mixer to hold them')
-        if self.persistent_tokens and self.attention_backend not in ('xla', 'cudnn'):
-            raise ValueError(
-                f'persistent_tokens={self.persistent_tokens} needs attention_backend xla or '
-                f'cudnn, not {self.attention_backend!r} (the Pallas TPU kernels cannot mask '
-                f'shared prefix slots)')
-        if self.attention_backend == 'pallas_tpu_flash' and any(
-                m in ('swa', 'mag') for m in self.pattern):
-            raise ValueError(
-                f"attention_backend 'pallas_tpu_flash' has no sliding window, which pattern "
-                f"{self.pattern} needs; use 'pallas_tpu_splash' (or 'xla' / 'cudnn')")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f'unknown remat policy {self.remat!r}; choose from {REMAT_POLICIES}')
+  def __post_init__(self):
+    object.__setattr__(self, 'pattern', tuple(self.pattern))
+    object.__setattr__(self, 'alpha_init', tuple(float(a) for a in self.alpha_init))
+    lo_hi = self.alpha_init
+    if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] < 1.0:
+      raise ValueError(f'alpha_init={lo_hi} must be (lo, hi) with 0 < lo <= hi < 1')
+    bad = [m for m in self.pattern if m not in MIXERS]
+    if bad or not self.pattern:
+      raise ValueError(f'pattern {self.pattern}: unknown mixer(s) {bad}; choose from {MIXERS}')
+    if self.n_layers % len(self.pattern):
+      raise ValueError(
+        f'n_layers={self.n_layers} is not a multiple of the pattern length '
+        f'{len(self.pattern)} ({self.pattern})'
+      )
+    if self.memory_grad_horizon < 0 or self.memory_grad_horizon % self.chunk_size:
+      raise ValueError(
+        f'memory_grad_horizon={self.memory_grad_horizon} must be 0 or a '
+        f'positive multiple of chunk_size={self.chunk_size}'
+      )
+    if self.persistent_tokens < 0:
+      raise ValueError(f'persistent_tokens must be >= 0, got {self.persistent_tokens}')
+    if self.persistent_tokens and not any(m != 'memory' for m in self.pattern):
+      raise ValueError(
+        f'persistent_tokens={self.persistent_tokens} but pattern {self.pattern} has no '
+        f'attention mixer to hold them'
+      )
+    if self.persistent_tokens and self.attention_backend not in ('xla', 'cudnn'):
+      raise ValueError(
+        f'persistent_tokens={self.persistent_tokens} needs attention_backend xla or '
+        f'cudnn, not {self.attention_backend!r} (the Pallas TPU kernels cannot mask '
+        f'shared prefix slots)'
+      )
+    if self.attention_backend == 'pallas_tpu_flash' and any(
+      m in ('swa', 'mag') for m in self.pattern
+    ):
+      raise ValueError(
+        f"attention_backend 'pallas_tpu_flash' has no sliding window, which pattern "
+        f"{self.pattern} needs; use 'pallas_tpu_splash' (or 'xla' / 'cudnn')"
+      )
+    if self.remat not in REMAT_POLICIES:
+      raise ValueError(f'unknown remat policy {self.remat!r}; choose from {REMAT_POLICIES}')
 
-    @property
-    def repeats(self) -> int:
-        return self.n_layers // len(self.pattern)
+  @property
+  def repeats(self) -> int:
+    return self.n_layers // len(self.pattern)
 
-    @property
-    def compute_dtype(self):
-        return jnp.dtype(self.dtype)
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
 
-    @property
-    def params_dtype(self):
-        return jnp.dtype(self.param_dtype)
+  @property
+  def params_dtype(self):
+    return jnp.dtype(self.param_dtype)
 
-    @property
-    def uses_memory(self) -> bool:
-        return any(m in ('memory', 'mag') for m in self.pattern)
+  @property
+  def uses_memory(self) -> bool:
+    return any(m in ('memory', 'mag') for m in self.pattern)
 
-    @classmethod
-    def from_config(cls, cfg: Any) -> 'LMConfig':
-        if isinstance(cfg, cls):
-            return cfg
-        d = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - fields)
-        if unknown:
-            raise ValueError(f'unknown model config key(s) {unknown}; known: {sorted(fields)}')
-        if 'pattern' in d:
-            d['pattern'] = tuple(d['pattern'])
-        return cls(**d)
+  @classmethod
+  def from_config(cls, cfg: Any) -> 'LMConfig':
+    if isinstance(cfg, cls):
+      return cfg
+    d = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - fields)
+    if unknown:
+      raise ValueError(f'unknown model config key(s) {unknown}; known: {sorted(fields)}')
+    if 'pattern' in d:
+      d['pattern'] = tuple(d['pattern'])
+    return cls(**d)
 
-    def replace(self, **kw) -> 'LMConfig':
-        return dataclasses.replace(self, **kw)
+  def replace(self, **kw) -> 'LMConfig':
+    return dataclasses.replace(self, **kw)
 
 
 def as_mapping(cfg: LMConfig) -> Mapping[str, Any]:
-    return dataclasses.asdict(cfg)
+  return dataclasses.asdict(cfg)

@@ -38,79 +38,80 @@ from miras_jax.models.config import LMConfig
 
 
 def _attention(c: LMConfig, seq_len: int, window: int | None) -> float:
-    h, hkv, dh, d = c.n_heads, c.n_kv_heads or c.n_heads, c.head_dim, c.d_model
-    proj = 2 * d * dh * (2 * h + 2 * hkv)
-    ctx = seq_len if window is None else min(window, seq_len)
-    # persistent tokens (Titans §3.3): N_p more keys per query (their k/v projections are per
-    # sequence, not per token, and not counted)
-    return proj + 2 * 2 * h * dh * (ctx + c.persistent_tokens)
+  h, hkv, dh, d = c.n_heads, c.n_kv_heads or c.n_heads, c.head_dim, c.d_model
+  proj = 2 * d * dh * (2 * h + 2 * hkv)
+  ctx = seq_len if window is None else min(window, seq_len)
+  # persistent tokens (Titans §3.3): N_p more keys per query (their k/v projections are per
+  # sequence, not per token, and not counted)
+  return proj + 2 * 2 * h * dh * (ctx + c.persistent_tokens)
 
 
 def memory_inner_flops(rule_name: str, head_dim: int, chunk_size: int) -> float:
-    """Forward FLOPs per token per head of the chunked memory update and read."""
-    rule = get_rule(rule_name)
-    D, b = head_dim, chunk_size
-    if rule.form == 'wy':
-        return 6 * D * D + 7 * b * D
-    if rule.retention.decay == 'channel':
-        return 6 * D * D + 5 * b * D
-    total = 0.0
-    mom = 2 if rule.algorithm.momentum else 0
-    for l, (o, i) in enumerate(rule.arch.shapes(D, D)):
-        n_mats = 3 + (1 if l > 0 else 0) + mom
-        total += 2 * o * i * n_mats + 2 * b * (i + o)
-    return total
+  """Forward FLOPs per token per head of the chunked memory update and read."""
+  rule = get_rule(rule_name)
+  D, b = head_dim, chunk_size
+  if rule.form == 'wy':
+    return 6 * D * D + 7 * b * D
+  if rule.retention.decay == 'channel':
+    return 6 * D * D + 5 * b * D
+  total = 0.0
+  mom = 2 if rule.algorithm.momentum else 0
+  for l, (o, i) in enumerate(rule.arch.shapes(D, D)):
+    n_mats = 3 + (1 if l > 0 else 0) + mom
+    total += 2 * o * i * n_mats + 2 * b * (i + o)
+  return total
 
 
 def _memory(c: LMConfig) -> float:
-    d, h, dh = c.d_model, c.n_heads, c.head_dim
-    rule = get_rule(c.rule)
-    hd = h * dh
-    proj = 5 * 2 * d * hd
-    uses = rule.uses
-    gates = 0.0
-    for name, on in uses.items():
-        if not on:
-            continue
-        if name == 'log_alpha' and rule.decay_style == 'fixed':
-            continue
-        out = hd if (name == 'log_alpha' and rule.retention.decay == 'channel') else h
-        gates += 2 * c.gate_rank * (d + out)
-    conv = 3 * 2 * c.conv_size * hd
-    return proj + gates + conv + h * memory_inner_flops(c.rule, dh, c.chunk_size)
+  d, h, dh = c.d_model, c.n_heads, c.head_dim
+  rule = get_rule(c.rule)
+  hd = h * dh
+  proj = 5 * 2 * d * hd
+  uses = rule.uses
+  gates = 0.0
+  for name, on in uses.items():
+    if not on:
+      continue
+    if name == 'log_alpha' and rule.decay_style == 'fixed':
+      continue
+    out = hd if (name == 'log_alpha' and rule.retention.decay == 'channel') else h
+    gates += 2 * c.gate_rank * (d + out)
+  conv = 3 * 2 * c.conv_size * hd
+  return proj + gates + conv + h * memory_inner_flops(c.rule, dh, c.chunk_size)
 
 
 def mixer_forward_flops(c: LMConfig, kind: str, seq_len: int) -> float:
-    if kind == 'attention':
-        return _attention(c, seq_len, None)
-    if kind == 'swa':
-        return _attention(c, seq_len, c.window)
-    if kind == 'memory':
-        return _memory(c)
-    if kind == 'mag':
-        return _attention(c, seq_len, c.window) + _memory(c)
-    raise ValueError(f'unknown mixer {kind!r}')
+  if kind == 'attention':
+    return _attention(c, seq_len, None)
+  if kind == 'swa':
+    return _attention(c, seq_len, c.window)
+  if kind == 'memory':
+    return _memory(c)
+  if kind == 'mag':
+    return _attention(c, seq_len, c.window) + _memory(c)
+  raise ValueError(f'unknown mixer {kind!r}')
 
 
 def forward_flops_per_token(model_cfg: Any, seq_len: int) -> float:
-    """Forward FLOPs per token of the whole model at context ``seq_len``."""
-    c = LMConfig.from_config(model_cfg)
-    per_repeat = sum(mixer_forward_flops(c, k, seq_len) + 3 * 2 * c.d_model * c.mlp_dim
-                     for k in c.pattern)
-    return c.repeats * per_repeat + 2 * c.d_model * c.vocab_size
+  """Forward FLOPs per token of the whole model at context ``seq_len``."""
+  c = LMConfig.from_config(model_cfg)
+  per_repeat = sum(
+    mixer_forward_flops(c, k, seq_len) + 3 * 2 * c.d_model * c.mlp_dim for k in c.pattern
+  )
+  return c.repeats * per_repeat + 2 * c.d_model * c.vocab_size
 
 
 def training_flops_per_token(model_cfg: Any, seq_len: int) -> float:
-    """Training (forward + backward) FLOPs per token: 3 × forward (module docstring)."""
-    return 3.0 * forward_flops_per_token(model_cfg, seq_len)
+  """Training (forward + backward) FLOPs per token: 3 × forward (module docstring)."""
+  return 3.0 * forward_flops_per_token(model_cfg, seq_len)
 
 
 def breakdown(model_cfg: Any, seq_len: int) -> dict[str, float]:
-    """Forward FLOPs per token by component (for logging / the docs)."""
-    c = LMConfig.from_config(model_cfg)
-    out: dict[str, float] = {}
-    for k in c.pattern:
-        out[k] = out.get(k, 0.0) + c.repeats * mixer_forward_flops(c, k, seq_len)
-    out['mlp'] = c.n_layers * 3 * 2 * c.d_model * c.mlp_dim
-    out['head'] = 2 * c.d_model * c.vocab_size
-    return out
+  """Forward FLOPs per token by component (for logging / the docs)."""
+  c = LMConfig.from_config(model_cfg)
+  out: dict[str, float] = {}
+  for k in c.pattern:
+    out[k] = out.get(k, 0.0) + c.repeats * mixer_forward_flops(c, k, seq_len)
+  out['mlp'] = c.n_layers * 3 * 2 * c.d_model * c.mlp_dim
+  out['head'] = 2 * c.d_model * c.vocab_size
+  return out

@@ -40,176 +40,197 @@ import orbax.checkpoint as ocp
 from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
 
-__all__ = ["CHECKPOINT_DIR", "Checkpointer", "PreemptionWatcher", "NoReadableCheckpointError"]
+__all__ = ['CHECKPOINT_DIR', 'Checkpointer', 'PreemptionWatcher', 'NoReadableCheckpointError']
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = 'checkpoints'
 
 
 class NoReadableCheckpointError(RuntimeError):
-    """Checkpoints exist but none of them could be restored."""
+  """Checkpoints exist but none of them could be restored."""
 
 
 class _FrozenIteratorState:
-    """Quacks like a grain iterator for grain's save handler; holds a snapshot of its state.
+  """Quacks like a grain iterator for grain's save handler; holds a snapshot of its state.
 
-    The snapshot is taken when ``save`` is called, so an asynchronous save
-    never sees the iterator advanced by later steps.
-    """
+  The snapshot is taken when ``save`` is called, so an asynchronous save
+  never sees the iterator advanced by later steps.
+  """
 
-    def __init__(self, state: dict[str, Any]):
-        self._json = json.dumps(state, indent=1).encode()
+  def __init__(self, state: dict[str, Any]):
+    self._json = json.dumps(state, indent=1).encode()
 
-    def get_state(self) -> bytes:
-        return self._json
+  def get_state(self) -> bytes:
+    return self._json
 
 
 class _CapturedIteratorState:
-    """Receives the state grain's restore handler reads (as JSON bytes)."""
+  """Receives the state grain's restore handler reads (as JSON bytes)."""
 
-    state: dict[str, Any] | None = None
+  state: dict[str, Any] | None = None
 
-    def set_state(self, state: bytes) -> None:
-        self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
+  def set_state(self, state: bytes) -> None:
+    self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
 
-    def start_prefetch(self) -> None:
-        pass
+  def start_prefetch(self) -> None:
+    pass
 
 
 class Checkpointer:
-    """Save / restore the train state and data position of one run directory."""
+  """Save / restore the train state and data position of one run directory."""
 
-    def __init__(
-        self,
-        directory: str | os.PathLike,
-        *,
-        every_steps: int,
-        keep_last: int,
-        keep_every: int = 0,
-        async_save: bool = True,
-    ):
-        self.directory = Path(directory).resolve()
-        options = ocp.CheckpointManagerOptions(
-            save_interval_steps=int(every_steps) if every_steps else 2**62,
-            max_to_keep=int(keep_last),
-            keep_period=int(keep_every) or None,
-            enable_async_checkpointing=bool(async_save),
-            create=True,
-            cleanup_tmp_directories=True,
+  def __init__(
+    self,
+    directory: str | os.PathLike,
+    *,
+    every_steps: int,
+    keep_last: int,
+    keep_every: int = 0,
+    async_save: bool = True,
+  ):
+    self.directory = Path(directory).resolve()
+    options = ocp.CheckpointManagerOptions(
+      save_interval_steps=int(every_steps) if every_steps else 2**62,
+      max_to_keep=int(keep_last),
+      keep_period=int(keep_every) or None,
+      enable_async_checkpointing=bool(async_save),
+      create=True,
+      cleanup_tmp_directories=True,
+    )
+    self.manager = ocp.CheckpointManager(
+      self.directory, options=options, item_names=('state', 'data', 'config')
+    )
+
+  # ------------------------------------------------------------------ save
+  def save(
+    self,
+    step: int,
+    state: Any,
+    data_state: dict[str, Any],
+    config: dict[str, Any],
+    *,
+    force: bool = False,
+  ) -> bool:
+    """Start saving ``step`` if the policy (or ``force``) says so; True when a save started."""
+    if step in self.manager.all_steps():  # e.g. the restored step itself
+      return False
+    args = ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain_checkpoint.CheckpointSave(_FrozenIteratorState(data_state)),
+      config=ocp.args.JsonSave(config),
+    )
+    saved = self.manager.save(step, args=args, force=force)
+    if saved:
+      log.info(
+        'checkpoint: saving step %d to %s%s',
+        step,
+        self.directory,
+        ' (async)' if self.manager._options.enable_async_checkpointing else '',
+      )  # pylint: disable=protected-access
+    return bool(saved)
+
+  # --------------------------------------------------------------- restore
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    """(state, data iterator state) of ``step``; ``abstract_state`` gives shapes and shardings."""
+    captured = _CapturedIteratorState()
+    restored = self.manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain_checkpoint.CheckpointRestore(captured),
+      ),
+    )
+    if captured.state is None:
+      raise ValueError(f'checkpoint step {step} has no data-iterator state')
+    return restored['state'], captured.state
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+    """Restore the newest readable step, moving unreadable ones aside; None when there is none."""
+    steps = sorted(self.manager.all_steps(), reverse=True)
+    for step in steps:
+      try:
+        state, data_state = self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
+        log.error(
+          'checkpoint step %d in %s is unreadable (%s); falling back to the previous one',
+          step,
+          self.directory,
+          reason,
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data", "config"))
-
-    # ------------------------------------------------------------------ save
-    def save(
-        self, step: int, state: Any, data_state: dict[str, Any], config: dict[str, Any], *, force: bool = False
-    ) -> bool:
-        """Start saving ``step`` if the policy (or ``force``) says so; True when a save started."""
-        if step in self.manager.all_steps():  # e.g. the restored step itself
-            return False
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=grain_checkpoint.CheckpointSave(_FrozenIteratorState(data_state)),
-            config=ocp.args.JsonSave(config),
+        print(
+          f'WARNING: checkpoint step {step} is unreadable ({reason}); '
+          'falling back to the previous checkpoint',
+          flush=True,
         )
-        saved = self.manager.save(step, args=args, force=force)
-        if saved:
-            log.info("checkpoint: saving step %d to %s%s", step, self.directory,
-                     " (async)" if self.manager._options.enable_async_checkpointing else "")  # pylint: disable=protected-access
-        return bool(saved)
+        self._quarantine(step)
+        continue
+      return step, state, data_state
+    if steps:
+      raise NoReadableCheckpointError(
+        f'none of the checkpoints {steps} in {self.directory} could be restored'
+      )
+    return None
 
-    # --------------------------------------------------------------- restore
-    def latest_step(self) -> int | None:
-        return self.manager.latest_step()
+  def _quarantine(self, step: int) -> None:
+    if jax.process_index() == 0:
+      src = self.directory / str(step)
+      dst = self.directory / f'corrupt-{step}-{int(time.time())}'
+      try:
+        os.replace(src, dst)
+        log.error('moved unreadable checkpoint %s to %s', src, dst)
+      except OSError as e:
+        log.error('could not move unreadable checkpoint %s aside: %s', src, e)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'quarantine checkpoint {step}')
+    self.manager.reload()
 
-    def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-        """(state, data iterator state) of ``step``; ``abstract_state`` gives shapes and shardings."""
-        captured = _CapturedIteratorState()
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_state),
-                data=grain_checkpoint.CheckpointRestore(captured),
-            ),
-        )
-        if captured.state is None:
-            raise ValueError(f"checkpoint step {step} has no data-iterator state")
-        return restored["state"], captured.state
+  # ------------------------------------------------------------------ misc
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
 
-    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
-        """Restore the newest readable step, moving unreadable ones aside; None when there is none."""
-        steps = sorted(self.manager.all_steps(), reverse=True)
-        for step in steps:
-            try:
-                state, data_state = self.restore(step, abstract_state)
-            except Exception as e:  # pylint: disable=broad-except
-                reason = " ".join(f"{type(e).__name__}: {e}".split())[:300]
-                log.error("checkpoint step %d in %s is unreadable (%s); falling back to the previous one",
-                          step, self.directory, reason)
-                print(f"WARNING: checkpoint step {step} is unreadable ({reason}); "
-                      "falling back to the previous checkpoint", flush=True)
-                self._quarantine(step)
-                continue
-            return step, state, data_state
-        if steps:
-            raise NoReadableCheckpointError(f"none of the checkpoints {steps} in {self.directory} could be restored")
-        return None
-
-    def _quarantine(self, step: int) -> None:
-        if jax.process_index() == 0:
-            src = self.directory / str(step)
-            dst = self.directory / f"corrupt-{step}-{int(time.time())}"
-            try:
-                os.replace(src, dst)
-                log.error("moved unreadable checkpoint %s to %s", src, dst)
-            except OSError as e:
-                log.error("could not move unreadable checkpoint %s aside: %s", src, e)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"quarantine checkpoint {step}")
-        self.manager.reload()
-
-    # ------------------------------------------------------------------ misc
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
-    def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+  def close(self) -> None:
+    self.manager.wait_until_finished()
+    self.manager.close()
 
 
 class PreemptionWatcher:
-    """``reached(step)`` is True once SIGTERM (preemption) arrived, on every process at the same step."""
+  """``reached(step)`` is True once SIGTERM (preemption) arrived, on every process at the same step."""
 
-    def __init__(self):
-        self._flag = threading.Event()
-        self._multi = jax.process_count() > 1
-        self._use_sync_point = self._multi
-        self._previous = None
-        if not self._multi and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+  def __init__(self):
+    self._flag = threading.Event()
+    self._multi = jax.process_count() > 1
+    self._use_sync_point = self._multi
+    self._previous = None
+    if not self._multi and threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._on_signal)
 
-    def _on_signal(self, signum, frame) -> None:  # pylint: disable=unused-argument
-        self._flag.set()
+  def _on_signal(self, signum, frame) -> None:  # pylint: disable=unused-argument
+    self._flag.set()
 
-    @property
-    def signalled(self) -> bool:
-        return self._flag.is_set()
+  @property
+  def signalled(self) -> bool:
+    return self._flag.is_set()
 
-    def reached(self, step: int) -> bool:
-        if not self._multi:
-            return self._flag.is_set()
-        if self._use_sync_point:
-            try:
-                return bool(multihost_utils.reached_preemption_sync_point(step))
-            except Exception as e:  # pylint: disable=broad-except
-                log.warning("JAX preemption sync point unavailable (%s); polling SIGTERM instead", e)
-                self._use_sync_point = False
-                if threading.current_thread() is threading.main_thread():
-                    self._previous = signal.signal(signal.SIGTERM, self._on_signal)
-        flags = multihost_utils.process_allgather(jax.numpy.asarray(self._flag.is_set()))
-        return bool(flags.any())
+  def reached(self, step: int) -> bool:
+    if not self._multi:
+      return self._flag.is_set()
+    if self._use_sync_point:
+      try:
+        return bool(multihost_utils.reached_preemption_sync_point(step))
+      except Exception as e:  # pylint: disable=broad-except
+        log.warning('JAX preemption sync point unavailable (%s); polling SIGTERM instead', e)
+        self._use_sync_point = False
+        if threading.current_thread() is threading.main_thread():
+          self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+    flags = multihost_utils.process_allgather(jax.numpy.asarray(self._flag.is_set()))
+    return bool(flags.any())
 
-    def close(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+  def close(self) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None

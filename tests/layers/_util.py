@@ -7,47 +7,48 @@ import numpy as np
 
 
 def assert_close(ref, got, rel=1e-5, atol=1e-6):
-    """Pass if max |ref - got| <= atol, else require ||ref - got||_2 / ||ref||_2 <= rel.
+  """Pass if max |ref - got| <= atol, else require ||ref - got||_2 / ||ref||_2 <= rel.
 
-    The relative-RMS criterion of STYLE.md: tolerant of a few ulps on large entries, strict on
-    systematic error.
-    """
-    ref = np.asarray(ref, np.float64)
-    got = np.asarray(got, np.float64)
-    assert ref.shape == got.shape, (ref.shape, got.shape)
-    err = np.abs(ref - got)
-    if err.max(initial=0.0) <= atol:
-        return
-    ratio = np.linalg.norm(ref - got) / max(np.linalg.norm(ref), 1e-30)
-    assert ratio <= rel, f'relative error {ratio:.3e} > {rel:.1e} (max abs err {err.max():.3e})'
+  The relative-RMS criterion of STYLE.md: tolerant of a few ulps on large entries, strict on
+  systematic error.
+  """
+  ref = np.asarray(ref, np.float64)
+  got = np.asarray(got, np.float64)
+  assert ref.shape == got.shape, (ref.shape, got.shape)
+  err = np.abs(ref - got)
+  if err.max(initial=0.0) <= atol:
+    return
+  ratio = np.linalg.norm(ref - got) / max(np.linalg.norm(ref), 1e-30)
+  assert ratio <= rel, f'relative error {ratio:.3e} > {rel:.1e} (max abs err {err.max():.3e})'
 
 
 def numpy_params(module, *args, seed=0, std=0.3, method=None):
-    """Random parameters for ``module`` without compiling its initializers.
+  """Random parameters for ``module`` without compiling its initializers.
 
-    The parameter tree comes from ``jax.eval_shape(module.init, ...)`` (no compilation); values
-    are numpy normals times ``std`` in each leaf's dtype. Keeps tiny tests fast on CPU, where
-    compiling the initializers op by op costs more than the test.
-    """
-    import flax.linen as nn
+  The parameter tree comes from ``jax.eval_shape(module.init, ...)`` (no compilation); values
+  are numpy normals times ``std`` in each leaf's dtype. Keeps tiny tests fast on CPU, where
+  compiling the initializers op by op costs more than the test.
+  """
+  import flax.linen as nn
 
-    kwargs = {} if method is None else {'method': method}
-    shapes = nn.unbox(jax.eval_shape(
-        lambda *a: module.init(jax.random.PRNGKey(0), *a, **kwargs), *args))
-    rng = np.random.default_rng(seed)
-    return jax.tree_util.tree_map(
-        lambda s: (rng.standard_normal(s.shape) * std).astype(s.dtype), shapes)
-
+  kwargs = {} if method is None else {'method': method}
+  shapes = nn.unbox(
+    jax.eval_shape(lambda *a: module.init(jax.random.PRNGKey(0), *a, **kwargs), *args)
+  )
+  rng = np.random.default_rng(seed)
+  return jax.tree_util.tree_map(
+    lambda s: (rng.standard_normal(s.shape) * std).astype(s.dtype), shapes
+  )
 
 
 @functools.partial(jax.jit, static_argnames=('backend', 'window'))
 def out_and_grads(q, k, v, ct, seg, backend, window):
-    """``causal_attention`` output and the VJP of ``ct`` w.r.t. q, k, v, jitted with ``backend``
-    and ``window`` static; shared by the CPU and GPU backend tests."""
-    from miras_jax.layers.attention_backends import causal_attention
+  """``causal_attention`` output and the VJP of ``ct`` w.r.t. q, k, v, jitted with ``backend``
+  and ``window`` static; shared by the CPU and GPU backend tests."""
+  from miras_jax.layers.attention_backends import causal_attention
 
-    def f(q, k, v):
-        return causal_attention(q, k, v, segment_ids=seg, window_size=window, backend=backend)
+  def f(q, k, v):
+    return causal_attention(q, k, v, segment_ids=seg, window_size=window, backend=backend)
 
-    out, vjp = jax.vjp(f, q, k, v)
-    return out, vjp(ct)
+  out, vjp = jax.vjp(f, q, k, v)
+  return out, vjp(ct)

@@ -8,5 +8,5 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def _full_precision_matmuls():
-    with jax.default_matmul_precision('highest'):
-        yield
+  with jax.default_matmul_precision('highest'):
+    yield

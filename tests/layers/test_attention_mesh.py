@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 
-SCRIPT = textwrap.dedent('''
+SCRIPT = textwrap.dedent("""
     import functools
     import flax.linen as nn
     import jax, jax.numpy as jnp, numpy as np
@@ -56,18 +56,27 @@ SCRIPT = textwrap.dedent('''
             for r, g in zip(jax.tree.leaves(ref[1]), jax.tree.leaves(got[1])):
                 assert_close(r, g, rel=1e-4)
             print('ok', backend, shape, f'{time.time() - t0:.0f}s', flush=True)
-''')
+""")
 
 
 def _run(which, n_ok):
-    env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-               JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, '-c', SCRIPT, which], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count('ok ') == n_ok, proc.stdout
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=str(ROOT),
+  )
+  proc = subprocess.run(
+    [sys.executable, '-c', SCRIPT, which],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=1200,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert proc.stdout.count('ok ') == n_ok, proc.stdout
 
 
 def test_splash_on_an_8_device_mesh():
-    _run('splash', 2)
-
+  _run('splash', 2)

@@ -19,73 +19,79 @@ APPLY = jax.jit(LAYER.apply)
 
 
 def _naive(x, w, b, seg):
-    """Loop reference: y[t] = sum_j w[j] x[t-(K-1)+j] over in-range taps in t's segment."""
-    y = np.zeros(x.shape)
-    for bi in range(x.shape[0]):
-        for t in range(x.shape[1]):
-            for j in range(w.shape[0]):
-                s = t - (w.shape[0] - 1) + j
-                if s >= 0 and (seg is None or seg[bi, s] == seg[bi, t]):
-                    y[bi, t] += w[j] * x[bi, s]
-    return y + b
+  """Loop reference: y[t] = sum_j w[j] x[t-(K-1)+j] over in-range taps in t's segment."""
+  y = np.zeros(x.shape)
+  for bi in range(x.shape[0]):
+    for t in range(x.shape[1]):
+      for j in range(w.shape[0]):
+        s = t - (w.shape[0] - 1) + j
+        if s >= 0 and (seg is None or seg[bi, s] == seg[bi, t]):
+          y[bi, t] += w[j] * x[bi, s]
+  return y + b
 
 
 def test_full_matches_naive_reference_axes_and_dtype():
-    w, b = PARAMS['params']['kernel'], PARAMS['params']['bias']
-    assert w.shape == (K, C) and b.shape == (C,)
-    assert_close(_naive(X, w, b, None), APPLY(PARAMS, X), rel=1e-6)
-    assert_close(_naive(X, w, b, SEG), APPLY(PARAMS, X, SEG), rel=1e-6)
-    abstract = jax.eval_shape(LAYER.init, jax.random.PRNGKey(1), X)
-    assert nn.get_partition_spec(abstract)['params'] == {
-        'kernel': P(None, 'embed'), 'bias': P('embed')}
-    assert jax.eval_shape(LAYER.apply, PARAMS, X.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+  w, b = PARAMS['params']['kernel'], PARAMS['params']['bias']
+  assert w.shape == (K, C) and b.shape == (C,)
+  assert_close(_naive(X, w, b, None), APPLY(PARAMS, X), rel=1e-6)
+  assert_close(_naive(X, w, b, SEG), APPLY(PARAMS, X, SEG), rel=1e-6)
+  abstract = jax.eval_shape(LAYER.init, jax.random.PRNGKey(1), X)
+  assert nn.get_partition_spec(abstract)['params'] == {
+    'kernel': P(None, 'embed'),
+    'bias': P('embed'),
+  }
+  assert jax.eval_shape(LAYER.apply, PARAMS, X.astype(jnp.bfloat16)).dtype == jnp.bfloat16
 
 
 def test_no_leak_across_segments():
-    y = np.asarray(APPLY(PARAMS, X, SEG))
-    # Perturbing document 0 of row 0 leaves every other document's outputs untouched ...
-    x2 = X.copy()
-    x2[0, :3] += 10.0
-    np.testing.assert_array_equal(y[0, 3:], APPLY(PARAMS, x2, SEG)[0, 3:])
-    np.testing.assert_array_equal(y[1], APPLY(PARAMS, x2, SEG)[1])
-    # ... and each document equals the document convolved on its own (zero-padded to length T).
-    for lo, hi in [(0, 3), (3, 5), (5, 11)]:
-        alone = np.zeros_like(X[:1])
-        alone[0, : hi - lo] = X[0, lo:hi]
-        assert_close(APPLY(PARAMS, alone)[0, : hi - lo], y[0, lo:hi], rel=1e-6)
+  y = np.asarray(APPLY(PARAMS, X, SEG))
+  # Perturbing document 0 of row 0 leaves every other document's outputs untouched ...
+  x2 = X.copy()
+  x2[0, :3] += 10.0
+  np.testing.assert_array_equal(y[0, 3:], APPLY(PARAMS, x2, SEG)[0, 3:])
+  np.testing.assert_array_equal(y[1], APPLY(PARAMS, x2, SEG)[1])
+  # ... and each document equals the document convolved on its own (zero-padded to length T).
+  for lo, hi in [(0, 3), (3, 5), (5, 11)]:
+    alone = np.zeros_like(X[:1])
+    alone[0, : hi - lo] = X[0, lo:hi]
+    assert_close(APPLY(PARAMS, alone)[0, : hi - lo], y[0, lo:hi], rel=1e-6)
 
 
 def test_step_equals_full_token_by_token():
-    @jax.jit
-    def stepwise(x, state0):
-        def body(state, x_t):
-            y_t, state = LAYER.apply(PARAMS, x_t, state, method=CausalDepthwiseConv1D.step)
-            return state, y_t
+  @jax.jit
+  def stepwise(x, state0):
+    def body(state, x_t):
+      y_t, state = LAYER.apply(PARAMS, x_t, state, method=CausalDepthwiseConv1D.step)
+      return state, y_t
 
-        _, ys = jax.lax.scan(body, state0, jnp.swapaxes(x, 0, 1))
-        return jnp.swapaxes(ys, 0, 1)
+    _, ys = jax.lax.scan(body, state0, jnp.swapaxes(x, 0, 1))
+    return jnp.swapaxes(ys, 0, 1)
 
-    full = APPLY(PARAMS, X)
-    state0 = LAYER.init_state(B, C)
-    assert state0.shape == (B, K - 1, C)
-    np.testing.assert_allclose(stepwise(X, state0), full, rtol=1e-6, atol=1e-6)
-    # Prefill the first 5 tokens, carry their state, step through the rest (same shapes, so the
-    # jitted scan is reused: the tail is zero-padded and its extra outputs ignored).
-    state = conv_state_from_inputs(X[:, :5], K)
-    tail = np.concatenate([X[:, 5:], np.zeros_like(X[:, :5])], axis=1)
-    np.testing.assert_allclose(stepwise(tail, state)[:, : T - 5], full[:, 5:], rtol=1e-6,
-                               atol=1e-6)
-    # A prefill shorter than K - 1 is left-padded with zeros.
-    short = conv_state_from_inputs(X[:, :1], K)
-    np.testing.assert_array_equal(short[:, :-1], 0.0)
-    np.testing.assert_array_equal(short[:, -1], X[:, 0])
+  full = APPLY(PARAMS, X)
+  state0 = LAYER.init_state(B, C)
+  assert state0.shape == (B, K - 1, C)
+  np.testing.assert_allclose(stepwise(X, state0), full, rtol=1e-6, atol=1e-6)
+  # Prefill the first 5 tokens, carry their state, step through the rest (same shapes, so the
+  # jitted scan is reused: the tail is zero-padded and its extra outputs ignored).
+  state = conv_state_from_inputs(X[:, :5], K)
+  tail = np.concatenate([X[:, 5:], np.zeros_like(X[:, :5])], axis=1)
+  np.testing.assert_allclose(stepwise(tail, state)[:, : T - 5], full[:, 5:], rtol=1e-6, atol=1e-6)
+  # A prefill shorter than K - 1 is left-padded with zeros.
+  short = conv_state_from_inputs(X[:, :1], K)
+  np.testing.assert_array_equal(short[:, :-1], 0.0)
+  np.testing.assert_array_equal(short[:, -1], X[:, 0])
 
 
 def test_init_through_step_gives_same_param_tree():
-    layer = CausalDepthwiseConv1D(kernel_size=3)
-    by_step = jax.eval_shape(
-        lambda: layer.init(jax.random.PRNGKey(0), jnp.ones((1, C)), jnp.zeros((1, 2, C)),
-                           method=CausalDepthwiseConv1D.step))
-    by_call = jax.eval_shape(lambda: layer.init(jax.random.PRNGKey(0), jnp.ones((1, 4, C))))
-    assert jax.tree_util.tree_structure(by_step) == jax.tree_util.tree_structure(by_call)
-    assert nn.unbox(by_step)['params']['kernel'].shape == (3, C)
+  layer = CausalDepthwiseConv1D(kernel_size=3)
+  by_step = jax.eval_shape(
+    lambda: layer.init(
+      jax.random.PRNGKey(0),
+      jnp.ones((1, C)),
+      jnp.zeros((1, 2, C)),
+      method=CausalDepthwiseConv1D.step,
+    )
+  )
+  by_call = jax.eval_shape(lambda: layer.init(jax.random.PRNGKey(0), jnp.ones((1, 4, C))))
+  assert jax.tree_util.tree_structure(by_step) == jax.tree_util.tree_structure(by_call)
+  assert nn.unbox(by_step)['params']['kernel'].shape == (3, C)

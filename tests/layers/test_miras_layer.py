@@ -11,114 +11,115 @@ import pytest
 
 from miras_jax.layers.miras import MirasLayer, retnet_log_gamma
 from miras_jax.memory import get_rule, list_rules
-
 from tests.layers._util import assert_close, numpy_params
 
 B, T, E, H, D, CHUNK = 2, 11, 16, 2, 8, 4
 
 
 def _layer(rule, **kw):
-    return MirasLayer(rule=rule, num_heads=H, head_dim=D, chunk_size=CHUNK, gate_rank=4, **kw)
+  return MirasLayer(rule=rule, num_heads=H, head_dim=D, chunk_size=CHUNK, gate_rank=4, **kw)
 
 
 def _x(seed=0, t=T):
-    return jax.random.normal(jax.random.PRNGKey(seed), (B, t, E))
+  return jax.random.normal(jax.random.PRNGKey(seed), (B, t, E))
 
 
 @functools.lru_cache(maxsize=None)
 def _params(rule):
-    """Random parameters (std 0.3, so gates sit mid-range) without compiling ``init``."""
-    m = _layer(rule)
-    return m, numpy_params(m, _x(), std=0.3)
+  """Random parameters (std 0.3, so gates sit mid-range) without compiling ``init``."""
+  m = _layer(rule)
+  return m, numpy_params(m, _x(), std=0.3)
 
 
 def _full_and_decoded(m, p, x, n_prefill):
-    """One compiled program: the full pass (with sown inner losses) and a prefill of
-    ``n_prefill`` tokens followed by one-token decode steps (a ``lax.scan``)."""
-    y, inter = m.apply(p, x, mutable=['intermediates'])
-    y0, cache = m.apply(p, x[:, :n_prefill], m.init_cache(x.shape[0]), method=m.decode)
+  """One compiled program: the full pass (with sown inner losses) and a prefill of
+  ``n_prefill`` tokens followed by one-token decode steps (a ``lax.scan``)."""
+  y, inter = m.apply(p, x, mutable=['intermediates'])
+  y0, cache = m.apply(p, x[:, :n_prefill], m.init_cache(x.shape[0]), method=m.decode)
 
-    def step(cache, xt):
-        yt, cache = m.apply(p, xt[:, None], cache, method=m.decode)
-        return cache, yt[:, 0]
+  def step(cache, xt):
+    yt, cache = m.apply(p, xt[:, None], cache, method=m.decode)
+    return cache, yt[:, 0]
 
-    _, ys = jax.lax.scan(step, cache, jnp.swapaxes(x[:, n_prefill:], 0, 1))
-    return y, inter['intermediates'], jnp.concatenate([y0, jnp.swapaxes(ys, 0, 1)], axis=1)
+  _, ys = jax.lax.scan(step, cache, jnp.swapaxes(x[:, n_prefill:], 0, 1))
+  return y, inter['intermediates'], jnp.concatenate([y0, jnp.swapaxes(ys, 0, 1)], axis=1)
 
 
 @pytest.mark.parametrize('rule', list_rules())
 def test_forward_decode_and_inner_loss(rule):
-    """Finite outputs; prefill (6 tokens: not a chunk multiple) + one-token steps == the full
-    pass; the inner-loss proxy is sown."""
-    m, p = _params(rule)
-    y, inter, y_dec = jax.jit(_full_and_decoded, static_argnums=(0, 3))(m, p, _x(), 6)
-    assert y.shape == (B, T, E) and bool(jnp.all(jnp.isfinite(y)))
-    for key in ('inner_loss_before', 'inner_loss_after'):
-        (val,) = inter[key]
-        assert val.shape == () and np.isfinite(float(val))
-    assert_close(y, y_dec, rel=2e-5, atol=2e-5)
+  """Finite outputs; prefill (6 tokens: not a chunk multiple) + one-token steps == the full
+  pass; the inner-loss proxy is sown."""
+  m, p = _params(rule)
+  y, inter, y_dec = jax.jit(_full_and_decoded, static_argnums=(0, 3))(m, p, _x(), 6)
+  assert y.shape == (B, T, E) and bool(jnp.all(jnp.isfinite(y)))
+  for key in ('inner_loss_before', 'inner_loss_after'):
+    (val,) = inter[key]
+    assert val.shape == () and np.isfinite(float(val))
+  assert_close(y, y_dec, rel=2e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize('rule', ['moneta', 'gla'])
 def test_packed_documents_reset(rule):
-    """A packed row of two documents (each 2 chunks long, so on the chunk grid) equals the
-    documents run alone (as separate rows)."""
-    m, p = _params(rule)
-    n = 2 * CHUNK
-    x = _x(3, 2 * n)
-    seg = jnp.concatenate([jnp.ones((B, n), jnp.int32), jnp.full((B, n), 2, jnp.int32)], 1)
+  """A packed row of two documents (each 2 chunks long, so on the chunk grid) equals the
+  documents run alone (as separate rows)."""
+  m, p = _params(rule)
+  n = 2 * CHUNK
+  x = _x(3, 2 * n)
+  seg = jnp.concatenate([jnp.ones((B, n), jnp.int32), jnp.full((B, n), 2, jnp.int32)], 1)
 
-    def both(p, x):
-        packed = m.apply(p, x, seg)
-        alone = m.apply(p, jnp.concatenate([x[:, :n], x[:, n:]], axis=0))
-        return packed, jnp.concatenate([alone[:B], alone[B:]], axis=1)
+  def both(p, x):
+    packed = m.apply(p, x, seg)
+    alone = m.apply(p, jnp.concatenate([x[:, :n], x[:, n:]], axis=0))
+    return packed, jnp.concatenate([alone[:B], alone[B:]], axis=1)
 
-    packed, alone = jax.jit(both)(p, x)
-    assert_close(alone, packed, rel=2e-5, atol=2e-5)
+  packed, alone = jax.jit(both)(p, x)
+  assert_close(alone, packed, rel=2e-5, atol=2e-5)
 
 
 def _gates(rule, x):
-    """The gates at initialisation (initializers run eagerly: only the layer's own params)."""
-    m = _layer(rule)
-    p = m.init(jax.random.PRNGKey(0), x, method=lambda mod, x: mod._gates(x))
-    return m.apply(p, x, method=lambda mod, x: mod._gates(x)), nn.unbox(p)['params']
+  """The gates at initialisation (initializers run eagerly: only the layer's own params)."""
+  m = _layer(rule)
+  p = m.init(jax.random.PRNGKey(0), x, method=lambda mod, x: mod._gates(x))
+  return m.apply(p, x, method=lambda mod, x: mod._gates(x)), nn.unbox(p)['params']
 
 
 def test_gates_follow_the_rule():
-    x = _x()
-    # Linear attention: no gate at all (η ≡ 1 in the core, no decay).
-    g, _ = _gates('linear_attention', x)
-    assert g == {}
-    # RetNet: fixed γ_h = 1 − 2^(−5−h), no data dependence, no η.
-    g, p = _gates('retnet', x)
-    assert set(g) == {'log_alpha'}
-    np.testing.assert_allclose(np.exp(g['log_alpha'][0, :, 0]), 1 - 2.0 ** (-5 - np.arange(H)),
-                               rtol=1e-6)
-    assert float(jnp.max(jnp.ptp(g['log_alpha'], axis=(0, 2)))) == 0.0  # constant over b, t
-    assert not any(k.startswith('gate_') for k in p)  # nothing learned for the decay
-    # GLA: channel-wise decay [B, H, T, D], no η.
-    g, _ = _gates('gla', x)
-    assert set(g) == {'log_alpha'} and g['log_alpha'].shape == (B, H, T, D)
-    # Titans: η, α and momentum μ; Yaad: η, α, δ. α starts in (0.98, 1).
-    g, _ = _gates('titans', x)
-    assert set(g) == {'eta', 'log_alpha', 'log_mu'}
-    g, _ = _gates('yaad', x)
-    assert set(g) == {'eta', 'log_alpha', 'delta'}
-    assert all(v.shape == (B, H, T) for v in g.values())
-    alpha = np.exp(np.asarray(g['log_alpha']))
-    assert alpha.min() > 0.9 and alpha.max() < 1.0  # bias init: α ≈ 0.99–0.999
-    assert float(jnp.min(g['delta'])) > 0
+  x = _x()
+  # Linear attention: no gate at all (η ≡ 1 in the core, no decay).
+  g, _ = _gates('linear_attention', x)
+  assert g == {}
+  # RetNet: fixed γ_h = 1 − 2^(−5−h), no data dependence, no η.
+  g, p = _gates('retnet', x)
+  assert set(g) == {'log_alpha'}
+  np.testing.assert_allclose(
+    np.exp(g['log_alpha'][0, :, 0]), 1 - 2.0 ** (-5 - np.arange(H)), rtol=1e-6
+  )
+  assert float(jnp.max(jnp.ptp(g['log_alpha'], axis=(0, 2)))) == 0.0  # constant over b, t
+  assert not any(k.startswith('gate_') for k in p)  # nothing learned for the decay
+  # GLA: channel-wise decay [B, H, T, D], no η.
+  g, _ = _gates('gla', x)
+  assert set(g) == {'log_alpha'} and g['log_alpha'].shape == (B, H, T, D)
+  # Titans: η, α and momentum μ; Yaad: η, α, δ. α starts in (0.98, 1).
+  g, _ = _gates('titans', x)
+  assert set(g) == {'eta', 'log_alpha', 'log_mu'}
+  g, _ = _gates('yaad', x)
+  assert set(g) == {'eta', 'log_alpha', 'delta'}
+  assert all(v.shape == (B, H, T) for v in g.values())
+  alpha = np.exp(np.asarray(g['log_alpha']))
+  assert alpha.min() > 0.9 and alpha.max() < 1.0  # bias init: α ≈ 0.99–0.999
+  assert float(jnp.min(g['delta'])) > 0
 
 
 def test_memora_initial_memory_on_simplex():
-    rule = get_rule('memora')
-    m, p = _params('memora')
-    w0, _ = m.apply(p, method=lambda mod: mod._memory_params())
-    for w in w0:
-        np.testing.assert_allclose(np.sum(w, -1), rule.retention.scale_c, rtol=1e-5)
-        assert float(jnp.min(w)) > 0
+  rule = get_rule('memora')
+  m, p = _params('memora')
+  w0, _ = m.apply(p, method=lambda mod: mod._memory_params())
+  for w in w0:
+    np.testing.assert_allclose(np.sum(w, -1), rule.retention.scale_c, rtol=1e-5)
+    assert float(jnp.min(w)) > 0
 
 
 def test_retnet_gamma():
-    np.testing.assert_allclose(np.asarray(retnet_log_gamma(3)),
-                               np.log(1 - 2.0 ** -np.array([5, 6, 7])), rtol=1e-6)
+  np.testing.assert_allclose(
+    np.asarray(retnet_log_gamma(3)), np.log(1 - 2.0 ** -np.array([5, 6, 7])), rtol=1e-6
+  )

@@ -5,62 +5,103 @@ Run in float64, where the two implementations must agree to rounding (1e-8), and
 float32 with a dtype tolerance. Grid: b ∈ {1, 16, 64}, odd lengths, head dims that are
 not powers of two, packed documents, a non-zero and mid-chunk initial state, extreme gates.
 """
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miras_jax.memory import (GD, Huber, L2, LinearMemory, MLPMemory, MemoryRule, Momentum,
-                              Retention, ValueShiftRobust, chunked, get_rule, list_rules,
-                              reference)
+from miras_jax.memory import (
+  GD,
+  L2,
+  Huber,
+  LinearMemory,
+  MemoryRule,
+  MLPMemory,
+  Momentum,
+  Retention,
+  ValueShiftRobust,
+  chunked,
+  get_rule,
+  list_rules,
+  reference,
+)
 from miras_jax.memory.testing import assert_close, assert_tree_close, random_inputs
 
 # Combinations outside the zoo run on the same kernels (no new code per combination).
 VARIANTS = {
-    "deltanet@minibatch": lambda: get_rule("deltanet", form="minibatch"),
-    "elastic_value_shift_mlp": lambda: MemoryRule(
-        "elastic_value_shift_mlp", MLPMemory(depth=2, expansion=2), ValueShiftRobust(),
-        Retention("scalar", "elastic", l1=0.05), GD()),
-    "lq_huber_norm_momentum": lambda: MemoryRule(
-        "lq_huber_norm_momentum", LinearMemory(), Huber(per_channel=False),
-        Retention("scalar", "lq", q=4.0), Momentum()),
-    "mlp3_l2_momentum": lambda: MemoryRule(
-        "mlp3_l2_momentum", MLPMemory(depth=3, expansion=2), L2(), Retention("none"), Momentum()),
+  'deltanet@minibatch': lambda: get_rule('deltanet', form='minibatch'),
+  'elastic_value_shift_mlp': lambda: MemoryRule(
+    'elastic_value_shift_mlp',
+    MLPMemory(depth=2, expansion=2),
+    ValueShiftRobust(),
+    Retention('scalar', 'elastic', l1=0.05),
+    GD(),
+  ),
+  'lq_huber_norm_momentum': lambda: MemoryRule(
+    'lq_huber_norm_momentum',
+    LinearMemory(),
+    Huber(per_channel=False),
+    Retention('scalar', 'lq', q=4.0),
+    Momentum(),
+  ),
+  'mlp3_l2_momentum': lambda: MemoryRule(
+    'mlp3_l2_momentum', MLPMemory(depth=3, expansion=2), L2(), Retention('none'), Momentum()
+  ),
 }
 RULES = list_rules() + sorted(VARIANTS)
 
 
 def _rule(name):
   return VARIANTS[name]() if name in VARIANTS else get_rule(name)
+
+
 # (b, T, dk, segments, gate_range): every b meets an odd length, a non-power-of-two dim.
 CASES = {
-    1: (63, 12, 3, "normal"),
-    16: (121, 24, 4, "extreme"),
-    64: (63, 20, 2, "normal"),
+  1: (63, 12, 3, 'normal'),
+  16: (121, 24, 4, 'extreme'),
+  64: (63, 20, 2, 'normal'),
 }
 
 
 def _float_leaves(st):
-  return {k: v for k, v in st.items() if k != "pos"}
+  return {k: v for k, v in st.items() if k != 'pos'}
 
 
 def _run(impl, rule, b, inp, state, dtype):
-  fn = reference if impl == "reference" else chunked
+  fn = reference if impl == 'reference' else chunked
 
   def f(q, k, v, gates, st, w0, outer):
     full = None
     if state is not None:
-      full = dict(st, pos=state["pos"])
-      if rule.form == "wy":
+      full = dict(st, pos=state['pos'])
+      if rule.form == 'wy':
         # The exact delta rule is sequential (every token a boundary): its state has
         # Wg ≡ A, so the gradient flows to A only — tie them for both implementations.
-        full["Wg"] = full["A"]
-    y, fin = fn(rule, q, k, v, gates, w0=w0, outer=outer, state=full,
-                segment_ids=inp["segment_ids"], chunk_size=b)
+        full['Wg'] = full['A']
+    y, fin = fn(
+      rule,
+      q,
+      k,
+      v,
+      gates,
+      w0=w0,
+      outer=outer,
+      state=full,
+      segment_ids=inp['segment_ids'],
+      chunk_size=b,
+    )
     return y, fin
 
-  args = (inp["q"], inp["k"], inp["v"], inp["gates"],
-          None if state is None else _float_leaves(state), inp["w0"], inp["outer"])
+  args = (
+    inp['q'],
+    inp['k'],
+    inp['v'],
+    inp['gates'],
+    None if state is None else _float_leaves(state),
+    inp['w0'],
+    inp['outer'],
+  )
   y_s, fin_s = jax.eval_shape(f, *args)
   ky, ks = jax.random.split(jax.random.PRNGKey(7))
   ry = jax.random.normal(ky, y_s.shape, dtype)
@@ -68,75 +109,84 @@ def _run(impl, rule, b, inp, state, dtype):
 
   def loss(*a):  # one random projection of every output, so one grad covers them all
     y2, f2 = f(*a)
-    l = jnp.sum(y2 * ry) + sum(jnp.sum(x * r) for x, r in
-                               zip(jax.tree.leaves(_float_leaves(f2)), jax.tree.leaves(rs)))
+    l = jnp.sum(y2 * ry) + sum(
+      jnp.sum(x * r) for x, r in zip(jax.tree.leaves(_float_leaves(f2)), jax.tree.leaves(rs))
+    )
     return l, (y2, f2)
 
   # One compilation per implementation: values and gradients together.
-  (_, (y, fin)), grads = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(7)),
-                                                    has_aux=True))(*args)
+  (_, (y, fin)), grads = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(7)), has_aux=True))(
+    *args
+  )
   return y, fin, grads
 
 
 def _inputs(rule, b, dtype, with_state):
   T, dk, segs, gr = CASES[b]
-  b = 16 if b == "fp32" else b
-  inp = random_inputs(rule, jax.random.PRNGKey(b + 3), B=2, H=2, T=T, dk=dk,
-                      gate_range=gr, segments=segs)
-  cast = lambda x: x.astype(dtype) if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) else x
+  b = 16 if b == 'fp32' else b
+  inp = random_inputs(
+    rule, jax.random.PRNGKey(b + 3), B=2, H=2, T=T, dk=dk, gate_range=gr, segments=segs
+  )
+  cast = lambda x: (
+    x.astype(dtype) if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.floating) else x
+  )
   inp = jax.tree.map(cast, inp)
   state = None
   if with_state:
     # A non-zero state that ends mid-chunk: the reference after a prefix of 2b + 5 tokens.
     pre = random_inputs(rule, jax.random.PRNGKey(b + 100), B=2, H=2, T=2 * b + 5, dk=dk)
     pre = jax.tree.map(cast, pre)
-    _, state = jax.jit(lambda p, w0, outer: reference(
-        rule, p["q"], p["k"], p["v"], p["gates"], w0=w0, outer=outer, chunk_size=b))(
-            {n: pre[n] for n in ("q", "k", "v", "gates")}, inp["w0"], inp["outer"])
+    _, state = jax.jit(
+      lambda p, w0, outer: reference(
+        rule, p['q'], p['k'], p['v'], p['gates'], w0=w0, outer=outer, chunk_size=b
+      )
+    )({n: pre[n] for n in ('q', 'k', 'v', 'gates')}, inp['w0'], inp['outer'])
   return inp, state
 
 
 def _compare(rule_name, case, dtype, tol_y, tol_g, with_state):
   rule = _rule(rule_name)
   inp, state = _inputs(rule, case, dtype, with_state)
-  b = 16 if case == "fp32" else case
-  yr, sr, gr = _run("reference", rule, b, inp, state, dtype)
-  yc, sc, gc = _run("xla", rule, b, inp, state, dtype)
-  assert_close(yc, yr, tol_y, f"{rule_name} b={b} outputs")
-  np.testing.assert_array_equal(np.asarray(sc["pos"]), np.asarray(sr["pos"]))
-  assert_tree_close(_float_leaves(sc), _float_leaves(sr), tol_y, f"{rule_name} b={b} state")
-  names = ("q", "k", "v", "gates", "state", "w0", "outer")
+  b = 16 if case == 'fp32' else case
+  yr, sr, gr = _run('reference', rule, b, inp, state, dtype)
+  yc, sc, gc = _run('xla', rule, b, inp, state, dtype)
+  assert_close(yc, yr, tol_y, f'{rule_name} b={b} outputs')
+  np.testing.assert_array_equal(np.asarray(sc['pos']), np.asarray(sr['pos']))
+  assert_tree_close(_float_leaves(sc), _float_leaves(sr), tol_y, f'{rule_name} b={b} state')
+  names = ('q', 'k', 'v', 'gates', 'state', 'w0', 'outer')
   for n, a, c in zip(names, gr, gc):
-    assert_tree_close(c, a, tol_g, f"{rule_name} b={b} grad[{n}]")
+    assert_tree_close(c, a, tol_g, f'{rule_name} b={b} grad[{n}]')
 
 
-@pytest.mark.parametrize("rule_name,b", [(r, b) for r in list_rules() for b in (1, 16, 64)]
-                         + [(r, 16) for r in sorted(VARIANTS)])
+@pytest.mark.parametrize(
+  'rule_name,b',
+  [(r, b) for r in list_rules() for b in (1, 16, 64)] + [(r, 16) for r in sorted(VARIANTS)],
+)
 def test_chunked_equals_reference_fp64(rule_name, b):
   # Agreement to rounding. The extreme-gate case (b = 16) is looser: there a memory can
   # forget everything, and Moneta's read scale 1/‖A‖² then reaches its 1e4 guard, which
   # amplifies fp64 rounding to ~1e-7 (measured); every other case agrees to ~1e-13.
-  tol = 1e-5 if CASES[b][3] == "extreme" else 1e-8
+  tol = 1e-5 if CASES[b][3] == 'extreme' else 1e-8
   with jax.enable_x64(True):
     _compare(rule_name, b, jnp.float64, tol, 10 * tol, with_state=(b != 64))
 
 
-@pytest.mark.parametrize("rule_name", list_rules())
+@pytest.mark.parametrize('rule_name', list_rules())
 def test_chunked_equals_reference_fp32(rule_name):
   # fp32 with ordinary gates: the recurrences amplify rounding differently in the two
   # evaluation orders (Moneta's 1/‖A‖², Memora's softmax); measured worst ≈ 5e-4.
   # Extreme gates are checked in fp64 only: when α → 0 empties the memory, Moneta's
   # ‖W‖_q = 1/‖A‖_q makes the fp32 trajectory itself ill-conditioned (rule, not kernel).
-  CASES["fp32"] = (121, 24, 4, "normal")
-  _compare(rule_name, "fp32", jnp.float32, 2e-3, 5e-3, with_state=True)
+  CASES['fp32'] = (121, 24, 4, 'normal')
+  _compare(rule_name, 'fp32', jnp.float32, 2e-3, 5e-3, with_state=True)
 
 
-@pytest.mark.parametrize("rule_name", RULES)
+@pytest.mark.parametrize('rule_name', RULES)
 def test_length_one(rule_name):
   rule = _rule(rule_name)
   inp = random_inputs(rule, jax.random.PRNGKey(0), T=1, dk=10)
-  kw = dict(w0=inp["w0"], outer=inp["outer"], chunk_size=16)
-  yr, sr = reference(rule, inp["q"], inp["k"], inp["v"], inp["gates"], **kw)
-  yc, sc = chunked(rule, inp["q"], inp["k"], inp["v"], inp["gates"], **kw)
-  assert_close(yc, yr, 1e-5, "y")
-  assert_tree_close(_float_leaves(sc), _float_leaves(sr), 1e-5, "state")
+  kw = dict(w0=inp['w0'], outer=inp['outer'], chunk_size=16)
+  yr, sr = reference(rule, inp['q'], inp['k'], inp['v'], inp['gates'], **kw)
+  yc, sc = chunked(rule, inp['q'], inp['k'], inp['v'], inp['gates'], **kw)
+  assert_close(yc, yr, 1e-5, 'y')
+  assert_tree_close(_float_leaves(sc), _float_leaves(sr), 1e-5, 'state')

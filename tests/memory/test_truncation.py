@@ -1,6 +1,7 @@
 """Truncated back-propagation through the memory state (``grad_horizon``, common.gradient_cuts):
 the forward pass is unchanged, chunked == reference on the truncated gradients of every input,
 no gradient crosses a cut, and the horizon's errors are clear."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,35 +15,51 @@ B_CHUNK, T, H_TOK = 8, 45, 16  # cuts before tokens 16 and 32; T is not a multip
 
 def _grads(fn, rule, inp, horizon, mask):
   """Gradients of sum(y ⊙ r ⊙ mask) w.r.t. q, k, v, gates, w0, outer, and y itself."""
-  r = jax.random.normal(jax.random.PRNGKey(3), inp["v"].shape, inp["v"].dtype)
+  r = jax.random.normal(jax.random.PRNGKey(3), inp['v'].shape, inp['v'].dtype)
 
   def loss(q, k, v, gates, w0, outer):
-    y, _ = fn(rule, q, k, v, gates, w0=w0, outer=outer, segment_ids=inp["segment_ids"],
-              chunk_size=B_CHUNK, grad_horizon=horizon)
+    y, _ = fn(
+      rule,
+      q,
+      k,
+      v,
+      gates,
+      w0=w0,
+      outer=outer,
+      segment_ids=inp['segment_ids'],
+      chunk_size=B_CHUNK,
+      grad_horizon=horizon,
+    )
     return jnp.sum(y * r * mask), y
 
-  args = (inp["q"], inp["k"], inp["v"], inp["gates"], inp["w0"], inp["outer"])
+  args = (inp['q'], inp['k'], inp['v'], inp['gates'], inp['w0'], inp['outer'])
   (_, y), g = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True))(*args)
   return y, g
 
 
 # One rule per kernel / state layout: momentum (general), the softmax read (Memora), channel
 # decay (GLA), WY (Gated DeltaNet).
-@pytest.mark.parametrize("rule_name", ["titans", "memora", "gla", "gated_deltanet"])
+@pytest.mark.parametrize('rule_name', ['titans', 'memora', 'gla', 'gated_deltanet'])
 def test_truncated_gradients(rule_name):
   rule = get_rule(rule_name)
   with jax.enable_x64():
     inp = random_inputs(rule, jax.random.PRNGKey(0), B=2, H=2, T=T, dk=8, segments=2)
-    inp = jax.tree.map(lambda x: x.astype(jnp.float64) if hasattr(x, "dtype") and
-                       jnp.issubdtype(x.dtype, jnp.floating) else x, inp)
-    ones = jnp.ones(inp["v"].shape, jnp.float64)
+    inp = jax.tree.map(
+      lambda x: (
+        x.astype(jnp.float64)
+        if hasattr(x, 'dtype') and jnp.issubdtype(x.dtype, jnp.floating)
+        else x
+      ),
+      inp,
+    )
+    ones = jnp.ones(inp['v'].shape, jnp.float64)
     y_exact, g_exact = _grads(chunked, rule, inp, None, ones)
     y_ref, g_ref = _grads(reference, rule, inp, H_TOK, ones)
     y_chk, g_chk = _grads(chunked, rule, inp, H_TOK, ones)
-    assert_close(y_ref, y_exact, 1e-10, "forward unchanged")
-    assert_close(y_chk, y_ref, 1e-8, "outputs")
-    for n, a, c in zip(("q", "k", "v", "gates", "w0", "outer"), g_ref, g_chk):
-      assert_tree_close(c, a, 1e-8, f"{rule_name} truncated grad[{n}]")
+    assert_close(y_ref, y_exact, 1e-10, 'forward unchanged')
+    assert_close(y_chk, y_ref, 1e-8, 'outputs')
+    for n, a, c in zip(('q', 'k', 'v', 'gates', 'w0', 'outer'), g_ref, g_chk):
+      assert_tree_close(c, a, 1e-8, f'{rule_name} truncated grad[{n}]')
     # The truncation changes the gradient reaching early tokens ...
     assert float(jnp.max(jnp.abs(g_chk[1][:, :, :H_TOK] - g_exact[1][:, :, :H_TOK]))) > 1e-6
     # ... and nothing a later window reads flows back across a cut: outputs at t >= 16 give
@@ -56,12 +73,21 @@ def test_truncated_gradients(rule_name):
 
 
 def test_horizon_errors():
-  rule = get_rule("titans")
+  rule = get_rule('titans')
   inp = random_inputs(rule, jax.random.PRNGKey(0), B=1, H=1, T=16, dk=8)
-  call = lambda **kw: chunked(rule, inp["q"], inp["k"], inp["v"], inp["gates"], w0=inp["w0"],
-                              outer=inp["outer"], chunk_size=8, **kw)
-  with pytest.raises(ValueError, match="multiple of the chunk size"):
+  call = lambda **kw: chunked(
+    rule,
+    inp['q'],
+    inp['k'],
+    inp['v'],
+    inp['gates'],
+    w0=inp['w0'],
+    outer=inp['outer'],
+    chunk_size=8,
+    **kw,
+  )
+  with pytest.raises(ValueError, match='multiple of the chunk size'):
     call(grad_horizon=12)
   _, st = call()
-  with pytest.raises(ValueError, match="fresh call"):
+  with pytest.raises(ValueError, match='fresh call'):
     call(grad_horizon=8, state=st)

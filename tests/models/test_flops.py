@@ -19,46 +19,49 @@ B = 2
 
 
 def _xla_and_analytic(family, train):
-    cfg, model = tiny(family, scan_layers=False)
-    T = cfg.chunk_size  # one chunk; the SWA window (16) covers the whole context
-    toks = tokens((B, T))
-    params = random_params(model, toks)['params']
-    if train:
-        fn = jax.grad(lambda p: jnp.mean(model.apply({'params': p}, toks)))
-        analytic = flops.training_flops_per_token(cfg, T)
-    else:
-        fn = lambda p: model.apply({'params': p}, toks)
-        analytic = flops.forward_flops_per_token(cfg, T)
-    xla = jax.jit(fn).lower(params).compile().cost_analysis()['flops']
-    return xla, analytic * B * T
+  cfg, model = tiny(family, scan_layers=False)
+  T = cfg.chunk_size  # one chunk; the SWA window (16) covers the whole context
+  toks = tokens((B, T))
+  params = random_params(model, toks)['params']
+  if train:
+    fn = jax.grad(lambda p: jnp.mean(model.apply({'params': p}, toks)))
+    analytic = flops.training_flops_per_token(cfg, T)
+  else:
+    fn = lambda p: model.apply({'params': p}, toks)
+    analytic = flops.forward_flops_per_token(cfg, T)
+  xla = jax.jit(fn).lower(params).compile().cost_analysis()['flops']
+  return xla, analytic * B * T
 
 
 @pytest.mark.parametrize('family', ['transformer', 'gated_deltanet'])
 def test_training_flops_match_xla(family):
-    xla, analytic = _xla_and_analytic(family, train=True)
-    assert abs(xla / analytic - 1) < 0.10, (xla, analytic)
+  xla, analytic = _xla_and_analytic(family, train=True)
+  assert abs(xla / analytic - 1) < 0.10, (xla, analytic)
 
 
 def test_mlp_memory_forward_flops_match_xla():
-    # Moneta: XLA ≈ 1.23× the analytic count at this tiny size (element-wise ℓp / ℓq / LN / GELU
-    # work is a large share when d = 64 and b = 8; it shrinks with width and chunk size).
-    xla, analytic = _xla_and_analytic('moneta', train=False)
-    assert 0.95 < xla / analytic < 1.35, (xla, analytic)
+  # Moneta: XLA ≈ 1.23× the analytic count at this tiny size (element-wise ℓp / ℓq / LN / GELU
+  # work is a large share when d = 64 and b = 8; it shrinks with width and chunk size).
+  xla, analytic = _xla_and_analytic('moneta', train=False)
+  assert 0.95 < xla / analytic < 1.35, (xla, analytic)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('family, hi', [('gla', 1.1), ('retnet', 1.1), ('hybrid_mamba2', 1.1),
-                                        ('titans_mag', 1.6), ('moneta', 1.6)])
+@pytest.mark.parametrize(
+  'family, hi',
+  [('gla', 1.1), ('retnet', 1.1), ('hybrid_mamba2', 1.1), ('titans_mag', 1.6), ('moneta', 1.6)],
+)
 def test_training_flops_match_xla_slow(family, hi):
-    xla, analytic = _xla_and_analytic(family, train=True)
-    assert 0.9 < xla / analytic < hi, (xla, analytic)  # MLP memories: remat recompute
+  xla, analytic = _xla_and_analytic(family, train=True)
+  assert 0.9 < xla / analytic < hi, (xla, analytic)  # MLP memories: remat recompute
 
 
 def test_flops_scale_with_context_only_for_attention():
-    from configs.models import model_config
-    t = model_config('transformer', '340m')
-    m = model_config('moneta', '340m')
-    assert flops.training_flops_per_token(t, 4096) > flops.training_flops_per_token(t, 2048)
-    assert flops.training_flops_per_token(m, 4096) == flops.training_flops_per_token(m, 2048)
-    # 6N-like magnitude at 340M (N ≈ 3.4e8): between 6N and 6N + attention.
-    assert 1.5e9 < flops.training_flops_per_token(t, 4096) < 4e9
+  from miras_jax.models.presets import model_config
+
+  t = model_config('transformer', '340m')
+  m = model_config('moneta', '340m')
+  assert flops.training_flops_per_token(t, 4096) > flops.training_flops_per_token(t, 2048)
+  assert flops.training_flops_per_token(m, 4096) == flops.training_flops_per_token(m, 2048)
+  # 6N-like magnitude at 340M (N ≈ 3.4e8): between 6N and 6N + attention.
+  assert 1.5e9 < flops.training_flops_per_token(t, 4096) < 4e9

@@ -21,79 +21,108 @@ VOCAB = 512
 
 
 def shared_data_dir() -> Path:
-    return Path(os.environ.get("MIRAS_SHARED_DATA") or REPO_ROOT.parent / "shared" / "data")
+  return Path(os.environ.get('MIRAS_SHARED_DATA') or REPO_ROOT.parent / 'shared' / 'data')
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def tinyshakespeare() -> Path:
-    path = shared_data_dir() / "tinyshakespeare" / "input.txt"
-    if not path.is_file():
-        pytest.skip(f"shared data file {path} not found (set MIRAS_SHARED_DATA to the shared/data directory)")
-    return path
+  path = shared_data_dir() / 'tinyshakespeare' / 'input.txt'
+  if not path.is_file():
+    pytest.skip(
+      f'shared data file {path} not found (set MIRAS_SHARED_DATA to the shared/data directory)'
+    )
+  return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope='session')
 def dataset(tmp_path_factory, tinyshakespeare) -> Path:
-    """The first ~300 KB of tinyshakespeare, one document per paragraph, 512-piece tokenizer."""
-    from miras_jax.data.prepare import prepare
-    from miras_jax.data.train_tokenizer import train_tokenizer
+  """The first ~300 KB of tinyshakespeare, one document per paragraph, 512-piece tokenizer."""
+  from miras_jax.data.prepare import prepare
+  from miras_jax.data.train_tokenizer import train_tokenizer
 
-    root = tmp_path_factory.mktemp("train_data")
-    text = root / "shakespeare.txt"
-    text.write_text(tinyshakespeare.read_text()[:300_000])
-    model = train_tokenizer(str(text), root / "tok", VOCAB, num_threads=1)
-    out = root / "prepared"
-    prepare(str(text), format="text", text_unit="paragraph", tokenizer=model, output_dir=out,
-            val_fraction=0.05, log_every_docs=0)
-    return out
+  root = tmp_path_factory.mktemp('train_data')
+  text = root / 'shakespeare.txt'
+  text.write_text(tinyshakespeare.read_text()[:300_000])
+  model = train_tokenizer(str(text), root / 'tok', VOCAB, num_threads=1)
+  out = root / 'prepared'
+  prepare(
+    str(text),
+    format='text',
+    text_unit='paragraph',
+    tokenizer=model,
+    output_dir=out,
+    val_fraction=0.05,
+    log_every_docs=0,
+  )
+  return out
 
 
-def base_args(dataset: Path, family: str = "transformer", **overrides) -> list[str]:
-    """CLI arguments of a tiny, fast run on ``dataset``; ``overrides`` are config keys with '.'→'__'."""
-    values = {
-        "data.corpus": str(dataset),
-        "model.vocab_size": VOCAB,
-        "train.steps": 4,
-        "train.batch_size": 8,
-        "train.seq_len": 32,
-        "train.lr": 3e-3,
-        "train.warmup_steps": 2,
-        "train.log_every_steps": 1,
-        "train.compute_dtype": "float32",
-        "checkpoint.every_steps": 2,
-        "eval.every_steps": 0,
-        "eval.num_batches": 1,
-    }
-    values.update({k.replace("__", "."): v for k, v in overrides.items()})
-    return [f"--config=configs/base.py:{family},tiny"] + [f"--config.{k}={v}" for k, v in values.items()]
+def base_args(dataset: Path, family: str = 'transformer', **overrides) -> list[str]:
+  """CLI arguments of a tiny, fast run on ``dataset``; ``overrides`` are config keys with '.'→'__'."""
+  values = {
+    'data.corpus': str(dataset),
+    'model.vocab_size': VOCAB,
+    'train.steps': 4,
+    'train.batch_size': 8,
+    'train.seq_len': 32,
+    'train.lr': 3e-3,
+    'train.warmup_steps': 2,
+    'train.log_every_steps': 1,
+    'train.compute_dtype': 'float32',
+    'checkpoint.every_steps': 2,
+    'eval.every_steps': 0,
+    'eval.num_batches': 1,
+  }
+  values.update({k.replace('__', '.'): v for k, v in overrides.items()})
+  return [f'--config=configs/base.py:{family},tiny'] + [
+    f'--config.{k}={v}' for k, v in values.items()
+  ]
 
 
 def train_env(devices: int = 1, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env.update({
-        "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-        "PYTHONUNBUFFERED": "1",
-        **extra,
-    })
-    return env
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)
+  env.update(
+    {
+      'JAX_PLATFORMS': 'cpu',
+      'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}',
+      'PYTHONUNBUFFERED': '1',
+      **extra,
+    }
+  )
+  return env
 
 
 def train_cmd(workdir: Path, args: list[str]) -> list[str]:
-    return [sys.executable, "-m", "miras_jax.train", f"--workdir={workdir}", *args]
+  return [sys.executable, '-m', 'miras_jax.train', f'--workdir={workdir}', *args]
 
 
-def run_train(workdir: Path, args: list[str], *, devices: int = 1, timeout: float = 240, check: bool = True,
-              **env) -> subprocess.CompletedProcess:
-    proc = subprocess.run(train_cmd(workdir, args), cwd=REPO_ROOT, env=train_env(devices, **env),
-                          capture_output=True, text=True, timeout=timeout, check=False)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"training failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
-    return proc
+def run_train(
+  workdir: Path,
+  args: list[str],
+  *,
+  devices: int = 1,
+  timeout: float = 240,
+  check: bool = True,
+  **env,
+) -> subprocess.CompletedProcess:
+  proc = subprocess.run(
+    train_cmd(workdir, args),
+    cwd=REPO_ROOT,
+    env=train_env(devices, **env),
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+    check=False,
+  )
+  if check and proc.returncode != 0:
+    raise AssertionError(
+      f'training failed (rc={proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
+    )
+  return proc
 
 
 def losses(workdir: Path) -> dict[int, float]:
-    from miras_jax.train.metrics import read_metrics
+  from miras_jax.train.metrics import read_metrics
 
-    return {r["step"]: r["loss"] for r in read_metrics(workdir) if "loss" in r}
+  return {r['step']: r['loss'] for r in read_metrics(workdir) if 'loss' in r}

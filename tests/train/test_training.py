@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import socket
@@ -26,144 +25,207 @@ HALF = 3
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if proc.poll() is not None:
-            out, err = proc.communicate()
-            raise AssertionError(f"run ended early (rc={proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("timed out waiting for the run")
-        time.sleep(0.05)
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    if proc.poll() is not None:
+      out, err = proc.communicate()
+      raise AssertionError(f'run ended early (rc={proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}')
+    if time.monotonic() > deadline:
+      proc.kill()
+      raise AssertionError('timed out waiting for the run')
+    time.sleep(0.05)
 
 
 # ------------------------------------------------------------------ sharding
 def test_sharded_8_devices_with_accumulation_matches_1_device(tmp_path, dataset):
-    """data=2 × fsdp=2 × tensor=2 on 8 simulated devices, 2 micro-batches == 1 device, 1 batch."""
-    one, eight = tmp_path / "one", tmp_path / "eight"
-    run_train(one, base_args(dataset, train__steps=3, checkpoint__every_steps=0))
-    proc = run_train(eight, base_args(dataset, train__steps=3, checkpoint__every_steps=0, train__grad_accum_steps=2,
-                               train__batch_size=8, train__mesh__data=2, train__mesh__fsdp=2,
-                               train__mesh__tensor=2), devices=8)
-    a, b = losses(one), losses(eight)
-    assert sorted(a) == sorted(b) == [1, 2, 3]
-    np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=2e-5)
-    assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in proc.stdout
+  """data=2 × fsdp=2 × tensor=2 on 8 simulated devices, 2 micro-batches == 1 device, 1 batch."""
+  one, eight = tmp_path / 'one', tmp_path / 'eight'
+  run_train(one, base_args(dataset, train__steps=3, checkpoint__every_steps=0))
+  proc = run_train(
+    eight,
+    base_args(
+      dataset,
+      train__steps=3,
+      checkpoint__every_steps=0,
+      train__grad_accum_steps=2,
+      train__batch_size=8,
+      train__mesh__data=2,
+      train__mesh__fsdp=2,
+      train__mesh__tensor=2,
+    ),
+    devices=8,
+  )
+  a, b = losses(one), losses(eight)
+  assert sorted(a) == sorted(b) == [1, 2, 3]
+  np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=2e-5)
+  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in proc.stdout
 
 
 def test_two_processes_jax_distributed(tmp_path, dataset):
-    """Two local processes, one CPU device each, joined by jax.distributed on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = base_args(dataset, train__steps=3, checkpoint__every_steps=3, eval__num_batches=1)
-    procs = [
-        subprocess.Popen(
-            train_cmd(tmp_path, [*args, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                                 f"--process_id={i}"]),
-            cwd=REPO_ROOT, env=train_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outs):
-        assert p.returncode == 0, f"{out[-2000:]}\n{err[-4000:]}"
-    assert "2 x cpu on 2 process(es)" in outs[0][0]
-    assert "step 3/3" in outs[0][0] and "step " not in outs[1][0]  # only process 0 prints progress
-    got = losses(tmp_path)
-    assert sorted(got) == [1, 2, 3] and all(math.isfinite(v) for v in got.values())
-    data = tmp_path / "checkpoints" / "3" / "data"
-    assert sorted(p.name for p in data.glob("process_*.json")) == ["process_0-of-2.json", "process_1-of-2.json"]
-    states = [json.loads((data / f"process_{i}-of-2.json").read_text()) for i in range(2)]
-    assert [s["pipeline"]["process_index"] for s in states] == [0, 1]
+  """Two local processes, one CPU device each, joined by jax.distributed on 127.0.0.1."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  args = base_args(dataset, train__steps=3, checkpoint__every_steps=3, eval__num_batches=1)
+  procs = [
+    subprocess.Popen(
+      train_cmd(
+        tmp_path,
+        [
+          *args,
+          f'--coordinator_address=127.0.0.1:{port}',
+          '--num_processes=2',
+          f'--process_id={i}',
+        ],
+      ),
+      cwd=REPO_ROOT,
+      env=train_env(1),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, f'{out[-2000:]}\n{err[-4000:]}'
+  assert '2 x cpu on 2 process(es)' in outs[0][0]
+  assert 'step 3/3' in outs[0][0] and 'step ' not in outs[1][0]  # only process 0 prints progress
+  got = losses(tmp_path)
+  assert sorted(got) == [1, 2, 3] and all(math.isfinite(v) for v in got.values())
+  data = tmp_path / 'checkpoints' / '3' / 'data'
+  assert sorted(p.name for p in data.glob('process_*.json')) == [
+    'process_0-of-2.json',
+    'process_1-of-2.json',
+  ]
+  states = [json.loads((data / f'process_{i}-of-2.json').read_text()) for i in range(2)]
+  assert [s['pipeline']['process_index'] for s in states] == [0, 1]
 
 
 # -------------------------------------------------------------------- resume
-@pytest.fixture(scope="module")
+@pytest.fixture(scope='module')
 def straight_run(tmp_path_factory, dataset) -> Path:
-    """STEPS steps in one go, checkpoints at HALF and STEPS."""
-    workdir = tmp_path_factory.mktemp("straight")
-    run_train(workdir, base_args(dataset, train__steps=STEPS, checkpoint__every_steps=HALF))
-    return workdir
+  """STEPS steps in one go, checkpoints at HALF and STEPS."""
+  workdir = tmp_path_factory.mktemp('straight')
+  run_train(workdir, base_args(dataset, train__steps=STEPS, checkpoint__every_steps=HALF))
+  return workdir
 
 
 def test_resume_after_sigkill_is_exact(tmp_path, dataset, straight_run):
-    args = base_args(dataset, train__steps=STEPS, checkpoint__every_steps=HALF)
-    proc = subprocess.Popen(train_cmd(tmp_path, args), cwd=REPO_ROOT,
-                            env=train_env(1, MIRAS_TRAIN_STEP_DELAY_S="0.5"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: (tmp_path / "checkpoints" / str(HALF) / "commit_success.txt").exists(), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-    assert not (tmp_path / "checkpoints" / str(STEPS)).exists()
+  args = base_args(dataset, train__steps=STEPS, checkpoint__every_steps=HALF)
+  proc = subprocess.Popen(
+    train_cmd(tmp_path, args),
+    cwd=REPO_ROOT,
+    env=train_env(1, MIRAS_TRAIN_STEP_DELAY_S='0.5'),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  _wait_for(lambda: (tmp_path / 'checkpoints' / str(HALF) / 'commit_success.txt').exists(), proc)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  assert not (tmp_path / 'checkpoints' / str(STEPS)).exists()
 
-    second = run_train(tmp_path, args)
-    assert f"resume: restored step {HALF}" in second.stdout
-    want, got = losses(straight_run), losses(tmp_path)
-    assert sorted(got) == list(range(1, STEPS + 1))
-    for step in range(HALF + 1, STEPS + 1):
-        assert got[step] == want[step], (step, got[step], want[step])  # bit-identical in float32
-    assert (tmp_path / "loss_curve.png").stat().st_size > 0
+  second = run_train(tmp_path, args)
+  assert f'resume: restored step {HALF}' in second.stdout
+  want, got = losses(straight_run), losses(tmp_path)
+  assert sorted(got) == list(range(1, STEPS + 1))
+  for step in range(HALF + 1, STEPS + 1):
+    assert got[step] == want[step], (step, got[step], want[step])  # bit-identical in float32
+  assert (tmp_path / 'loss_curve.png').stat().st_size > 0
 
 
 def test_corrupt_latest_checkpoint_falls_back(tmp_path, dataset, straight_run):
-    workdir = tmp_path / "run"
-    shutil.copytree(straight_run, workdir)
-    (workdir / "metrics.jsonl").unlink()
-    state_files = [p for p in (workdir / "checkpoints" / str(STEPS) / "state").rglob("*")
-                   if p.is_file() and p.stat().st_size > 0 and "ocdbt" in str(p)]
-    assert state_files
-    for p in state_files:  # truncate the array data
-        with open(p, "r+b") as f:
-            f.truncate(p.stat().st_size // 2)
-    proc = run_train(workdir, base_args(dataset, train__steps=STEPS, checkpoint__every_steps=HALF))
-    assert f"checkpoint step {STEPS} is unreadable" in proc.stdout
-    assert f"resume: restored step {HALF}" in proc.stdout
-    assert list((workdir / "checkpoints").glob(f"corrupt-{STEPS}-*"))
-    want, got = losses(straight_run), losses(workdir)
-    assert [got[s] for s in range(HALF + 1, STEPS + 1)] == [want[s] for s in range(HALF + 1, STEPS + 1)]
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight_run, workdir)
+  (workdir / 'metrics.jsonl').unlink()
+  state_files = [
+    p
+    for p in (workdir / 'checkpoints' / str(STEPS) / 'state').rglob('*')
+    if p.is_file() and p.stat().st_size > 0 and 'ocdbt' in str(p)
+  ]
+  assert state_files
+  for p in state_files:  # truncate the array data
+    with open(p, 'r+b') as f:
+      f.truncate(p.stat().st_size // 2)
+  proc = run_train(workdir, base_args(dataset, train__steps=STEPS, checkpoint__every_steps=HALF))
+  assert f'checkpoint step {STEPS} is unreadable' in proc.stdout
+  assert f'resume: restored step {HALF}' in proc.stdout
+  assert list((workdir / 'checkpoints').glob(f'corrupt-{STEPS}-*'))
+  want, got = losses(straight_run), losses(workdir)
+  assert [got[s] for s in range(HALF + 1, STEPS + 1)] == [
+    want[s] for s in range(HALF + 1, STEPS + 1)
+  ]
 
 
 def test_sigterm_saves_and_exits_cleanly(tmp_path, dataset):
-    args = base_args(dataset, train__steps=200, checkpoint__every_steps=0)
-    proc = subprocess.Popen(train_cmd(tmp_path, args), cwd=REPO_ROOT,
-                            env=train_env(1, MIRAS_TRAIN_STEP_DELAY_S="0.2"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for(lambda: len(losses(tmp_path)) >= 2, proc)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-3000:]
-    assert "preempted (SIGTERM)" in out
-    saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-    assert len(saved) == 1 and 2 <= saved[0] < 200
-    assert saved[0] == max(losses(tmp_path))  # saved at the step it stopped on
+  args = base_args(dataset, train__steps=200, checkpoint__every_steps=0)
+  proc = subprocess.Popen(
+    train_cmd(tmp_path, args),
+    cwd=REPO_ROOT,
+    env=train_env(1, MIRAS_TRAIN_STEP_DELAY_S='0.2'),
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  _wait_for(lambda: len(losses(tmp_path)) >= 2, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 0, err[-3000:]
+  assert 'preempted (SIGTERM)' in out
+  saved = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert len(saved) == 1 and 2 <= saved[0] < 200
+  assert saved[0] == max(losses(tmp_path))  # saved at the step it stopped on
 
 
 # ------------------------------------------------------------------- memory
 def test_moneta_logs_inner_loss_and_artifacts(tmp_path, dataset):
-    run_train(tmp_path, base_args(dataset, family="moneta", train__steps=2, checkpoint__every_steps=0,
-                                  eval__every_steps=2), timeout=300)
-    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    train_rows = [r for r in rows if "loss" in r]
-    for key in ("step", "loss", "lr", "grad_norm", "tokens_per_sec", "inner/inner_loss_before",
-                "inner/inner_loss_after"):
-        assert key in train_rows[-1], key
-    assert any("val_loss" in r for r in rows)
-    assert (tmp_path / "loss_curve.png").stat().st_size > 0
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
-    assert (tmp_path / "checkpoints" / "2").is_dir()  # the final step is always saved
+  run_train(
+    tmp_path,
+    base_args(
+      dataset, family='moneta', train__steps=2, checkpoint__every_steps=0, eval__every_steps=2
+    ),
+    timeout=300,
+  )
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  train_rows = [r for r in rows if 'loss' in r]
+  for key in (
+    'step',
+    'loss',
+    'lr',
+    'grad_norm',
+    'tokens_per_sec',
+    'inner/inner_loss_before',
+    'inner/inner_loss_after',
+  ):
+    assert key in train_rows[-1], key
+  assert any('val_loss' in r for r in rows)
+  assert (tmp_path / 'loss_curve.png').stat().st_size > 0
+  assert list((tmp_path / 'tensorboard').glob('events.out.tfevents.*'))
+  assert (tmp_path / 'checkpoints' / '2').is_dir()  # the final step is always saved
 
 
 def test_zero_shot_tasks_during_training(tmp_path, dataset, tinyshakespeare):
-    """``eval.tasks`` runs the zero-shot harness at evaluation steps and logs its metrics."""
-    data_dir = tinyshakespeare.parent.parent  # the shared data directory
-    if not (data_dir / "piqa" / "valid.jsonl").is_file():
-        pytest.skip(f"PIQA files not found under {data_dir}")
-    run_train(tmp_path, base_args(dataset, train__steps=2, checkpoint__every_steps=0,
-                                  eval__every_steps=2, eval__tasks="piqa,mqar",
-                                  eval__data_dir=str(data_dir), eval__limit=4), timeout=300)
-    rows = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    zs = [r for r in rows if "eval/piqa/acc" in r]
-    assert zs and zs[-1]["step"] == 2
-    assert 0.0 <= zs[-1]["eval/piqa/acc"] <= 1.0
-    assert any(k.startswith("eval/mqar/acc/") for k in zs[-1])
+  """``eval.tasks`` runs the zero-shot harness at evaluation steps and logs its metrics."""
+  data_dir = tinyshakespeare.parent.parent  # the shared data directory
+  if not (data_dir / 'piqa' / 'valid.jsonl').is_file():
+    pytest.skip(f'PIQA files not found under {data_dir}')
+  run_train(
+    tmp_path,
+    base_args(
+      dataset,
+      train__steps=2,
+      checkpoint__every_steps=0,
+      eval__every_steps=2,
+      eval__tasks='piqa,mqar',
+      eval__data_dir=str(data_dir),
+      eval__limit=4,
+    ),
+    timeout=300,
+  )
+  rows = [json.loads(l) for l in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  zs = [r for r in rows if 'eval/piqa/acc' in r]
+  assert zs and zs[-1]['step'] == 2
+  assert 0.0 <= zs[-1]['eval/piqa/acc'] <= 1.0
+  assert any(k.startswith('eval/mqar/acc/') for k in zs[-1])

@@ -42,11 +42,11 @@ from miras_jax.models.config import LMConfig
 
 # size -> (n_layers, d_model, n_heads, mlp_dim (transformer), tie_embeddings)
 SIZES = {
-    'tiny': (2, 64, 4, 128, True),
-    '170m': (12, 768, 16, 3072, False),
-    '340m': (24, 1024, 16, 2816, True),
-    '760m': (24, 1536, 16, 4096, False),
-    '1.3b': (18, 2048, 8, 8192, True),
+  'tiny': (2, 64, 4, 128, True),
+  '170m': (12, 768, 16, 3072, False),
+  '340m': (24, 1024, 16, 2816, True),
+  '760m': (24, 1536, 16, 4096, False),
+  '1.3b': (18, 2048, 8, 8192, True),
 }
 # Narrower MLP for memory mixers (see the module docstring): size -> mlp_dim.
 _MEMORY_MLP = {'tiny': 128, '170m': 2816, '340m': 2560, '760m': 3584, '1.3b': 7680}
@@ -62,83 +62,82 @@ HYBRID_PREFIX = 'hybrid_'
 # data-dependent, so training can move α down again: watch the gradient norm, and see
 # ``memory_grad_horizon`` for truncation. rule -> (eta_max, alpha_init).
 _GATES = {
-    'titans': (1.0, (0.999, 0.9999)),
-    'yaad': (1.0, (0.9999, 0.99999)),
-    'memora': (0.01, (0.99, 0.999)),
+  'titans': (1.0, (0.999, 0.9999)),
+  'yaad': (1.0, (0.9999, 0.99999)),
+  'memora': (0.01, (0.99, 0.999)),
 }
 
 
 def families() -> list[str]:
-    rules = list_rules()
-    return (['transformer'] + rules + [HYBRID_PREFIX + r for r in rules]
-            + ['titans_mag', 'titans_mal'])
+  rules = list_rules()
+  return ['transformer'] + rules + [HYBRID_PREFIX + r for r in rules] + ['titans_mag', 'titans_mal']
 
 
 def _family_spec(family: str) -> tuple[list[str], str]:
-    """(pattern, rule) of a family."""
-    rules = list_rules()
-    if family == 'transformer':
-        return ['attention'], 'moneta'
-    if family in rules:
-        return ['memory'], family
-    if family.startswith(HYBRID_PREFIX) and family[len(HYBRID_PREFIX):] in rules:
-        return ['memory', 'swa'], family[len(HYBRID_PREFIX):]
-    if family == 'titans_mal':
-        return ['memory', 'swa'], 'titans'
-    if family == 'titans_mag':
-        return ['mag'], 'titans'
-    raise ValueError(f'unknown model family {family!r}; known: {", ".join(families())}')
+  """(pattern, rule) of a family."""
+  rules = list_rules()
+  if family == 'transformer':
+    return ['attention'], 'moneta'
+  if family in rules:
+    return ['memory'], family
+  if family.startswith(HYBRID_PREFIX) and family[len(HYBRID_PREFIX) :] in rules:
+    return ['memory', 'swa'], family[len(HYBRID_PREFIX) :]
+  if family == 'titans_mal':
+    return ['memory', 'swa'], 'titans'
+  if family == 'titans_mag':
+    return ['mag'], 'titans'
+  raise ValueError(f'unknown model family {family!r}; known: {", ".join(families())}')
 
 
 def model_config(family: str, size: str) -> ConfigDict:
-    """The preset of ``family`` at ``size`` (see the module docstring)."""
-    if size not in SIZES:
-        raise ValueError(f'unknown size {size!r}; known: {", ".join(SIZES)}')
-    pattern, rule = _family_spec(family)
-    n_layers, d, heads, mlp, tie = SIZES[size]
-    tiny = size == 'tiny'
-    if pattern == ['mag']:
-        mlp = _MAG_MLP[size]
-    elif pattern == ['memory']:
-        mlp = _MEMORY_MLP[size]
-    c = ConfigDict()
-    c.name = 'lm'
-    c.family = family
-    c.vocab_size = 256 if tiny else 32000
-    c.d_model = d
-    c.n_layers = n_layers
-    c.n_heads = heads
-    c.n_kv_heads = None
-    c.head_dim = d // heads
-    c.mlp_dim = mlp
-    c.pattern = list(pattern)
-    c.rule = rule
-    c.chunk_size = 8 if tiny else 64
-    c.memory_impl = 'auto'
-    c.gate_rank = 8 if tiny else 32
-    c.conv_size = 4
-    # Gate initialisation (the papers give none; see _GATES): η's ceiling and α's range.
-    c.eta_max, c.alpha_init = _GATES.get(rule, (LMConfig.eta_max, LMConfig.alpha_init))
-    c.output_gate = 'silu'
-    c.memory_remat_group = 4
-    c.memory_grad_horizon = 0  # exact gradients (truncation is opt-in)
-    c.window = 16 if tiny else 2048
-    c.rope_theta = 10_000.0
-    c.attention_backend = 'xla'
-    # Titans' persistent memory (§3.3) in the Titans hybrids only; the paper does not print N_p.
-    c.persistent_tokens = (4 if tiny else 16) if family.startswith('titans_') else 0
-    c.max_len = 128 if tiny else 4096
-    c.tie_embeddings = tie
-    c.norm_eps = 1e-6
-    c.embed_init_std = 0.02
-    c.dtype = 'float32'
-    c.param_dtype = 'float32'
-    c.remat = 'none' if tiny else 'dots_with_no_batch_dims_saveable'
-    c.scan_layers = True
-    return c
+  """The preset of ``family`` at ``size`` (see the module docstring)."""
+  if size not in SIZES:
+    raise ValueError(f'unknown size {size!r}; known: {", ".join(SIZES)}')
+  pattern, rule = _family_spec(family)
+  n_layers, d, heads, mlp, tie = SIZES[size]
+  tiny = size == 'tiny'
+  if pattern == ['mag']:
+    mlp = _MAG_MLP[size]
+  elif pattern == ['memory']:
+    mlp = _MEMORY_MLP[size]
+  c = ConfigDict()
+  c.name = 'lm'
+  c.family = family
+  c.vocab_size = 256 if tiny else 32000
+  c.d_model = d
+  c.n_layers = n_layers
+  c.n_heads = heads
+  c.n_kv_heads = None
+  c.head_dim = d // heads
+  c.mlp_dim = mlp
+  c.pattern = list(pattern)
+  c.rule = rule
+  c.chunk_size = 8 if tiny else 64
+  c.memory_impl = 'auto'
+  c.gate_rank = 8 if tiny else 32
+  c.conv_size = 4
+  # Gate initialisation (the papers give none; see _GATES): η's ceiling and α's range.
+  c.eta_max, c.alpha_init = _GATES.get(rule, (LMConfig.eta_max, LMConfig.alpha_init))
+  c.output_gate = 'silu'
+  c.memory_remat_group = 4
+  c.memory_grad_horizon = 0  # exact gradients (truncation is opt-in)
+  c.window = 16 if tiny else 2048
+  c.rope_theta = 10_000.0
+  c.attention_backend = 'xla'
+  # Titans' persistent memory (§3.3) in the Titans hybrids only; the paper does not print N_p.
+  c.persistent_tokens = (4 if tiny else 16) if family.startswith('titans_') else 0
+  c.max_len = 128 if tiny else 4096
+  c.tie_embeddings = tie
+  c.norm_eps = 1e-6
+  c.embed_init_std = 0.02
+  c.dtype = 'float32'
+  c.param_dtype = 'float32'
+  c.remat = 'none' if tiny else 'dots_with_no_batch_dims_saveable'
+  c.scan_layers = True
+  return c
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
-    """``configs/models.py:moneta,340m`` → the model section alone."""
-    parts = [p.strip() for p in (arg or 'moneta,tiny').split(',')]
-    return model_config(parts[0], parts[1] if len(parts) > 1 else 'tiny')
+  """``miras_jax/models/presets.py:moneta,340m`` → the model section alone."""
+  parts = [p.strip() for p in (arg or 'moneta,tiny').split(',')]
+  return model_config(parts[0], parts[1] if len(parts) > 1 else 'tiny')
