@@ -9,6 +9,12 @@ locked, so an unknown key or a value of the wrong type is a one-line error
 (exit status 2). Running the same command again resumes from the newest
 checkpoint in ``<workdir>/checkpoints``. SIGTERM saves and exits with status 0.
 
+Every failure a user can cause ends in one line on stderr, ``python -m
+miras_jax.train: error: ...``: status 2 for a bad command (config, workdir,
+data, a checkpoint of another model, a run directory in use), status 1 when
+the run itself fails (training diverged, a file system error such as a full
+disk). A checkpoint is never changed by a failed command.
+
 Multi-host: ``jax.distributed.initialize()`` runs when ``--coordinator_address``
 / ``--num_processes`` / ``--process_id`` are given (or the
 ``MIRAS_COORDINATOR_ADDRESS`` / ``MIRAS_NUM_PROCESSES`` / ``MIRAS_PROCESS_ID``
@@ -48,14 +54,14 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, "this process's index (mu
 PROG = 'python -m miras_jax.train'
 
 
-def _fail(message: object) -> int:
+def _fail(message: object, status: int = 2) -> int:
   text = str(message)
   if 'Traceback (most recent call last)' in text:  # config file raised: keep its last line
     head = text.split('Traceback (most recent call last)')[0].rstrip(' :\n')
     last = [l for l in text.splitlines() if l.strip()][-1].strip()
     text = f'{head}: {last}'
   print(f'{PROG}: error: {" ".join(text.split())}', file=sys.stderr, flush=True)
-  return 2
+  return status
 
 
 def _maybe_initialize_distributed() -> None:
@@ -84,6 +90,12 @@ def _maybe_initialize_distributed() -> None:
 def main(argv: list[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else [PROG, *argv])
   overrides = [a.split('=', 1)[0][2:] for a in argv[1:] if a.startswith('--config.')]
+  config_file = next((a.split('=', 1)[1] for a in argv[1:] if a.startswith('--config=')), '')
+  if config_file and not config_file.split(':', 1)[0].endswith('.py'):
+    return _fail(
+      f'--config={config_file}: a config is a Python file defining get_config() '
+      '(e.g. configs/quickstart.py)'
+    )
   try:
     flags.FLAGS(argv)
     config = _CONFIG.value
@@ -91,16 +103,13 @@ def main(argv: list[str] | None = None) -> int:
       config.get('train')  # a config file that failed to load raises here
   except flags.Error as e:
     return _fail(e)
-  except (AttributeError, KeyError) as e:  # an override names a key the locked config lacks
+  except (AttributeError, KeyError) as e:
     detail = str(e.args[0]) if e.args else str(e)
-    bad = [o for o in overrides if any(part in detail for part in o.split('.')[1:])] or overrides
-    hint = re.search(r'Did you mean "([^"]+)"', detail)
-    return _fail(
-      f'unknown config key {", ".join(bad) or detail}'
-      + (f' (did you mean "{hint.group(1)}"?)' if hint else '')
-    )
-  except (OSError, ImportError, ValueError, TypeError, SyntaxError) as e:
-    return _fail(f'cannot load config: {e}')
+    if not overrides or 'get_config' in detail:  # the file itself is broken
+      return _fail(f'cannot load config {config_file}: {detail}')
+    return _fail(_unknown_key(detail, overrides))
+  except Exception as e:  # pylint: disable=broad-except  # the config file raised
+    return _fail(f'cannot load config {config_file}: {type(e).__name__}: {e}')
   if _CONFIG.value is None:
     return _fail('--config is required (e.g. --config=configs/quickstart.py)')
   if not _WORKDIR.value:
@@ -111,19 +120,52 @@ def main(argv: list[str] | None = None) -> int:
   logging.getLogger('absl').setLevel(logging.WARNING)
 
   from miras_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
+  from miras_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from miras_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   from miras_jax.train import loop  # pylint: disable=import-outside-toplevel
+  from miras_jax.train.lock import WorkdirLockedError  # pylint: disable=import-outside-toplevel
   from miras_jax.train.sharding import MeshError  # pylint: disable=import-outside-toplevel
 
   try:
+    config_lib.check_config_object(_CONFIG.value)
     _maybe_initialize_distributed()
     result = loop.train(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, MeshError, DataError, FileNotFoundError) as e:
+  except (
+    config_lib.ConfigError,
+    MeshError,
+    DataError,
+    FileNotFoundError,
+    ckpt_lib.CheckpointMismatchError,
+    ckpt_lib.NoReadableCheckpointError,
+    WorkdirLockedError,
+  ) as e:
     return _fail(e)
+  except loop.DivergenceError as e:
+    return _fail(e, status=1)
+  except OSError as e:  # full disk, permissions, a vanished file system ...
+    where = f' ({e.filename})' if getattr(e, 'filename', None) else ''
+    return _fail(f'{e.strerror or e}{where}', status=1)
   except KeyboardInterrupt:
     return _fail('interrupted')
   del result
   return 0
+
+
+def _unknown_key(detail: str, overrides: list[str]) -> str:
+  """The message for an override naming a key the locked config lacks.
+
+  ``ml_collections`` reports only the missing leaf name (``"Key 'stpes' does not exist ...``),
+  so the override whose last component is that name is the culprit; valid siblings given in
+  the same command are not named.
+  """
+  hint = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', detail)
+  if hint:  # ml_collections names the missing leaf in its suggestion
+    bad = [o for o in overrides if o.split('.')[-1] == hint.group(2)]
+  else:
+    bad = [o for o in overrides if re.search(rf"['\"]{re.escape(o.split('.')[-1])}['\"]", detail)]
+  return f'unknown config key {", ".join(bad or overrides)}' + (
+    f' (did you mean "{hint.group(1)}"?)' if hint else ''
+  )
 
 
 if __name__ == '__main__':

@@ -10,9 +10,18 @@ Layout of ``<workdir>/checkpoints/<step>/``:
     config/   the resolved config (JSON)
 
 A step is only listed once Orbax has committed it (written under a temporary
-name, then renamed), so a save cut by a hard kill is invisible. A committed
-step that cannot be read (truncated or corrupt files) is reported, moved aside
-to ``checkpoints/corrupt-<step>-<time>`` and the previous step is used.
+name, then renamed), so a save cut by a hard kill is invisible.
+
+Restoring tells two failures apart (:meth:`Checkpointer.restore_latest`):
+
+- *does not fit*: the files are readable (Orbax's tree metadata loads) but hold
+  another structure than the requested train state (another model or
+  optimiser). This is the user's request that is wrong, not the checkpoint:
+  :class:`CheckpointMismatchError` is raised and nothing is touched.
+- *unreadable*: the metadata cannot be read, or it fits but reading the arrays
+  or the data position fails (truncated / corrupt files). Only then is the
+  step reported, moved aside to ``checkpoints/corrupt-<step>-<time>`` and the
+  previous step used.
 
 Saving policy: every ``every_steps`` steps (Orbax's ``save_interval_steps``),
 keep the last ``keep_last`` plus every ``keep_every``-th step
@@ -40,7 +49,15 @@ import orbax.checkpoint as ocp
 from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
 
-__all__ = ['CHECKPOINT_DIR', 'Checkpointer', 'PreemptionWatcher', 'NoReadableCheckpointError']
+__all__ = [
+  'CHECKPOINT_DIR',
+  'Checkpointer',
+  'PreemptionWatcher',
+  'NoReadableCheckpointError',
+  'CheckpointMismatchError',
+  'read_stored_config',
+  'state_signature',
+]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +66,60 @@ CHECKPOINT_DIR = 'checkpoints'
 
 class NoReadableCheckpointError(RuntimeError):
   """Checkpoints exist but none of them could be restored."""
+
+
+class CheckpointMismatchError(ValueError):
+  """A readable checkpoint holds another train state than the one requested (one line)."""
+
+
+def read_stored_config(step_dir: str | os.PathLike) -> dict[str, Any] | None:
+  """The config saved with a checkpoint step (``<step>/config/metadata``); None if absent/unreadable."""
+  path = Path(step_dir) / 'config' / 'metadata'
+  try:
+    cfg = json.loads(path.read_text())
+  except (OSError, ValueError):
+    return None
+  return cfg if isinstance(cfg, dict) else None
+
+
+def _key_name(k: Any) -> str:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def state_signature(tree: Any) -> tuple[dict[str, tuple[int, ...]], list[tuple[int, ...]]]:
+  """(``params`` leaf path -> shape, sorted shapes of every other leaf) of a train-state tree.
+
+  Works on the abstract state (``TrainState`` of ``ShapeDtypeStruct``) and on Orbax's stored
+  tree metadata (nested dicts / lists of ``ArrayMetadata``), whose containers differ (dataclass
+  and named tuples vs dicts and lists): parameters are compared by path, the optimiser state
+  by its multiset of shapes.
+  """
+  params, other = {}, []
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    names = [_key_name(k) for k in path]
+    shape = tuple(int(d) for d in getattr(leaf, 'shape', ()))
+    if names and names[0] == 'params':
+      params['/'.join(names[1:])] = shape
+    else:
+      other.append(shape)
+  return params, sorted(other)
+
+
+def _describe_mismatch(want: Any, have: Any) -> str | None:
+  (pw, ow), (ph, oh) = want, have
+  if pw != ph:
+    diffs = [
+      f'{k} {ph.get(k, "missing")} vs requested {pw.get(k, "missing")}'
+      for k in sorted(set(pw) | set(ph))
+      if pw.get(k) != ph.get(k)
+    ]
+    return f'{len(diffs)} parameter(s) differ, e.g. ' + '; '.join(diffs[:3])
+  if ow != oh:
+    return f'the optimiser state differs ({len(oh)} stored vs {len(ow)} requested arrays)'
+  return None
 
 
 class _FrozenIteratorState:
@@ -148,26 +219,50 @@ class Checkpointer:
       raise ValueError(f'checkpoint step {step} has no data-iterator state')
     return restored['state'], captured.state
 
+  def all_steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def stored_signature(self, step: int) -> Any:
+    """:func:`state_signature` of the stored state of ``step`` (raises when unreadable)."""
+    absl_log = logging.getLogger('absl')
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)  # Orbax warns that the item has no _CHECKPOINT_METADATA file
+    try:
+      meta = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / 'state')
+    finally:
+      absl_log.setLevel(level)
+    tree = getattr(getattr(meta, 'item_metadata', None), 'tree', None)
+    if tree is None:
+      tree = getattr(meta, 'tree', meta)
+    if not isinstance(tree, dict) or 'params' not in tree:
+      raise ValueError(f'unexpected state metadata {type(tree).__name__}')
+    return state_signature(tree)
+
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
-    """Restore the newest readable step, moving unreadable ones aside; None when there is none."""
+    """Restore the newest readable step, moving unreadable ones aside; None when there is none.
+
+    Raises :class:`CheckpointMismatchError` (touching nothing) when a readable step holds another
+    structure than ``abstract_state``.
+    """
     steps = sorted(self.manager.all_steps(), reverse=True)
+    want = state_signature(abstract_state)
     for step in steps:
+      try:
+        have = self.stored_signature(step)
+      except Exception as e:  # pylint: disable=broad-except
+        self._unreadable(step, e)
+        continue
+      mismatch = _describe_mismatch(want, have)
+      if mismatch:
+        raise CheckpointMismatchError(
+          f'checkpoint step {step} in {self.directory} does not fit the requested model / '
+          f'optimiser ({mismatch}); resume with the config it was trained with, or use a new '
+          '--workdir (nothing was changed)'
+        )
       try:
         state, data_state = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
-        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
-        log.error(
-          'checkpoint step %d in %s is unreadable (%s); falling back to the previous one',
-          step,
-          self.directory,
-          reason,
-        )
-        print(
-          f'WARNING: checkpoint step {step} is unreadable ({reason}); '
-          'falling back to the previous checkpoint',
-          flush=True,
-        )
-        self._quarantine(step)
+        self._unreadable(step, e)
         continue
       return step, state, data_state
     if steps:
@@ -175,6 +270,21 @@ class Checkpointer:
         f'none of the checkpoints {steps} in {self.directory} could be restored'
       )
     return None
+
+  def _unreadable(self, step: int, e: BaseException) -> None:
+    reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
+    log.error(
+      'checkpoint step %d in %s is unreadable (%s); falling back to the previous one',
+      step,
+      self.directory,
+      reason,
+    )
+    print(
+      f'WARNING: checkpoint step {step} is unreadable ({reason}); '
+      'falling back to the previous checkpoint',
+      flush=True,
+    )
+    self._quarantine(step)
 
   def _quarantine(self, step: int) -> None:
     if jax.process_index() == 0:

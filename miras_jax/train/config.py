@@ -10,6 +10,7 @@ counts): every failure is a :class:`ConfigError` with a one-line message.
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,11 +19,37 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
-__all__ = ['ConfigError', 'validate', 'to_dict', 'write_json', 'compute_dtype', 'eval_batch_size']
+__all__ = [
+  'ConfigError',
+  'check_config_object',
+  'validate',
+  'resume_mismatch',
+  'to_dict',
+  'write_json',
+  'compute_dtype',
+  'eval_batch_size',
+]
 
 CONFIG_FILE = 'config.json'
 SECTIONS = ('model', 'data', 'train', 'checkpoint', 'eval')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
+_FLOAT32_MAX = 3.4028234663852886e38
+
+# Model keys that choose how the same function is computed (precision of the activations,
+# rematerialisation, kernel / implementation choice, gradient truncation), not which function
+# or which parameters: a run may resume with them changed. Every other ``model.*`` key is part
+# of the model, so a checkpoint only resumes under equal values (see :func:`resume_mismatch`).
+RUNTIME_MODEL_KEYS = frozenset(
+  {
+    'dtype',
+    'remat',
+    'remat_policy',
+    'attention_backend',
+    'memory_impl',
+    'memory_remat_group',
+    'memory_grad_horizon',
+  }
+)
 
 
 class ConfigError(ValueError):
@@ -38,8 +65,34 @@ def eval_batch_size(config: ConfigDict) -> int:
   return int(config.eval.batch_size) or int(config.train.batch_size)
 
 
+def check_config_object(config: Any) -> None:
+  """A loaded ``--config`` must be a ``ConfigDict`` with every section (e.g. not YAML / a dict)."""
+  if not isinstance(config, ConfigDict):
+    raise ConfigError(
+      f'the config file must define get_config() returning an ml_collections.ConfigDict, '
+      f'got {type(config).__name__} (see configs/quickstart.py)'
+    )
+
+
+def _finite(name: str, value: Any, *, low: float, low_ok: bool) -> float:
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    raise ConfigError(f'{name} must be a number, got {value!r}') from None
+  if not math.isfinite(v) or abs(v) > _FLOAT32_MAX or v < low or (v == low and not low_ok):
+    raise ConfigError(
+      f'{name} must be a finite number {">=" if low_ok else ">"} {low:g}, got {value}'
+    )
+  return v
+
+
 def validate(config: ConfigDict, *, process_count: int | None = None) -> None:
-  """Raise :class:`ConfigError` for values that cannot work together."""
+  """Raise :class:`ConfigError` for values that cannot work together (no files, no devices).
+
+  Everything a run uses is checked here, before the run directory is touched, so a bad value
+  never surfaces later (e.g. an unknown ``eval.tasks`` name at the first evaluation).
+  """
+  check_config_object(config)
   missing = [s for s in SECTIONS if s not in config]
   if missing:
     raise ConfigError(f'config has no section(s) {", ".join(missing)}')
@@ -49,8 +102,18 @@ def validate(config: ConfigDict, *, process_count: int | None = None) -> None:
   process_count = jax.process_count() if process_count is None else process_count
   for key in ('steps', 'batch_size', 'seq_len', 'grad_accum_steps', 'log_every_steps'):
     _positive(f'train.{key}', t[key])
-  if float(t.lr) <= 0:
-    raise ConfigError(f'train.lr must be > 0, got {t.lr}')
+  _finite('train.lr', t.lr, low=0.0, low_ok=False)
+  for key in ('weight_decay', 'grad_clip', 'eps', 'b1', 'b2'):
+    _finite(f'train.{key}', t[key], low=0.0, low_ok=True)
+  for key in ('b1', 'b2'):
+    if float(t[key]) >= 1.0:
+      raise ConfigError(f'train.{key} must be < 1, got {t[key]}')
+  if 'loss_spike_factor' in t:
+    spike = _finite('train.loss_spike_factor', t.loss_spike_factor, low=0.0, low_ok=True)
+    if 0 < spike <= 1:
+      raise ConfigError(
+        f'train.loss_spike_factor must be 0 (off) or > 1, got {t.loss_spike_factor}'
+      )
   if int(t.warmup_steps) < 0:
     raise ConfigError(f'train.warmup_steps must be >= 0, got {t.warmup_steps}')
   if not 0.0 <= float(t.min_lr_ratio) <= 1.0:
@@ -78,10 +141,60 @@ def validate(config: ConfigDict, *, process_count: int | None = None) -> None:
     if int(k[key]) < 0:
       raise ConfigError(f'checkpoint.{key} must be >= 0, got {k[key]}')
   _positive('checkpoint.keep_last', k.keep_last)
-  if int(config.eval.every_steps) < 0 or int(config.eval.num_batches) < 0:
-    raise ConfigError('eval.every_steps and eval.num_batches must be >= 0')
+  e = config.eval
+  for key in ('every_steps', 'num_batches', 'batch_size', 'limit'):
+    if key in e and int(e[key]) < 0:
+      raise ConfigError(f'eval.{key} must be >= 0, got {e[key]}')
+  if str(e.get('tasks', '') or '').strip():
+    from miras_jax.evals.harness import parse_tasks  # pylint: disable=import-outside-toplevel
+
+    try:
+      parse_tasks(str(e.tasks))
+    except ValueError as err:
+      raise ConfigError(f'eval.tasks: {err}') from None
   if not str(config.data.corpus):
     raise ConfigError("data.corpus is empty (use 'default', a text file/dir, or a prepared dir)")
+  d = config.data
+  if 'val_fraction' in d and not 0.0 <= float(d.val_fraction) < 1.0:
+    raise ConfigError(f'data.val_fraction must be in [0, 1), got {d.val_fraction}')
+  max_len = config.model.get('max_len')
+  if max_len and int(t.seq_len) > int(max_len):
+    raise ConfigError(
+      f'train.seq_len={t.seq_len} exceeds model.max_len={max_len} '
+      '(raise model.max_len or lower train.seq_len)'
+    )
+
+
+def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def resume_mismatch(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+  """``key: stored -> requested`` for each setting that makes ``stored``'s checkpoint unusable.
+
+  Both are :func:`to_dict` configs. A checkpoint belongs to one model: every ``model.*`` key
+  except :data:`RUNTIME_MODEL_KEYS` must match. Of the optimiser, only what changes the shape of
+  its state: gradient clipping on or off (``train.grad_clip`` 0 vs > 0 adds / drops a
+  transform). Learning rate, schedule, batch and data settings may change on a resume.
+  """
+  a = {k: v for k, v in _flat(stored.get('model') or {}, 'model.').items()}
+  b = {k: v for k, v in _flat(requested.get('model') or {}, 'model.').items()}
+  diffs = []
+  for key in sorted(set(a) | set(b)):
+    if key.split('.', 1)[1].split('.')[0] in RUNTIME_MODEL_KEYS:
+      continue
+    if a.get(key, '<unset>') != b.get(key, '<unset>'):
+      diffs.append(f'{key}: {a.get(key, "<unset>")} -> {b.get(key, "<unset>")}')
+  clip_a = float((stored.get('train') or {}).get('grad_clip', 0) or 0)
+  clip_b = float((requested.get('train') or {}).get('grad_clip', 0) or 0)
+  if (clip_a > 0) != (clip_b > 0):
+    diffs.append(f'train.grad_clip: {clip_a:g} -> {clip_b:g}')
+  return diffs
 
 
 def check_mesh_batch(config: ConfigDict, mesh_shape: dict[str, int]) -> None:

@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -49,11 +50,20 @@ from ml_collections import ConfigDict
 from miras_jax.train import checkpoint as ckpt_lib
 from miras_jax.train import config as config_lib
 from miras_jax.train import data as data_lib
+from miras_jax.train import lock as lock_lib
 from miras_jax.train import metrics as metrics_lib
 from miras_jax.train import optimizer as optimizer_lib
 from miras_jax.train import sharding as sharding_lib
 
-__all__ = ['TrainState', 'TrainResult', 'build_model', 'prepare_model_config', 'train']
+__all__ = [
+  'TrainState',
+  'TrainResult',
+  'DivergenceError',
+  'DivergenceMonitor',
+  'build_model',
+  'prepare_model_config',
+  'train',
+]
 
 log = logging.getLogger(__name__)
 
@@ -229,11 +239,134 @@ def _print(msg: str) -> None:
     print(msg, flush=True)
 
 
+class DivergenceError(RuntimeError):
+  """Training produced a non-finite (or spiking) loss / gradient norm; nothing of it was saved."""
+
+
+class DivergenceMonitor:
+  """Stops a run whose loss or gradient norm is non-finite, or whose loss spikes.
+
+  The step's scalars stay on the device until :meth:`check` (at every logged step and before
+  every save), so dispatch stays asynchronous; a check then looks at every step since the last
+  one, in order, and names the first bad one. ``spike_factor`` > 1 also stops when a loss exceeds
+  that factor times the mean of the previous (up to) ``window`` finite losses, once ``window``
+  of them were seen in this process.
+  """
+
+  def __init__(self, spike_factor: float = 0.0, window: int = 50):
+    self.spike_factor = float(spike_factor)
+    self.window = int(window)
+    self._pending: list[tuple[int, Any, Any]] = []
+    self._recent: list[float] = []
+
+  def add(self, step: int, metrics: dict[str, Any]) -> None:
+    self._pending.append((step, metrics['loss'], metrics['grad_norm']))
+
+  def check(self) -> None:
+    pending, self._pending = self._pending, []
+    for step, loss, gnorm in jax.device_get(pending):
+      loss, gnorm = float(loss), float(gnorm)
+      if not (math.isfinite(loss) and math.isfinite(gnorm)):
+        raise DivergenceError(
+          f'training diverged at step {step}: loss {loss}, grad_norm {gnorm} (non-finite)'
+        )
+      if self.spike_factor > 1 and len(self._recent) >= self.window:
+        mean = sum(self._recent) / len(self._recent)
+        if loss > self.spike_factor * mean:
+          raise DivergenceError(
+            f'training diverged at step {step}: loss {loss:.4g} > train.loss_spike_factor '
+            f'{self.spike_factor:g} x recent mean {mean:.4g}'
+          )
+      self._recent = (self._recent + [loss])[-self.window :]
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+  leaves = [
+    jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+class _RunDirectory:
+  """The run directory, checked, created and locked before anything is written into it.
+
+  On a failure before the run starts (``started`` still False), a directory this invocation
+  created is removed again when nothing but empty folders / the lock are in it, so a rejected
+  command leaves no trace.
+  """
+
+  def __init__(self, workdir: Path):
+    self.path = workdir
+    self.created: Path | None = None
+    self.lock = lock_lib.WorkdirLock(workdir)
+    self.started = False
+
+  def __enter__(self) -> _RunDirectory:
+    path = self.path
+    if path.exists() and not path.is_dir():
+      raise config_lib.ConfigError(f'--workdir {str(path)!r} is not a directory')
+    if not path.exists():
+      top = path
+      while not top.parent.exists():
+        top = top.parent
+      try:
+        path.mkdir(parents=True)
+      except OSError as e:
+        raise config_lib.ConfigError(
+          f'cannot create --workdir {str(path)!r}: {e.strerror or e}'
+        ) from None
+      self.created = top
+    if not os.access(path, os.W_OK | os.X_OK):
+      raise config_lib.ConfigError(f'--workdir {str(path)!r} is not writable')
+    if jax.process_index() == 0:
+      self.lock.acquire()
+      if self.lock.took_over:
+        _print(
+          f'lock: the previous run ({self.lock.took_over}) ended without releasing '
+          f'{self.lock.path.name}; taking it over'
+        )
+    return self
+
+  def __exit__(self, exc_type, *_) -> None:
+    self.lock.release()
+    if exc_type is not None and not self.started and self.created is not None:
+      if jax.process_index() == 0 and not any(p.is_file() for p in self.created.rglob('*')):
+        shutil.rmtree(self.created, ignore_errors=True)
+
+
+def _check_resume_config(ckpt: ckpt_lib.Checkpointer, config_dict: dict[str, Any]) -> None:
+  """Refuse (one line, nothing touched) when the newest checkpoint was made by another model."""
+  for step in reversed(ckpt.all_steps()):
+    stored = ckpt_lib.read_stored_config(ckpt.directory / str(step))
+    if stored is None:
+      continue
+    diffs = config_lib.resume_mismatch(stored, config_dict)
+    if diffs:
+      raise ckpt_lib.CheckpointMismatchError(
+        f'the checkpoints in {ckpt.directory} (newest step {step}) were trained with another '
+        f'config: {"; ".join(diffs)}; resume with the stored values or use a new --workdir '
+        '(no checkpoint was changed)'
+      )
+    return
+
+
+def _has_val_split(data_dir: Path) -> bool:
+  from miras_jax.data.pipeline import load_index  # pylint: disable=import-outside-toplevel
+
+  split = (load_index(data_dir).get('splits') or {}).get('val') or {}
+  return int(split.get('num_docs', 0) or 0) > 0
+
+
 # --------------------------------------------------------------------- train
 def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
-  """Train (or resume) the run in ``workdir``; see the module docstring."""
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  """Train (or resume) the run in ``workdir``; see the module docstring.
+
+  Nothing is written before the config has passed every check that needs no files
+  (:func:`config_lib.validate`, the mesh, the model's abstract init); the run directory is
+  locked for the whole run; ``config.json`` is written once the state is built or restored.
+  """
+  workdir = Path(workdir).expanduser()
   config_lib.validate(config)
   prepare_model_config(config)
   t = config.train
@@ -241,16 +374,11 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
   mesh_cfg = t.mesh
   mesh = sharding_lib.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
   config_lib.check_mesh_batch(config, dict(mesh.shape))
-  if jax.process_index() == 0:
-    config_lib.write_json(config, workdir)
   config_dict = config_lib.to_dict(config)
   _print(
     f'devices: {jax.device_count()} x {jax.devices()[0].device_kind} on {jax.process_count()} process(es); '
     f'mesh {dict(mesh.shape)}'
   )
-
-  data_dir = data_lib.resolve_dataset(config.data, workdir, _model_vocab(config.model))
-  _print(f'data: {data_dir}')
 
   model = build_model(config)
   dtype = config_lib.compute_dtype(config)
@@ -278,7 +406,10 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
     def init_params(rng):
       return model.init(rng, dummy)['params']
 
-    boxed = jax.eval_shape(init_params, jax.random.key(int(config.seed)))
+    try:  # the model's own checks (e.g. an unknown model.rule) run while tracing its init
+      boxed = jax.eval_shape(init_params, jax.random.key(int(config.seed)))
+    except ValueError as e:
+      raise config_lib.ConfigError(f'config.model: {" ".join(str(e).split())}') from None
     param_shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
     abstract_params = nn.meta.unbox(boxed)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
@@ -305,30 +436,91 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
     num_params = metrics_lib.param_count(abstract_params)
     flops_tok, flops_src = metrics_lib.flops_per_token(config.model, seq_len, num_params)
     peak = metrics_lib.device_peak_flops()
+
+  with _RunDirectory(workdir) as run_dir:
+    return _run(
+      config,
+      workdir,
+      run_dir,
+      config_dict=config_dict,
+      mesh=mesh,
+      model=model,
+      dtype=dtype,
+      cast=cast,
+      tx=tx,
+      schedule=schedule,
+      accum=accum,
+      shardings=(batch_shard, micro_shard, repl, param_shardings, state_shardings),
+      abstract_state=abstract_state,
+      init_state=init_state,
+      flops=(num_params, flops_tok, flops_src, peak),
+    )
+
+
+def _run(
+  config: ConfigDict,
+  workdir: Path,
+  run_dir: _RunDirectory,
+  *,
+  config_dict,
+  mesh,
+  model,
+  dtype,
+  cast,
+  tx,
+  schedule,
+  accum,
+  shardings,
+  abstract_state,
+  init_state,
+  flops,
+) -> TrainResult:
+  """Everything after the checks: checkpoints, data, restore, the steps (workdir locked)."""
+  t = config.train
+  rules = sharding_lib.LOGICAL_AXIS_RULES
+  batch_shard, micro_shard, repl, param_shardings, state_shardings = shardings
+  num_params, flops_tok, flops_src, peak = flops
+  global_batch, seq_len = int(t.batch_size), int(t.seq_len)
+  ckpt = ckpt_lib.Checkpointer(
+    workdir / ckpt_lib.CHECKPOINT_DIR,
+    every_steps=config.checkpoint.every_steps,
+    keep_last=config.checkpoint.keep_last,
+    keep_every=config.checkpoint.keep_every,
+    async_save=config.checkpoint.async_save,
+  )
+  try:
+    _check_resume_config(ckpt, config_dict)
+    data_dir = data_lib.resolve_dataset(config.data, workdir, _model_vocab(config.model))
+    _print(f'data: {data_dir}')
+    has_val = _has_val_split(data_dir)
+    if not has_val:
+      _print(f'data: {data_dir} has no val split; the validation loss is not computed')
     _print(
       f'model: {num_params:,} parameters; {flops_tok:.3g} training FLOPs/token ({flops_src})'
       + ('' if peak else '; MFU not reported (device peak FLOP/s unknown)')
     )
 
     # ---------------------------------------------------- restore or init
-    ckpt = ckpt_lib.Checkpointer(
-      workdir / ckpt_lib.CHECKPOINT_DIR,
-      every_steps=config.checkpoint.every_steps,
-      keep_last=config.checkpoint.keep_last,
-      keep_every=config.checkpoint.keep_every,
-      async_save=config.checkpoint.async_save,
-    )
     data_iter = data_lib.train_iterator(data_dir, config)
-    restored = ckpt.restore_latest(abstract_state)
-    if restored is None:
-      with jax.set_mesh(mesh):
-        state = jax.jit(init_state, out_shardings=state_shardings)(jax.random.key(int(config.seed)))
-      start = 0
-      _print('init: fresh parameters')
-    else:
-      start, state, data_state = restored
-      data_iter.set_state(data_state)
-      _print(f'resume: restored step {start} from {ckpt.directory}')
+    with nn.logical_axis_rules(rules):
+      restored = ckpt.restore_latest(abstract_state)
+      if restored is None:
+        with jax.set_mesh(mesh):
+          state = jax.jit(init_state, out_shardings=state_shardings)(
+            jax.random.key(int(config.seed))
+          )
+        start = 0
+        _print('init: fresh parameters')
+      else:
+        start, state, data_state = restored
+        data_iter.set_state(data_state)
+        _print(f'resume: restored step {start} from {ckpt.directory}')
+    if jax.process_index() == 0:  # the run is known to start: now the config is the run's
+      config_lib.write_json(config, workdir)
+    run_dir.started = True
+  except BaseException:
+    ckpt.close()
+    raise
 
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     # ------------------------------------------------------------ steps
@@ -348,6 +540,8 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
     eval_shard = batch_shard
 
     def evaluate() -> float | None:
+      if not has_val:
+        return None
       total, count = 0.0, 0.0
       for batch in data_lib.val_iterator(data_dir, config, eval_batch):
         s, c = eval_step(state.params, _global_batch(batch, eval_shard))
@@ -383,16 +577,35 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
                   row[f'eval/{task}/{name}/{sub}'] = float(x)
       return row
 
+    def guarded(fn, what: str, step: int):
+      """An evaluation failure is logged and the run goes on (to its checkpoint)."""
+      try:
+        return fn()
+      except Exception as e:  # pylint: disable=broad-except
+        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
+        log.error('%s at step %d failed: %s', what, step, reason)
+        _print(f'WARNING: {what} at step {step} failed ({reason}); training continues')
+        return None
+
     if zs_tasks and jax.process_count() > 1:
       _print('eval.tasks: zero-shot evaluation during training runs on one host only; skipped')
       zs_tasks = []
 
     writer = metrics_lib.MetricsWriter(workdir, total_steps=int(t.steps))
     watcher = ckpt_lib.PreemptionWatcher()
+    monitor = DivergenceMonitor(float(t.get('loss_spike_factor', 0.0) or 0.0))
     delay = float(os.environ.get(_STEP_DELAY_ENV, '0') or 0)
     history: list[dict[str, Any]] = []
     tokens_per_step = global_batch * seq_len
     step, preempted, val_loss, saved_step = start, False, None, start
+
+    def save(step: int) -> None:
+      """Save ``step`` unless anything since the last check diverged (then raise, saving nothing)."""
+      monitor.check()
+      if not bool(_all_finite(state.params)):
+        raise DivergenceError(f'training diverged at step {step}: non-finite parameters')
+      ckpt.save(step, state, data_iter.get_state(), config_dict, force=True)
+
     window_t0, window_steps, run_t0, timed_steps = time.perf_counter(), 0, None, 0
     try:
       while step < int(t.steps):
@@ -400,8 +613,10 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
         state, metrics = train_step(state, batch)
         step += 1
         window_steps += 1
+        monitor.add(step, metrics)
         last = step == int(t.steps)
         if step % int(t.log_every_steps) == 0 or last or step == start + 1:
+          monitor.check()
           metrics = jax.device_get(metrics)
           now = time.perf_counter()
           dt = (now - window_t0) / window_steps
@@ -424,24 +639,25 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
         every = int(config.eval.every_steps)
         if (every and step % every == 0) or last:
           eval_t0 = time.perf_counter()
-          val_loss = evaluate()
+          val_loss = guarded(evaluate, 'validation', step)
           if val_loss is not None:
             row = {'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50.0))}
             writer.write(step, row)
             writer.console(step, row)
           if zs_tasks:
-            row = zero_shot()
-            writer.write(step, row)
-            _print(f'step {step} | ' + ' | '.join(f'{k[5:]} {v:.4g}' for k, v in row.items()))
+            row = guarded(zero_shot, 'zero-shot evaluation (eval.tasks)', step)
+            if row:
+              writer.write(step, row)
+              _print(f'step {step} | ' + ' | '.join(f'{k[5:]} {v:.4g}' for k, v in row.items()))
           window_t0 += time.perf_counter() - eval_t0  # keep evaluation out of tokens/s
         if (
           config.checkpoint.every_steps and step % int(config.checkpoint.every_steps) == 0
         ) or last:
-          ckpt.save(step, state, data_iter.get_state(), config_dict, force=True)
+          save(step)
           saved_step = step
         if watcher.reached(step):
           if saved_step != step:
-            ckpt.save(step, state, data_iter.get_state(), config_dict, force=True)
+            save(step)
           preempted = True
           _print(f'preempted (SIGTERM): saved checkpoint at step {step}; exiting cleanly')
           break
@@ -450,6 +666,14 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
       if not preempted and start >= int(t.steps):
         _print(f'nothing to do: checkpoint step {start} >= train.steps={t.steps}')
       ckpt.wait()
+    except DivergenceError as e:
+      ckpt.wait()
+      kept = ckpt.all_steps()
+      raise DivergenceError(
+        f'{e}; nothing from that step on was saved'
+        + (f', the newest checkpoint is step {kept[-1]}' if kept else '')
+        + ' (lower train.lr, or resume with other settings)'
+      ) from None
     finally:
       ckpt.close()
       watcher.close()
