@@ -17,7 +17,11 @@ shuffles better when documents are whole books.
 Each document goes to ``val`` with probability ``--val_fraction``, decided by a
 hash of ``(seed, document number)``, so the split is reproducible and works in
 one streaming pass; when the fraction is positive and at least two documents
-exist, the val split is guaranteed one document.
+exist, the val split is guaranteed one document. A corpus of a single document
+(e.g. one text file with the default ``text_unit=file``) is split inside the
+document: its last ``val_fraction`` of tokens (at least one) becomes the val
+record and the rest the train records, so both splits are non-empty; a
+document too short for that (under two tokens) fails here, before training.
 
 Output directory layout::
 
@@ -239,9 +243,18 @@ def prepare(
       wants_val = val_fraction > 0 and writers['val'].num_docs == 0
       if wants_val and writers['train'].num_docs >= 1:
         writers['val'].write_doc(held)
+      elif wants_val:  # a single document: split it so that both splits exist
+        ids = [t for r in held for t in r]
+        if len(ids) < 2:
+          raise EmptyCorpusError(
+            f'source {str(source)!r} is one document of {len(ids)} token(s): too short for '
+            'a train and a val split (add text, or set val_fraction=0)'
+          )
+        n_val = min(len(ids) - 1, max(1, round(val_fraction * len(ids))))
+        writers['train'].write_doc(_chunk(ids[:-n_val], max_record_tokens))
+        writers['val'].write_doc(_chunk(ids[-n_val:], max_record_tokens))
+        log.info('one document: its last %d of %d tokens are the val split', n_val, len(ids))
       else:
-        if wants_val:
-          log.warning('only one document: the val split is empty')
         writers['train'].write_doc(held)
   finally:
     for w in writers.values():

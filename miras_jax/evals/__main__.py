@@ -28,6 +28,21 @@ from typing import Any
 __all__ = ['main', 'find_tokenizer']
 
 
+def _count(minimum: int):
+  """An argparse type: an integer >= ``minimum`` (a bad value is argparse's one-line error)."""
+
+  def parse(s: str) -> int:
+    try:
+      v = int(s)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f'expected an integer, got {s!r}') from None
+    if v < minimum:
+      raise argparse.ArgumentTypeError(f'must be >= {minimum}, got {v}')
+    return v
+
+  return parse
+
+
 def _ints(s: str) -> list[int]:
   out = []
   for x in s.split(','):
@@ -41,6 +56,15 @@ def find_tokenizer(config: dict[str, Any], run_dir: Path | None) -> str:
   """The run's tokenizer: ``data.tokenizer``, else the one trained into the data cache."""
   data = config.get('data', {}) or {}
   tok = str(data.get('tokenizer') or '')
+  corpus = Path(str(data.get('corpus') or '')).expanduser()
+  if not tok and str(data.get('corpus') or '') not in ('', 'default'):
+    index = corpus / 'index.json'  # a prepared directory names its tokenizer
+    try:
+      path = json.loads(index.read_text())['tokenizer']['path']
+    except (OSError, ValueError, KeyError, TypeError):
+      path = None
+    if path and Path(path).is_file():
+      return str(path)
   if tok:
     p = Path(tok).expanduser()
     for cand in [p] if p.is_absolute() else [p, *([run_dir / p] if run_dir else [])]:
@@ -68,8 +92,15 @@ def find_tokenizer(config: dict[str, Any], run_dir: Path | None) -> str:
   )
 
 
+class _Parser(argparse.ArgumentParser):
+  """argparse with a one-line error (no usage block) and exit status 2."""
+
+  def error(self, message: str):
+    self.exit(2, f'{self.prog}: error: {" ".join(message.split())}\n')
+
+
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = _Parser(
     prog='python -m miras_jax.eval',
     description=__doc__.split('\n')[0],
     formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -77,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument(
     '--workdir', required=True, help='run dir, its checkpoints/ dir, or a checkpoints/<step> dir'
   )
-  p.add_argument('--step', type=int, default=None, help='checkpoint step (default: the latest)')
+  p.add_argument(
+    '--step', type=_count(0), default=None, help='checkpoint step (default: the latest)'
+  )
   p.add_argument(
     '--tasks',
     default='paper',
@@ -87,15 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument(
     '--data_dir', default=None, help='task files (default $MIRAS_SHARED_DATA or ../shared/data)'
   )
-  p.add_argument('--limit', type=int, default=None, help='first N documents of each task')
+  p.add_argument('--limit', type=_count(1), default=None, help='first N documents of each task')
   p.add_argument(
     '--batch_size',
-    type=int,
+    type=_count(0),
     default=0,
     help='rows per forward pass (default: eval/train config, 8)',
   )
   p.add_argument(
-    '--max_len', type=int, default=0, help='context length (default: train.seq_len / model max_len)'
+    '--max_len',
+    type=_count(0),
+    default=0,
+    help='context length (default: train.seq_len / model max_len)',
   )
   p.add_argument('--tokenizer', default=None, help="SentencePiece .model (default: the run's)")
   p.add_argument('--pack', action='store_true', help='pack several requests per row (same numbers)')
@@ -109,10 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
     '--output', default=None, help='JSON output path (default <run>/eval/step_<step>.json)'
   )
   p.add_argument('--niah_lengths', type=_ints, default=[1024, 2048, 4096, 8192, 16384])
-  p.add_argument('--niah_samples', type=int, default=10)
+  p.add_argument('--niah_samples', type=_count(1), default=10)
   p.add_argument('--niah_variants', default='passkey,number,word')
   p.add_argument('--mqar_pairs', type=_ints, default=[8, 32, 128, 256])
-  p.add_argument('--mqar_samples', type=int, default=10)
+  p.add_argument('--mqar_samples', type=_count(1), default=10)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--quiet', action='store_true')
   return p
@@ -139,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   prefix = None
   if args.prefix_token:
     prefix = tokenizer.bos_id if args.prefix_token == 'bos' else tokenizer.eos_id
+  path = _output_path(args.output, ckpt)  # checked before any scoring
   verbose = not args.quiet
   if verbose:
     print(
@@ -173,17 +210,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   print(format_table(out['table']))
   for name, res in (out.get('synthetic') or {}).items():
     print(f'{name}: {json.dumps(res)}')
-  if args.output:
-    path = Path(args.output)
-  else:
-    base = ckpt.run_dir if ckpt.run_dir is not None else ckpt.step_dir.parent
-    path = base / 'eval' / f'step_{ckpt.step}.json'
-  path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix('.json.tmp')
   tmp.write_text(json.dumps(out, indent=2) + '\n')
   os.replace(tmp, path)
   print(f'wrote {path}')
   return out
+
+
+def _output_path(output: str | None, ckpt: Any) -> Path:
+  """Where the results go; the directory is created and must be writable (checked up front)."""
+  if output:
+    path = Path(output).expanduser()
+  else:
+    base = ckpt.run_dir if ckpt.run_dir is not None else ckpt.step_dir.parent
+    path = base / 'eval' / f'step_{ckpt.step}.json'
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+  except OSError as e:
+    raise OSError(
+      f'cannot create the output directory {str(path.parent)!r}: {e.strerror or e}'
+    ) from None
+  if not os.access(path.parent, os.W_OK | os.X_OK) or (
+    path.exists() and not os.access(path, os.W_OK)
+  ):
+    raise OSError(f'cannot write the results to {str(path)!r} (read-only); pass --output')
+  return path
 
 
 def cli() -> None:
@@ -192,8 +243,8 @@ def cli() -> None:
 
   try:
     main()
-  except (TaskDataError, CheckpointNotFoundError, FileNotFoundError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
+  except (TaskDataError, CheckpointNotFoundError, OSError, ValueError) as e:
+    print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     raise SystemExit(2) from None
 
 

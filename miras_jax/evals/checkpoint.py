@@ -8,7 +8,12 @@ The trainer (``miras_jax/train/checkpoint.py``) writes one Orbax
     <workdir>/checkpoints/<step>/config/      the resolved config (JsonSave: a file 'metadata')
 
 ``--workdir`` may name the run directory, its ``checkpoints/`` directory, or
-one ``checkpoints/<step>`` directory. Only ``state/params`` is read (an Orbax
+one ``checkpoints/<step>`` directory. Only committed steps count (the trainer's
+Orbax manager marks a finished save with ``commit_success.txt`` /
+``_CHECKPOINT_METADATA``; a step directory without either is a save cut short).
+The config is the one stored *with the checkpoint* (``<step>/config``), which
+is what the parameters were trained with; ``<run>/config.json`` is only a
+fallback for checkpoints without one. Only ``state/params`` is read (an Orbax
 partial restore), so the optimiser state is never loaded. A checkpoint holding
 a bare params tree (``<step>/state`` or ``<step>/params`` saved with
 ``StandardSave(params)``) is accepted too.
@@ -29,11 +34,24 @@ __all__ = [
   'load_params',
   'load_config',
   'ResolvedCheckpoint',
+  'CheckpointUnreadableError',
+  'is_committed',
 ]
 
 
 class CheckpointNotFoundError(FileNotFoundError):
   """No (committed) checkpoint where one was asked for."""
+
+
+class CheckpointUnreadableError(ValueError):
+  """A committed checkpoint whose files cannot be read (missing or corrupt parts)."""
+
+
+_COMMIT_MARKERS = ('commit_success.txt', '_CHECKPOINT_METADATA')
+
+
+def is_committed(step_dir: Path) -> bool:
+  return any((step_dir / m).is_file() for m in _COMMIT_MARKERS)
 
 
 class ResolvedCheckpoint:
@@ -49,7 +67,8 @@ def _steps(root: Path) -> list[int]:
     return []
   steps = []
   for p in root.iterdir():
-    if p.is_dir() and p.name.isdigit():  # Orbax tmp dirs are not plain integers
+    # Orbax tmp dirs are not plain integers; a plain-integer dir without a marker is unfinished.
+    if p.is_dir() and p.name.isdigit() and is_committed(p):
       steps.append(int(p.name))
   return sorted(steps)
 
@@ -66,6 +85,10 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> Reso
       raise CheckpointNotFoundError(
         f'--step={step} contradicts the checkpoint directory {str(path)!r}'
       )
+    if not is_committed(path):
+      raise CheckpointNotFoundError(
+        f'checkpoint directory {str(path)!r} was never committed (a save cut short)'
+      )
     return ResolvedCheckpoint(run_dir, path, int(path.name))
   if (path / 'checkpoints').is_dir():
     root, run_dir = path / 'checkpoints', path
@@ -77,18 +100,23 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> Reso
   if step is None:
     step = steps[-1]
   elif int(step) not in steps:
+    unfinished = (root / str(int(step))).is_dir()
     raise CheckpointNotFoundError(
-      f'no checkpoint for step {step} under {str(root)!r} (have {steps})'
+      f'no {"committed " if unfinished else ""}checkpoint for step {step} under {str(root)!r} '
+      f'(have {steps})'
     )
   return ResolvedCheckpoint(run_dir, root / str(int(step)), int(step))
 
 
 def load_config(ckpt: ResolvedCheckpoint) -> dict[str, Any]:
-  """The run's resolved config: ``<run>/config.json``, else the checkpoint's ``config`` item."""
-  candidates = []
+  """The config the checkpoint was trained with: its own ``config`` item, else ``<run>/config.json``.
+
+  The run's ``config.json`` describes the newest command on the run directory, which need not
+  be the one that wrote this step; the copy saved with the step always is.
+  """
+  candidates = [ckpt.step_dir / 'config' / 'metadata', ckpt.step_dir / 'config.json']
   if ckpt.run_dir is not None:
     candidates.append(ckpt.run_dir / 'config.json')
-  candidates += [ckpt.step_dir / 'config' / 'metadata', ckpt.step_dir / 'config.json']
   for c in candidates:
     if c.is_file():
       try:
@@ -114,6 +142,18 @@ def load_params(ckpt: ResolvedCheckpoint | str | os.PathLike, *, sharding: Any =
     raise CheckpointNotFoundError(
       f"checkpoint {str(ckpt.step_dir)!r} has no 'state' (or 'params') item"
     )
+  try:
+    return _restore_params(ocp, item, sharding)
+  except (CheckpointNotFoundError, KeyboardInterrupt):
+    raise
+  except Exception as e:  # pylint: disable=broad-except  # Orbax / TensorStore / IO errors
+    reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
+    raise CheckpointUnreadableError(
+      f'checkpoint {str(ckpt.step_dir)!r} is unreadable ({reason})'
+    ) from None
+
+
+def _restore_params(ocp: Any, item: Path, sharding: Any) -> Any:
   checkpointer = ocp.PyTreeCheckpointer()
   meta = checkpointer.metadata(item)
   tree = getattr(getattr(meta, 'item_metadata', None), 'tree', None)

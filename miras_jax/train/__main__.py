@@ -119,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
   logging.getLogger('miras_jax').setLevel(logging.INFO)
   logging.getLogger('absl').setLevel(logging.WARNING)
 
+  return run(_CONFIG.value, _WORKDIR.value)
+
+
+def run(config, workdir: str) -> int:
+  """Train; every failure a user can cause becomes one line on stderr and an exit status."""
   from miras_jax.data.errors import DataError  # pylint: disable=import-outside-toplevel
   from miras_jax.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from miras_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
@@ -127,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
   from miras_jax.train.sharding import MeshError  # pylint: disable=import-outside-toplevel
 
   try:
-    config_lib.check_config_object(_CONFIG.value)
+    config_lib.check_config_object(config)
     _maybe_initialize_distributed()
-    result = loop.train(_CONFIG.value, _WORKDIR.value)
+    loop.train(config, workdir)
   except (
     config_lib.ConfigError,
     MeshError,
@@ -147,7 +152,6 @@ def main(argv: list[str] | None = None) -> int:
     return _fail(f'{e.strerror or e}{where}', status=1)
   except KeyboardInterrupt:
     return _fail('interrupted')
-  del result
   return 0
 
 

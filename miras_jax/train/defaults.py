@@ -25,7 +25,10 @@ Sections (keys users type most are marked *):
                 GPU/TPU, float32 on CPU; parameters and optimiser state are
                 always float32), ``remat`` (empty: the model's own policy),
                 ``mesh.{data,fsdp,tensor}`` (one may be -1: the rest of the
-                devices), ``log_every_steps``.
+                devices), ``log_every_steps``. A non-finite loss or gradient
+                norm always stops the run (nothing of it is saved);
+                ``loss_spike_factor`` > 1 also stops it when a loss exceeds that
+                factor times the mean of the previous 50 (0: off).
 ``checkpoint``  ``every_steps``\\* (0: only at the end / on SIGTERM), ``keep_last``,
                 ``keep_every`` (also keep every M-th step; 0: none), ``async_save``.
 ``eval``        validation loss on the held-out split every ``every_steps``
@@ -76,6 +79,7 @@ def defaults() -> ConfigDict:
   t.compute_dtype = 'auto'
   t.remat = ''
   t.log_every_steps = 10
+  t.loss_spike_factor = 0.0
   t.mesh = ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
 
   c.checkpoint = k = ConfigDict()
