@@ -24,6 +24,7 @@ __all__ = [
   'check_config_object',
   'validate',
   'resume_mismatch',
+  'warnings',
   'to_dict',
   'write_json',
   'compute_dtype',
@@ -157,12 +158,21 @@ def validate(config: ConfigDict, *, process_count: int | None = None) -> None:
   d = config.data
   if 'val_fraction' in d and not 0.0 <= float(d.val_fraction) < 1.0:
     raise ConfigError(f'data.val_fraction must be in [0, 1), got {d.val_fraction}')
+
+
+def warnings(config: ConfigDict) -> list[str]:
+  """Settings that work but are probably not what was meant (printed at start-up)."""
+  out = []
   max_len = config.model.get('max_len')
-  if max_len and int(t.seq_len) > int(max_len):
-    raise ConfigError(
-      f'train.seq_len={t.seq_len} exceeds model.max_len={max_len} '
-      '(raise model.max_len or lower train.seq_len)'
+  if max_len and int(config.train.seq_len) > int(max_len):
+    # The models use RoPE, so training runs; but model.max_len sizes the decoding cache
+    # (generation) and is the context eval assumes when the run has no train.seq_len.
+    out.append(
+      f'train.seq_len={config.train.seq_len} exceeds model.max_len={max_len}: training works '
+      '(rotary positions), but decoding / generation caches hold only model.max_len tokens; '
+      'set model.max_len >= train.seq_len'
     )
+  return out
 
 
 def _flat(tree: Any, prefix: str = '') -> dict[str, Any]:

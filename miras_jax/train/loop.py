@@ -375,6 +375,8 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
   mesh = sharding_lib.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
   config_lib.check_mesh_batch(config, dict(mesh.shape))
   config_dict = config_lib.to_dict(config)
+  for warning in config_lib.warnings(config):
+    _print(f'WARNING: {warning}')
   _print(
     f'devices: {jax.device_count()} x {jax.devices()[0].device_kind} on {jax.process_count()} process(es); '
     f'mesh {dict(mesh.shape)}'

@@ -57,6 +57,14 @@ def dataset(tmp_path_factory, tinyshakespeare) -> Path:
   return out
 
 
+@pytest.fixture(scope='session')
+def straight_run(tmp_path_factory, dataset) -> Path:
+  """6 steps of a tiny transformer in one go, checkpoints at steps 3 and 6 (copy before changing)."""
+  workdir = tmp_path_factory.mktemp('straight')
+  run_train(workdir, base_args(dataset, train__steps=6, checkpoint__every_steps=3))
+  return workdir
+
+
 def base_args(dataset: Path, family: str = 'transformer', **overrides) -> list[str]:
   """CLI arguments of a tiny, fast run on ``dataset``; ``overrides`` are config keys with '.'→'__'."""
   values = {

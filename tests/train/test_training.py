@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,14 +102,6 @@ def test_two_processes_jax_distributed(tmp_path, dataset):
 
 
 # -------------------------------------------------------------------- resume
-@pytest.fixture(scope='module')
-def straight_run(tmp_path_factory, dataset) -> Path:
-  """STEPS steps in one go, checkpoints at HALF and STEPS."""
-  workdir = tmp_path_factory.mktemp('straight')
-  run_train(workdir, base_args(dataset, train__steps=STEPS, checkpoint__every_steps=HALF))
-  return workdir
-
-
 def test_resume_after_sigkill_is_exact(tmp_path, dataset, straight_run):
   args = base_args(dataset, train__steps=STEPS, checkpoint__every_steps=HALF)
   proc = subprocess.Popen(

@@ -1,0 +1,387 @@
+"""A run's checkpoints are never lost (issue 9): refused resumes, divergence, lock, one-line errors.
+
+Subprocess runs are the real command line; the pure checks (config validation, the lock, the
+divergence monitor, the checkpoint structure test, the error mapping) run in-process. Every
+data-loss case asserts that each earlier checkpoint is still there and restores to the same
+parameters.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tests.train.conftest import REPO_ROOT, base_args, losses, run_train, train_env
+
+STEPS = 6
+HALF = 3
+PROG = 'python -m miras_jax.train: error: '
+
+
+def _one_line(proc: subprocess.CompletedProcess, status: int, prog: str = PROG) -> str:
+  assert proc.returncode == status, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+  lines = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith(prog), lines[0]
+  return lines[0]
+
+
+def _committed(workdir: Path) -> list[int]:
+  from miras_jax.evals.checkpoint import is_committed
+
+  root = workdir / 'checkpoints'
+  return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and is_committed(p))
+
+
+def _params(workdir: Path, step: int):
+  from miras_jax.evals.checkpoint import load_params, resolve_checkpoint
+
+  return jax.device_get(load_params(resolve_checkpoint(workdir, step)))
+
+
+def _snapshot(workdir: Path) -> dict[int, object]:
+  return {s: _params(workdir, s) for s in _committed(workdir)}
+
+
+def _assert_intact(workdir: Path, before: dict[int, object]) -> None:
+  """Every step of ``before`` is still committed, nothing was quarantined, each restores equal."""
+  assert set(before) <= set(_committed(workdir)), (sorted(before), _committed(workdir))
+  assert not list((workdir / 'checkpoints').glob('corrupt-*'))
+  for step, params in before.items():
+    jax.tree.map(np.testing.assert_array_equal, _params(workdir, step), params)
+
+
+def _args(dataset: Path, **overrides) -> list[str]:
+  values = {'train__steps': STEPS, 'checkpoint__every_steps': HALF, **overrides}
+  return base_args(dataset, **values)
+
+
+# ------------------------------------------------------------ data-loss cases (CLI)
+def test_chaos_bad_commands_then_exact_resume(tmp_path, dataset, straight_run):
+  """One run directory through a changed model, a changed optimiser, a NaN lr, a missing corpus
+  and a concurrent run (each refused with one line, nothing touched), then the correct resume,
+  whose losses equal the undisturbed run's; a failing zero-shot evaluation is only logged."""
+  from miras_jax.train.lock import WorkdirLock
+
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight_run, workdir)
+  shutil.rmtree(workdir / 'checkpoints' / str(STEPS))  # as if stopped after step HALF
+  config_json = (workdir / 'config.json').read_text()
+  before = _snapshot(workdir)
+  assert sorted(before) == [HALF]
+  bad = [
+    ({'model__d_model': 128}, 'model.d_model: 64 -> 128'),
+    ({'model__n_layers': 1}, 'model.n_layers: 2 -> 1'),
+    ({'train__grad_clip': 0}, 'train.grad_clip: 1 -> 0'),
+    ({'train__lr': 'nan'}, 'train.lr must be a finite number'),
+    ({'data__corpus': tmp_path / 'missing'}, 'missing'),
+  ]
+  for overrides, expect in bad:
+    line = _one_line(run_train(workdir, _args(dataset, **overrides), check=False), 2)
+    assert expect in line, line
+    _assert_intact(workdir, before)
+    assert (workdir / 'config.json').read_text() == config_json  # written only by a started run
+  with WorkdirLock(workdir):  # another run holds the directory
+    line = _one_line(run_train(workdir, _args(dataset), check=False), 2)
+  assert 'in use by another training run' in line and f'pid {os.getpid()}' in line
+  _assert_intact(workdir, before)
+
+  proc = run_train(
+    workdir,
+    _args(dataset, eval__tasks='piqa', eval__data_dir=tmp_path / 'no_task_data'),
+  )
+  assert f'resume: restored step {HALF}' in proc.stdout
+  assert 'WARNING: zero-shot evaluation (eval.tasks) at step 6 failed' in proc.stdout
+  assert _committed(workdir) == [HALF, STEPS]
+  want, got = losses(straight_run), losses(workdir)
+  for step in range(HALF + 1, STEPS + 1):
+    assert got[step] == want[step], (step, got[step], want[step])  # bit-identical in float32
+  assert not (workdir / 'run.lock').exists()  # released on exit
+
+
+def test_divergence_stops_names_the_step_and_saves_nothing_non_finite(
+  tmp_path, dataset, straight_run
+):
+  workdir = tmp_path / 'run'
+  shutil.copytree(straight_run, workdir)
+  before = _snapshot(workdir)
+  proc = run_train(
+    workdir,
+    _args(
+      dataset,
+      train__steps=12,
+      train__lr=1e6,
+      checkpoint__every_steps=1,
+      checkpoint__keep_last=20,
+    ),
+    check=False,
+  )
+  line = _one_line(proc, 1)
+  step = int(re.search(r'training diverged at step (\d+)', line).group(1))
+  assert STEPS < step <= 12 and 'nothing from that step on was saved' in line
+  assert max(_committed(workdir)) < step
+  _assert_intact(workdir, before)
+  for s in _committed(workdir):
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(_params(workdir, s))), s
+
+
+# ------------------------------------------------------------- one-line errors (CLI)
+def _cli(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+    [sys.executable, '-m', 'miras_jax.train', *args],
+    cwd=REPO_ROOT,
+    env=train_env(),
+    capture_output=True,
+    text=True,
+    timeout=120,
+    check=False,
+  )
+
+
+def test_bad_commands_are_one_line_errors_and_leave_nothing_behind(tmp_path, dataset):
+  raises = tmp_path / 'raises.py'
+  raises.write_text('def get_config():\n  raise RuntimeError("boom")\n')
+  as_dict = tmp_path / 'as_dict.py'
+  as_dict.write_text('def get_config():\n  return {"train": {}}\n')
+  yaml = tmp_path / 'c.yaml'
+  yaml.write_text('train: {steps: 3}\n')
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('x')
+  new = tmp_path / 'new' / 'run'
+  cases = [
+    (['--config=' + str(raises), f'--workdir={new}'], 'RuntimeError: boom'),
+    (['--config=' + str(yaml), f'--workdir={new}'], 'a config is a Python file'),
+    (['--config=' + str(as_dict), f'--workdir={new}'], 'returning an ml_collections.ConfigDict'),
+    ([*base_args(dataset, 'moneta', model__rule='nosuchrule'), f'--workdir={new}'], "'nosuchrule'"),
+    ([*base_args(dataset), f'--workdir={a_file}'], 'is not a directory'),
+    ([*base_args(dataset), f'--workdir={a_file}/run'], 'cannot create --workdir'),
+    ([*base_args(dataset, eval__tasks='piqa,nope'), f'--workdir={new}'], "unknown task 'nope'"),
+    ([*base_args(dataset, data__corpus=tmp_path / 'nothing'), f'--workdir={new}'], 'not found'),
+  ]
+  for args, expect in cases:
+    line = _one_line(_cli(*args), 2)
+    assert expect in line, (args, line)
+    assert not (tmp_path / 'new').exists(), args  # a rejected command leaves no directory
+  # the unknown key is named, not its valid sibling given in the same command
+  line = _one_line(
+    _cli(
+      *base_args(dataset), '--config.train.steps=3', '--config.train.stpes=4', f'--workdir={new}'
+    ),
+    2,
+  )
+  assert line.endswith('unknown config key config.train.stpes (did you mean "steps"?)'), line
+
+
+def test_full_disk_is_a_one_line_error(monkeypatch, capsys):
+  """The command line maps an OSError from the run (ENOSPC here) to one line and status 1."""
+  from miras_jax.train import __main__ as cli
+  from miras_jax.train import loop
+  from miras_jax.train.defaults import family_config
+
+  def full(config, workdir):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), f'{workdir}/checkpoints/7')
+
+  monkeypatch.setattr(loop, 'train', full)
+  monkeypatch.setattr(cli, '_maybe_initialize_distributed', lambda: None)  # flags not parsed here
+  assert cli.run(family_config('transformer', 'tiny'), '/runs/x') == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err == [f'{PROG}No space left on device (/runs/x/checkpoints/7)']
+
+
+# ------------------------------------------------------------------- eval (in-process)
+def _eval(capsys, *args: str) -> tuple[int, str]:
+  from miras_jax.evals.__main__ import cli
+
+  old = sys.argv
+  sys.argv = ['python -m miras_jax.eval', *args]
+  try:
+    cli()
+    status = 0
+  except SystemExit as e:
+    status = e.code
+  finally:
+    sys.argv = old
+  return status, capsys.readouterr().err
+
+
+def test_eval_errors_and_the_checkpoints_own_config(tmp_path, straight_run, capsys):
+  from miras_jax.evals.__main__ import find_tokenizer
+  from miras_jax.evals.checkpoint import load_config, resolve_checkpoint
+
+  run = tmp_path / 'run'
+  shutil.copytree(straight_run, run)
+  # config.json of a later (failed or other) command must not change what a checkpoint is
+  wrong = json.loads((run / 'config.json').read_text())
+  wrong['model']['n_layers'] = 1
+  (run / 'config.json').write_text(json.dumps(wrong))
+  assert load_config(resolve_checkpoint(run))['model']['n_layers'] == 2
+  # a run trained on a prepared directory finds its tokenizer through the directory's index
+  tok = find_tokenizer(load_config(resolve_checkpoint(run)), run)
+  corpus = Path(wrong['data']['corpus'])
+  assert tok == json.loads((corpus / 'index.json').read_text())['tokenizer']['path']
+  # an uncommitted step directory (a save cut short) is never chosen
+  shutil.copytree(run / 'checkpoints' / str(STEPS), run / 'checkpoints' / '9')
+  for marker in ('commit_success.txt', '_CHECKPOINT_METADATA'):
+    (run / 'checkpoints' / '9' / marker).unlink(missing_ok=True)
+  assert resolve_checkpoint(run).step == STEPS
+
+  def error(*args: str) -> str:
+    status, err = _eval(capsys, f'--workdir={run}', '--tasks=mqar', *args)
+    lines = [l for l in err.splitlines() if l.strip()]
+    assert status == 2 and len(lines) == 1, (status, err)
+    return lines[0]
+
+  assert '--batch_size: must be >= 0, got -3' in error('--batch_size=-3')
+  assert '--limit: must be >= 1, got -1' in error('--limit=-1')
+  assert 'no committed checkpoint for step 9' in error('--step=9')
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('x')
+  assert 'cannot create the output directory' in error(f'--output={a_file}/out/r.json')
+  for p in (run / 'checkpoints' / str(STEPS) / 'state').rglob('*'):  # lose the array data
+    if p.is_file() and 'ocdbt' in str(p) and p.stat().st_size > 0:
+      p.unlink()
+  assert f'checkpoint {str(run / "checkpoints" / str(STEPS))!r} is unreadable' in error()
+  assert not (run / 'eval').exists() or not list((run / 'eval').iterdir())
+
+
+# --------------------------------------------------------------- pure checks (in-process)
+def test_validate_rejects_every_bad_value_up_front():
+  from miras_jax.train.config import ConfigError, validate, warnings
+  from miras_jax.train.defaults import family_config
+
+  bad = {
+    ('train', 'lr', float('nan')): 'train.lr',
+    ('train', 'lr', 1e39): 'train.lr',
+    ('train', 'b2', 1.0): 'train.b2',
+    ('train', 'loss_spike_factor', 0.5): 'loss_spike_factor',
+    ('eval', 'tasks', 'piqa,bogus'): "unknown task 'bogus'",
+    ('eval', 'limit', -1): 'eval.limit',
+    ('data', 'val_fraction', 1.0): 'data.val_fraction',
+  }
+  for (section, key, value), expect in bad.items():
+    c = family_config('transformer', 'tiny')
+    c[section][key] = value
+    with pytest.raises(ConfigError, match=re.escape(expect)):
+      validate(c, process_count=1)
+  c = family_config('transformer', 'tiny')
+  c.train.seq_len = 128
+  c.eval.tasks = 'piqa,mqar'
+  c.train.loss_spike_factor = 3.0
+  validate(c, process_count=1)
+  assert not warnings(c)
+  c.train.seq_len = 1000  # works (rotary positions) but the decoding cache is shorter: a warning
+  validate(c, process_count=1)
+  assert 'train.seq_len=1000 exceeds model.max_len=128' in warnings(c)[0]
+  with pytest.raises(ConfigError, match='ConfigDict'):
+    validate({'train': {}}, process_count=1)
+
+
+def test_resume_mismatch_names_model_and_optimiser_keys_only():
+  from miras_jax.train.config import resume_mismatch
+
+  stored = {
+    'model': {'d_model': 64, 'rule': 'moneta', 'dtype': 'float32', 'chunk_size': 32},
+    'train': {'grad_clip': 1.0, 'lr': 3e-3},
+  }
+  same = json.loads(json.dumps(stored))
+  same['model']['dtype'] = 'bfloat16'  # how it is computed, not which model
+  same['train'].update(lr=1e-4, grad_clip=0.5)  # hyper-parameters may change on a resume
+  assert resume_mismatch(stored, same) == []
+  other = json.loads(json.dumps(stored))
+  other['model'].update(d_model=128, chunk_size=8)
+  other['train']['grad_clip'] = 0.0
+  assert resume_mismatch(stored, other) == [
+    'model.chunk_size: 32 -> 8',
+    'model.d_model: 64 -> 128',
+    'train.grad_clip: 1 -> 0',
+  ]
+
+
+def test_restore_refuses_a_readable_checkpoint_of_another_shape(tmp_path):
+  """Structure mismatch (readable files) raises and touches nothing; unreadable data is moved."""
+  from miras_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
+  from miras_jax.train.loop import TrainState
+
+  def state(n):
+    p = {'w': jnp.ones((n, 3)), 'b': jnp.zeros((3,))}
+    return TrainState(step=jnp.asarray(1, jnp.int32), params=p, opt_state=(jnp.zeros((n, 3)),))
+
+  def abstract(n):
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state(n))
+
+  ck = Checkpointer(tmp_path, every_steps=1, keep_last=5, async_save=False)
+  data = {'pipeline': {}, 'iterator': {}}
+  ck.save(1, state(2), data, {}, force=True)
+  ck.save(2, state(2), data, {}, force=True)
+  ck.wait()
+  with pytest.raises(CheckpointMismatchError, match=r'w \(2, 3\) vs requested \(4, 3\)'):
+    ck.restore_latest(abstract(4))
+  assert sorted(int(p.name) for p in tmp_path.iterdir()) == [1, 2]
+  # truncate the arrays of step 2: unreadable -> quarantined, step 1 is used
+  for p in (tmp_path / '2' / 'state').rglob('*'):
+    if p.is_file() and 'ocdbt' in str(p) and p.stat().st_size > 0:
+      with open(p, 'r+b') as f:
+        f.truncate(p.stat().st_size // 2)
+  step, restored, _ = ck.restore_latest(abstract(2))
+  assert step == 1 and float(restored.params['w'].sum()) == 6.0
+  assert list(tmp_path.glob('corrupt-2-*'))
+  ck.close()
+
+
+def test_workdir_lock_is_exclusive_and_stale_after_a_crash(tmp_path):
+  from miras_jax.train.lock import LOCK_FILE, WorkdirLock, WorkdirLockedError
+
+  with WorkdirLock(tmp_path):
+    with pytest.raises(WorkdirLockedError, match=f'pid {os.getpid()} on '):
+      WorkdirLock(tmp_path).acquire()
+  assert not (tmp_path / LOCK_FILE).exists()
+  # a holder that died without releasing leaves its file but no flock: the lock is taken over
+  (tmp_path / LOCK_FILE).write_text(json.dumps({'pid': 999999, 'host': 'gone', 'started': 0}))
+  lock = WorkdirLock(tmp_path).acquire()
+  assert lock.took_over == 'pid 999999 on gone'
+  assert json.loads((tmp_path / LOCK_FILE).read_text())['pid'] == os.getpid()
+  lock.release()
+
+
+def test_divergence_monitor_names_the_first_bad_step():
+  from miras_jax.train.loop import DivergenceError, DivergenceMonitor
+
+  mon = DivergenceMonitor()
+  for step, loss, gnorm in [(1, 5.0, 1.0), (2, 4.0, float('inf')), (3, float('nan'), 1.0)]:
+    mon.add(step, {'loss': jnp.asarray(loss), 'grad_norm': jnp.asarray(gnorm)})
+  with pytest.raises(DivergenceError, match='at step 2: loss 4.0, grad_norm inf'):
+    mon.check()
+  spike = DivergenceMonitor(spike_factor=2.0, window=3)
+  for step, loss in enumerate([3.0, 3.0, 3.0, 5.9, 9.0], start=1):
+    spike.add(step, {'loss': jnp.asarray(loss), 'grad_norm': jnp.asarray(1.0)})
+  with pytest.raises(DivergenceError, match='at step 5: loss 9 > train.loss_spike_factor 2'):
+    spike.check()
+
+
+def test_single_document_corpus_gets_both_splits(tmp_path, dataset):
+  from miras_jax.data.prepare import prepare
+
+  tok = json.loads((dataset / 'index.json').read_text())['tokenizer']['path']
+  doc = tmp_path / 'one.txt'
+  doc.write_text('To be, or not to be, that is the question. ' * 40)
+  index = prepare(
+    str(doc), format='text', tokenizer=tok, output_dir=tmp_path / 'o', val_fraction=0.05
+  )
+  train, val = index['splits']['train'], index['splits']['val']
+  assert train['num_docs'] == val['num_docs'] == 1
+  total = train['num_tokens'] + val['num_tokens']
+  assert val['num_tokens'] == max(1, round(0.05 * total))
+  # one record per document and no val fraction: an empty val split is what was asked for
+  index = prepare(str(doc), format='text', tokenizer=tok, output_dir=tmp_path / 'n', val_fraction=0)
+  assert index['splits']['val']['num_docs'] == 0 and index['splits']['train']['num_tokens'] == total
