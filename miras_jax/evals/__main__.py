@@ -219,11 +219,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _output_path(output: str | None, ckpt: Any) -> Path:
   """Where the results go; the directory is created and must be writable (checked up front)."""
+  from miras_jax.workdir import eval_output  # pylint: disable=import-outside-toplevel
+
   if output:
     path = Path(output).expanduser()
   else:
     base = ckpt.run_dir if ckpt.run_dir is not None else ckpt.step_dir.parent
-    path = base / 'eval' / f'step_{ckpt.step}.json'
+    path = eval_output(base, ckpt.step)
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
   except OSError as e:

@@ -28,6 +28,9 @@ from typing import Any
 
 import jax
 
+from miras_jax import workdir as workdir_lib
+from miras_jax.workdir import is_committed
+
 __all__ = [
   'CheckpointNotFoundError',
   'resolve_checkpoint',
@@ -47,13 +50,6 @@ class CheckpointUnreadableError(ValueError):
   """A committed checkpoint whose files cannot be read (missing or corrupt parts)."""
 
 
-_COMMIT_MARKERS = ('commit_success.txt', '_CHECKPOINT_METADATA')
-
-
-def is_committed(step_dir: Path) -> bool:
-  return any((step_dir / m).is_file() for m in _COMMIT_MARKERS)
-
-
 class ResolvedCheckpoint:
   def __init__(self, run_dir: Path | None, step_dir: Path, step: int):
     self.run_dir, self.step_dir, self.step = run_dir, step_dir, step
@@ -63,14 +59,7 @@ class ResolvedCheckpoint:
 
 
 def _steps(root: Path) -> list[int]:
-  if not root.is_dir():
-    return []
-  steps = []
-  for p in root.iterdir():
-    # Orbax tmp dirs are not plain integers; a plain-integer dir without a marker is unfinished.
-    if p.is_dir() and p.name.isdigit() and is_committed(p):
-      steps.append(int(p.name))
-  return sorted(steps)
+  return workdir_lib.committed_steps(root)
 
 
 def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> ResolvedCheckpoint:
@@ -80,7 +69,7 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> Reso
     raise CheckpointNotFoundError(f'no such run or checkpoint directory: {str(path)!r}')
   if path.name.isdigit() and ((path / 'state').exists() or (path / 'params').exists()):
     root = path.parent
-    run_dir = root.parent if root.name == 'checkpoints' else None
+    run_dir = root.parent if root.name == workdir_lib.CHECKPOINT_DIR else None
     if step is not None and int(step) != int(path.name):
       raise CheckpointNotFoundError(
         f'--step={step} contradicts the checkpoint directory {str(path)!r}'
@@ -90,10 +79,11 @@ def resolve_checkpoint(path: str | os.PathLike, step: int | None = None) -> Reso
         f'checkpoint directory {str(path)!r} was never committed (a save cut short)'
       )
     return ResolvedCheckpoint(run_dir, path, int(path.name))
-  if (path / 'checkpoints').is_dir():
-    root, run_dir = path / 'checkpoints', path
+  ckpts = workdir_lib.CHECKPOINT_DIR
+  if (path / ckpts).is_dir():
+    root, run_dir = path / ckpts, path
   else:
-    root, run_dir = path, (path.parent if path.name == 'checkpoints' else None)
+    root, run_dir = path, (path.parent if path.name == ckpts else None)
   steps = _steps(root)
   if not steps:
     raise CheckpointNotFoundError(f'no checkpoints under {str(root)!r}')
@@ -114,9 +104,9 @@ def load_config(ckpt: ResolvedCheckpoint) -> dict[str, Any]:
   The run's ``config.json`` describes the newest command on the run directory, which need not
   be the one that wrote this step; the copy saved with the step always is.
   """
-  candidates = [ckpt.step_dir / 'config' / 'metadata', ckpt.step_dir / 'config.json']
+  candidates = [workdir_lib.stored_config_path(ckpt.step_dir), ckpt.step_dir / 'config.json']
   if ckpt.run_dir is not None:
-    candidates.append(ckpt.run_dir / 'config.json')
+    candidates.append(ckpt.run_dir / workdir_lib.CONFIG_FILE)
   for c in candidates:
     if c.is_file():
       try:

@@ -49,6 +49,8 @@ import orbax.checkpoint as ocp
 from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
 
+from miras_jax import workdir as workdir_lib
+
 __all__ = [
   'CHECKPOINT_DIR',
   'Checkpointer',
@@ -61,7 +63,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = 'checkpoints'
+CHECKPOINT_DIR = workdir_lib.CHECKPOINT_DIR
+read_stored_config = workdir_lib.read_stored_config
 
 
 class NoReadableCheckpointError(RuntimeError):
@@ -70,16 +73,6 @@ class NoReadableCheckpointError(RuntimeError):
 
 class CheckpointMismatchError(ValueError):
   """A readable checkpoint holds another train state than the one requested (one line)."""
-
-
-def read_stored_config(step_dir: str | os.PathLike) -> dict[str, Any] | None:
-  """The config saved with a checkpoint step (``<step>/config/metadata``); None if absent/unreadable."""
-  path = Path(step_dir) / 'config' / 'metadata'
-  try:
-    cfg = json.loads(path.read_text())
-  except (OSError, ValueError):
-    return None
-  return cfg if isinstance(cfg, dict) else None
 
 
 def _key_name(k: Any) -> str:

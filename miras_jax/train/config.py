@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from miras_jax.workdir import CONFIG_FILE
+
 __all__ = [
   'ConfigError',
   'check_config_object',
@@ -31,7 +33,7 @@ __all__ = [
   'eval_batch_size',
 ]
 
-CONFIG_FILE = 'config.json'
+
 SECTIONS = ('model', 'data', 'train', 'checkpoint', 'eval')
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16, 'float16': jnp.float16}
 _FLOAT32_MAX = 3.4028234663852886e38

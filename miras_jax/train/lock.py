@@ -31,11 +31,11 @@ import socket
 import time
 from pathlib import Path
 
+from miras_jax.workdir import LOCK_FILE
+
 __all__ = ['LOCK_FILE', 'WorkdirLockedError', 'WorkdirLock']
 
 log = logging.getLogger(__name__)
-
-LOCK_FILE = 'run.lock'
 
 
 class WorkdirLockedError(RuntimeError):

@@ -47,6 +47,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
+from miras_jax import workdir as workdir_lib
 from miras_jax.train import checkpoint as ckpt_lib
 from miras_jax.train import config as config_lib
 from miras_jax.train import data as data_lib
@@ -335,16 +336,16 @@ class _RunDirectory:
         shutil.rmtree(self.created, ignore_errors=True)
 
 
-def _check_resume_config(ckpt: ckpt_lib.Checkpointer, config_dict: dict[str, Any]) -> None:
+def _check_resume_config(checkpoints: Path, config_dict: dict[str, Any]) -> None:
   """Refuse (one line, nothing touched) when the newest checkpoint was made by another model."""
-  for step in reversed(ckpt.all_steps()):
-    stored = ckpt_lib.read_stored_config(ckpt.directory / str(step))
+  for step in reversed(workdir_lib.committed_steps(checkpoints)):
+    stored = workdir_lib.read_stored_config(workdir_lib.step_dir(checkpoints, step))
     if stored is None:
       continue
     diffs = config_lib.resume_mismatch(stored, config_dict)
     if diffs:
       raise ckpt_lib.CheckpointMismatchError(
-        f'the checkpoints in {ckpt.directory} (newest step {step}) were trained with another '
+        f'the checkpoints in {checkpoints} (newest step {step}) were trained with another '
         f'config: {"; ".join(diffs)}; resume with the stored values or use a new --workdir '
         '(no checkpoint was changed)'
       )
@@ -483,25 +484,25 @@ def _run(
   batch_shard, micro_shard, repl, param_shardings, state_shardings = shardings
   num_params, flops_tok, flops_src, peak = flops
   global_batch, seq_len = int(t.batch_size), int(t.seq_len)
+  checkpoints = workdir / workdir_lib.CHECKPOINT_DIR
+  _check_resume_config(checkpoints, config_dict)
+  data_dir = data_lib.resolve_dataset(config.data, workdir, _model_vocab(config.model))
+  _print(f'data: {data_dir}')
+  has_val = _has_val_split(data_dir)
+  if not has_val:
+    _print(f'data: {data_dir} has no val split; the validation loss is not computed')
+  _print(
+    f'model: {num_params:,} parameters; {flops_tok:.3g} training FLOPs/token ({flops_src})'
+    + ('' if peak else '; MFU not reported (device peak FLOP/s unknown)')
+  )
   ckpt = ckpt_lib.Checkpointer(
-    workdir / ckpt_lib.CHECKPOINT_DIR,
+    checkpoints,
     every_steps=config.checkpoint.every_steps,
     keep_last=config.checkpoint.keep_last,
     keep_every=config.checkpoint.keep_every,
     async_save=config.checkpoint.async_save,
   )
   try:
-    _check_resume_config(ckpt, config_dict)
-    data_dir = data_lib.resolve_dataset(config.data, workdir, _model_vocab(config.model))
-    _print(f'data: {data_dir}')
-    has_val = _has_val_split(data_dir)
-    if not has_val:
-      _print(f'data: {data_dir} has no val split; the validation loss is not computed')
-    _print(
-      f'model: {num_params:,} parameters; {flops_tok:.3g} training FLOPs/token ({flops_src})'
-      + ('' if peak else '; MFU not reported (device peak FLOP/s unknown)')
-    )
-
     # ---------------------------------------------------- restore or init
     data_iter = data_lib.train_iterator(data_dir, config)
     with nn.logical_axis_rules(rules):
