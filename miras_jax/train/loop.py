@@ -2,19 +2,40 @@
 
 ``train(config, workdir)`` runs (or resumes) one run directory:
 
-1. mesh ``(data, fsdp, tensor)`` from ``train.mesh`` (a mismatch with the
-   device count fails here), the model from ``miras_jax.models.build_model(config.model)``
-   (which looks ``model.name`` up in its registry);
-2. the dataset resolved / prepared from ``config.data``;
-3. the train state (step, float32 params, AdamW state) created directly in its
+1. checks that touch no file: every config value (``config.validate``), the
+   mesh ``(data, fsdp, tensor)`` from ``train.mesh`` (a mismatch with the device
+   count fails here), the model from ``miras_jax.models.build_model(config.model)``
+   and its abstract init (so e.g. an unknown ``model.rule`` fails here);
+2. the run directory: refused when it is a file or not writable, created,
+   and locked for the whole run (``train/lock.py``); a directory created by a
+   command that then fails before training is removed again when empty;
+3. a resume check: the config stored with the newest checkpoint must agree on
+   the model and the optimiser's structure (``config.resume_mismatch``), else a
+   one-line refusal that changes nothing;
+4. the dataset resolved / prepared from ``config.data``;
+5. the train state (step, float32 params, AdamW state) created directly in its
    shardings (``jax.jit(init, out_shardings=...)``), or restored from the
-   newest readable checkpoint together with the data position;
-4. ``steps`` iterations of a ``jax.jit`` step with explicit in/out shardings
+   newest readable checkpoint together with the data position (a readable
+   checkpoint of another structure is refused, never moved aside); only now is
+   ``<workdir>/config.json`` written;
+6. ``steps`` iterations of a ``jax.jit`` step with explicit in/out shardings
    and the state donated: ``grad_accum_steps`` micro-batches under
    ``lax.scan``, loss = masked token mean over the whole batch, AdamW update;
-5. metrics every ``log_every_steps``, validation every ``eval.every_steps`` and
+7. metrics every ``log_every_steps``, validation every ``eval.every_steps`` and
    at the end, checkpoints every ``checkpoint.every_steps``, at the end and on
-   SIGTERM; finally the loss-curve PNG.
+   SIGTERM; finally the loss-curve PNG. An evaluation that fails is logged and
+   the run goes on to its checkpoint.
+
+Divergence: :class:`DivergenceMonitor` checks every step's loss and gradient
+norm (at each logged step and before each save, so dispatch stays
+asynchronous) and stops the run with :class:`DivergenceError`, naming the
+first non-finite (or, with ``train.loss_spike_factor``, spiking) step. A save
+happens only when every step up to it passed and the parameters are finite, so
+no non-finite state is ever written and the retention policy (which only
+drops steps when a newer one is saved) never deletes the last finite
+checkpoint. Not caught: a finite update that is already wrong (e.g. a huge
+learning rate whose first step still has a finite loss) is saved if a save
+falls on it; ``checkpoint.keep_last`` > 1 keeps the step before.
 
 Mixed precision: parameters and optimiser state stay float32. The compute
 dtype (``train.compute_dtype``) is handed to the model through its ``dtype``
@@ -281,8 +302,8 @@ class DivergenceMonitor:
       self._recent = (self._recent + [loss])[-self.window :]
 
 
-@jax.jit
 def _all_finite(tree: Any) -> jax.Array:
+  """One boolean: every floating leaf of ``tree`` is finite (jitted in the run, replicated)."""
   leaves = [
     jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
   ]
@@ -312,7 +333,7 @@ class _RunDirectory:
       while not top.parent.exists():
         top = top.parent
       try:
-        path.mkdir(parents=True)
+        path.mkdir(parents=True, exist_ok=True)  # exist_ok: other processes of the run
       except OSError as e:
         raise config_lib.ConfigError(
           f'cannot create --workdir {str(path)!r}: {e.strerror or e}'
@@ -360,39 +381,43 @@ def _has_val_split(data_dir: Path) -> bool:
 
 
 # --------------------------------------------------------------------- train
-def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
-  """Train (or resume) the run in ``workdir``; see the module docstring.
+@dataclasses.dataclass
+class _Plan:
+  """Everything the file-free checks produced: the model, its jitted steps, shapes, shardings."""
 
-  Nothing is written before the config has passed every check that needs no files
-  (:func:`config_lib.validate`, the mesh, the model's abstract init); the run directory is
-  locked for the whole run; ``config.json`` is written once the state is built or restored.
-  """
-  workdir = Path(workdir).expanduser()
+  config: ConfigDict
+  config_dict: dict[str, Any]
+  mesh: Any
+  rules: Any
+  init_state: Any  # rng -> TrainState, jitted into state_shardings
+  abstract_state: Any
+  state_shardings: Any
+  batch_sharding: Any
+  train_step: Any  # jitted (state, batch) -> (state, metrics), the state donated
+  eval_step: Any  # jitted (params, batch) -> (loss sum, token count)
+  all_finite: Any  # jitted params -> bool
+  num_params: int
+  flops: tuple[float, str]
+  peak: float | None
+
+
+def _plan(config: ConfigDict) -> _Plan:
+  """Validate the config, build the mesh, the model and its jitted steps; no file is touched."""
   config_lib.validate(config)
   prepare_model_config(config)
   t = config.train
-
-  mesh_cfg = t.mesh
-  mesh = sharding_lib.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
+  mesh = sharding_lib.make_mesh(t.mesh.data, t.mesh.fsdp, t.mesh.tensor)
   config_lib.check_mesh_batch(config, dict(mesh.shape))
-  config_dict = config_lib.to_dict(config)
   for warning in config_lib.warnings(config):
     _print(f'WARNING: {warning}')
   _print(
     f'devices: {jax.device_count()} x {jax.devices()[0].device_kind} on {jax.process_count()} process(es); '
     f'mesh {dict(mesh.shape)}'
   )
-
   model = build_model(config)
-  dtype = config_lib.compute_dtype(config)
-  cast = 'dtype' not in config.model
   tx = optimizer_lib.make_optimizer(t)
-  schedule = optimizer_lib.learning_rate_schedule(t)
   rules = sharding_lib.LOGICAL_AXIS_RULES
   accum = int(t.grad_accum_steps)
-  global_batch, seq_len = int(t.batch_size), int(t.seq_len)
-  micro_batch = global_batch // accum
-
   batch_shard = sharding_lib.batch_sharding(mesh)
   micro_shard = NamedSharding(mesh, P(None, sharding_lib.BATCH_AXES, None))
   repl = sharding_lib.replicated(mesh)
@@ -400,11 +425,11 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
   # The mesh is set globally while tracing the jitted init and steps, so the models' logical
   # activation constraints (nn.with_logical_constraint) take effect; state, batch and output
   # shardings are also explicit. (Abstract shapes and shardings are computed without it:
-  # unboxing an abstract tree under a set mesh would apply constraints outside jit.) (Multi-axis projections use layers/dense.py, whose kernels are boxed in their
-  # real shape — nn.DenseGeneral's flat-then-reshape kernels fail under a set mesh.)
+  # unboxing an abstract tree under a set mesh would apply constraints outside jit.)
+  # (Multi-axis projections use layers/dense.py, whose kernels are boxed in their real shape:
+  # nn.DenseGeneral's flat-then-reshape kernels fail under a set mesh.)
   with nn.logical_axis_rules(rules):
-    # ------------------------------------------------- state and shardings
-    dummy = jnp.zeros((micro_batch, seq_len), jnp.int32)
+    dummy = jnp.zeros((int(t.batch_size) // accum, int(t.seq_len)), jnp.int32)
 
     def init_params(rng):
       return model.init(rng, dummy)['params']
@@ -415,11 +440,10 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
       raise config_lib.ConfigError(f'config.model: {" ".join(str(e).split())}') from None
     param_shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
     abstract_params = nn.meta.unbox(boxed)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
     opt_shardings = optax.tree_map_params(
       tx,
       lambda _, s: s,
-      abstract_opt,
+      jax.eval_shape(tx.init, abstract_params),
       param_shardings,
       transform_non_params=lambda _: repl,
       is_leaf=lambda x: isinstance(x, optax.MaskedNode),
@@ -430,232 +454,260 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
       params = nn.meta.unbox(model.init(rng, dummy)['params'])
       return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
-    abstract_state = jax.eval_shape(init_state, jax.random.key(0))
     abstract_state = jax.tree.map(
       lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      abstract_state,
+      jax.eval_shape(init_state, jax.random.key(0)),
       state_shardings,
     )
-    num_params = metrics_lib.param_count(abstract_params)
-    flops_tok, flops_src = metrics_lib.flops_per_token(config.model, seq_len, num_params)
-    peak = metrics_lib.device_peak_flops()
-
-  with _RunDirectory(workdir) as run_dir:
-    return _run(
-      config,
-      workdir,
-      run_dir,
-      config_dict=config_dict,
-      mesh=mesh,
-      model=model,
-      dtype=dtype,
-      cast=cast,
-      tx=tx,
-      schedule=schedule,
-      accum=accum,
-      shardings=(batch_shard, micro_shard, repl, param_shardings, state_shardings),
-      abstract_state=abstract_state,
-      init_state=init_state,
-      flops=(num_params, flops_tok, flops_src, peak),
-    )
-
-
-def _run(
-  config: ConfigDict,
-  workdir: Path,
-  run_dir: _RunDirectory,
-  *,
-  config_dict,
-  mesh,
-  model,
-  dtype,
-  cast,
-  tx,
-  schedule,
-  accum,
-  shardings,
-  abstract_state,
-  init_state,
-  flops,
-) -> TrainResult:
-  """Everything after the checks: checkpoints, data, restore, the steps (workdir locked)."""
-  t = config.train
-  rules = sharding_lib.LOGICAL_AXIS_RULES
-  batch_shard, micro_shard, repl, param_shardings, state_shardings = shardings
-  num_params, flops_tok, flops_src, peak = flops
-  global_batch, seq_len = int(t.batch_size), int(t.seq_len)
-  checkpoints = workdir / workdir_lib.CHECKPOINT_DIR
-  _check_resume_config(checkpoints, config_dict)
-  data_dir = data_lib.resolve_dataset(config.data, workdir, _model_vocab(config.model))
-  _print(f'data: {data_dir}')
-  has_val = _has_val_split(data_dir)
-  if not has_val:
-    _print(f'data: {data_dir} has no val split; the validation loss is not computed')
-  _print(
-    f'model: {num_params:,} parameters; {flops_tok:.3g} training FLOPs/token ({flops_src})'
-    + ('' if peak else '; MFU not reported (device peak FLOP/s unknown)')
-  )
-  ckpt = ckpt_lib.Checkpointer(
-    checkpoints,
-    every_steps=config.checkpoint.every_steps,
-    keep_last=config.checkpoint.keep_last,
-    keep_every=config.checkpoint.keep_every,
-    async_save=config.checkpoint.async_save,
-  )
-  try:
-    # ---------------------------------------------------- restore or init
-    data_iter = data_lib.train_iterator(data_dir, config)
-    with nn.logical_axis_rules(rules):
-      restored = ckpt.restore_latest(abstract_state)
-      if restored is None:
-        with jax.set_mesh(mesh):
-          state = jax.jit(init_state, out_shardings=state_shardings)(
-            jax.random.key(int(config.seed))
-          )
-        start = 0
-        _print('init: fresh parameters')
-      else:
-        start, state, data_state = restored
-        data_iter.set_state(data_state)
-        _print(f'resume: restored step {start} from {ckpt.directory}')
-    if jax.process_index() == 0:  # the run is known to start: now the config is the run's
-      config_lib.write_json(config, workdir)
-    run_dir.started = True
-  except BaseException:
-    ckpt.close()
-    raise
-
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    # ------------------------------------------------------------ steps
-    loss_fn = make_loss_fn(model, dtype, cast)
-    train_step = jax.jit(
+  num_params = metrics_lib.param_count(abstract_params)
+  loss_fn = make_loss_fn(model, config_lib.compute_dtype(config), 'dtype' not in config.model)
+  schedule = optimizer_lib.learning_rate_schedule(t)
+  return _Plan(
+    config=config,
+    config_dict=config_lib.to_dict(config),
+    mesh=mesh,
+    rules=rules,
+    init_state=jax.jit(init_state, out_shardings=state_shardings),
+    abstract_state=abstract_state,
+    state_shardings=state_shardings,
+    batch_sharding=batch_shard,
+    train_step=jax.jit(
       make_train_step(loss_fn, tx, schedule, accum, micro_shard),
       in_shardings=(state_shardings, batch_shard),
       out_shardings=(state_shardings, repl),
       donate_argnums=(0,),
-    )
-    eval_step = jax.jit(
+    ),
+    eval_step=jax.jit(
       make_eval_step(loss_fn),
       in_shardings=(param_shardings, batch_shard),
       out_shardings=(repl, repl),
-    )
-    eval_batch = config_lib.eval_batch_size(config)
-    eval_shard = batch_shard
+    ),
+    all_finite=jax.jit(_all_finite, in_shardings=(param_shardings,), out_shardings=repl),
+    num_params=num_params,
+    flops=metrics_lib.flops_per_token(config.model, int(t.seq_len), num_params),
+    peak=metrics_lib.device_peak_flops(),
+  )
 
-    def evaluate() -> float | None:
-      if not has_val:
-        return None
-      total, count = 0.0, 0.0
-      for batch in data_lib.val_iterator(data_dir, config, eval_batch):
-        s, c = eval_step(state.params, _global_batch(batch, eval_shard))
-        total, count = total + float(s), count + float(c)
-      return total / count if count else None
 
-    zs_tasks = [n.strip() for n in str(config.eval.tasks).split(',') if n.strip()]
+def _init_or_restore(plan: _Plan, ckpt: ckpt_lib.Checkpointer, data_iter: Any) -> tuple[int, Any]:
+  """(start step, state): the newest readable checkpoint (and its data position), else fresh."""
+  config = plan.config
+  with nn.logical_axis_rules(plan.rules):
+    restored = ckpt.restore_latest(plan.abstract_state)
+  if restored is None:
+    with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
+      state = plan.init_state(jax.random.key(int(config.seed)))
+    _print('init: fresh parameters')
+    return 0, state
+  start, state, data_state = restored
+  data_iter.set_state(data_state)
+  _print(f'resume: restored step {start} from {ckpt.directory}')
+  return start, state
 
-    def zero_shot() -> dict[str, float]:
-      """The configured zero-shot tasks on the current parameters (one host, one device;
-      miras_jax.evals), flattened to ``eval/<task>/<metric>`` numbers."""
-      from miras_jax.data.pipeline import load_index  # pylint: disable=import-outside-toplevel
-      from miras_jax.evals import evaluate as zs_evaluate  # pylint: disable=import-outside-toplevel
 
-      res = zs_evaluate(
-        jax.device_get(state.params),
-        config.model,
-        load_index(data_dir)['tokenizer']['path'],
-        zs_tasks,
-        data_dir=str(config.eval.data_dir) or None,
-        limit=int(config.eval.limit) or None,
-        max_len=seq_len,
-      )
-      row = {}
-      for group in ('results', 'synthetic'):
-        for task, metrics in res.get(group, {}).items():
-          for name, val in metrics.items():
-            if isinstance(val, (int, float)):
-              row[f'eval/{task}/{name}'] = float(val)
-            elif isinstance(val, dict):  # per-length accuracies (niah, mqar)
-              for sub, x in val.items():
-                if isinstance(x, (int, float)):
-                  row[f'eval/{task}/{name}/{sub}'] = float(x)
-      return row
+class _Evaluator:
+  """Validation loss and the zero-shot ``eval.tasks`` at evaluation steps; a failure is logged."""
 
-    def guarded(fn, what: str, step: int):
-      """An evaluation failure is logged and the run goes on (to its checkpoint)."""
-      try:
-        return fn()
-      except Exception as e:  # pylint: disable=broad-except
-        reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
-        log.error('%s at step %d failed: %s', what, step, reason)
-        _print(f'WARNING: {what} at step {step} failed ({reason}); training continues')
-        return None
-
-    if zs_tasks and jax.process_count() > 1:
+  def __init__(self, plan: _Plan, data_dir: Path):
+    self.plan, self.config, self.data_dir = plan, plan.config, data_dir
+    self.has_val = _has_val_split(data_dir)
+    if not self.has_val:
+      _print(f'data: {data_dir} has no val split; the validation loss is not computed')
+    self.tasks = [n.strip() for n in str(self.config.eval.tasks).split(',') if n.strip()]
+    if self.tasks and jax.process_count() > 1:
       _print('eval.tasks: zero-shot evaluation during training runs on one host only; skipped')
-      zs_tasks = []
+      self.tasks = []
 
-    writer = metrics_lib.MetricsWriter(workdir, total_steps=int(t.steps))
-    watcher = ckpt_lib.PreemptionWatcher()
-    monitor = DivergenceMonitor(float(t.get('loss_spike_factor', 0.0) or 0.0))
-    delay = float(os.environ.get(_STEP_DELAY_ENV, '0') or 0)
-    history: list[dict[str, Any]] = []
-    tokens_per_step = global_batch * seq_len
-    step, preempted, val_loss, saved_step = start, False, None, start
+  def due(self, step: int, last: bool) -> bool:
+    every = int(self.config.eval.every_steps)
+    return bool(every and step % every == 0) or last
 
-    def save(step: int) -> None:
-      """Save ``step`` unless anything since the last check diverged (then raise, saving nothing)."""
-      monitor.check()
-      if not bool(_all_finite(state.params)):
-        raise DivergenceError(f'training diverged at step {step}: non-finite parameters')
-      ckpt.save(step, state, data_iter.get_state(), config_dict, force=True)
+  def run(self, step: int, params: Any, writer: metrics_lib.MetricsWriter) -> float | None:
+    val_loss = self._guarded(lambda: self.validation_loss(params), 'validation', step)
+    if val_loss is not None:
+      row = {'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50.0))}
+      writer.write(step, row)
+      writer.console(step, row)
+    if self.tasks:
+      row = self._guarded(lambda: self.zero_shot(params), 'zero-shot evaluation (eval.tasks)', step)
+      if row:
+        writer.write(step, row)
+        _print(f'step {step} | ' + ' | '.join(f'{k[5:]} {v:.4g}' for k, v in row.items()))
+    return val_loss
 
-    window_t0, window_steps, run_t0, timed_steps = time.perf_counter(), 0, None, 0
+  def validation_loss(self, params: Any) -> float | None:
+    if not self.has_val:
+      return None
+    total, count = 0.0, 0.0
+    batch_size = config_lib.eval_batch_size(self.config)
+    for batch in data_lib.val_iterator(self.data_dir, self.config, batch_size):
+      s, c = self.plan.eval_step(params, _global_batch(batch, self.plan.batch_sharding))
+      total, count = total + float(s), count + float(c)
+    return total / count if count else None
+
+  def zero_shot(self, params: Any) -> dict[str, float]:
+    """The zero-shot tasks on ``params`` (one host, one device; miras_jax.evals), flattened to
+    ``eval/<task>/<metric>`` numbers."""
+    from miras_jax.data.pipeline import load_index  # pylint: disable=import-outside-toplevel
+    from miras_jax.evals import evaluate as zs_evaluate  # pylint: disable=import-outside-toplevel
+
+    e = self.config.eval
+    res = zs_evaluate(
+      jax.device_get(params),
+      self.config.model,
+      load_index(self.data_dir)['tokenizer']['path'],
+      self.tasks,
+      data_dir=str(e.data_dir) or None,
+      limit=int(e.limit) or None,
+      max_len=int(self.config.train.seq_len),
+    )
+    row = {}
+    for group in ('results', 'synthetic'):
+      for task, metrics in res.get(group, {}).items():
+        for name, val in metrics.items():
+          if isinstance(val, (int, float)):
+            row[f'eval/{task}/{name}'] = float(val)
+          elif isinstance(val, dict):  # per-length accuracies (niah, mqar)
+            for sub, x in val.items():
+              if isinstance(x, (int, float)):
+                row[f'eval/{task}/{name}/{sub}'] = float(x)
+    return row
+
+  @staticmethod
+  def _guarded(fn, what: str, step: int):
+    """An evaluation failure is logged and the run goes on (to its checkpoint)."""
     try:
-      while step < int(t.steps):
-        batch = _global_batch(next(data_iter), batch_shard)
-        state, metrics = train_step(state, batch)
+      return fn()
+    except Exception as e:  # pylint: disable=broad-except
+      reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
+      log.error('%s at step %d failed: %s', what, step, reason)
+      _print(f'WARNING: {what} at step {step} failed ({reason}); training continues')
+      return None
+
+
+class _StepTimer:
+  """Per-window step time, tokens/s, MFU and ETA; evaluation time is kept out of tokens/s."""
+
+  def __init__(self, plan: _Plan, start: int):
+    t = plan.config.train
+    self.start, self.total = start, int(t.steps)
+    self.tokens_per_step = int(t.batch_size) * int(t.seq_len)
+    self.flops_tok, self.peak = plan.flops[0], plan.peak
+    self.window_t0, self.window_steps, self.run_t0, self.timed_steps = (
+      time.perf_counter(),
+      0,
+      None,
+      0,
+    )
+
+  def tick(self) -> None:
+    self.window_steps += 1
+
+  def row(self, step: int, metrics: dict[str, Any]) -> tuple[dict[str, float], float | None]:
+    """The logged row of ``step`` and the ETA in seconds (None until a timed window exists)."""
+    now = time.perf_counter()
+    dt = (now - self.window_t0) / self.window_steps
+    row = {k: float(v) for k, v in metrics.items()}
+    row['perplexity'] = math.exp(min(row['loss'], 50.0))
+    row['step_time_s'] = dt
+    row['tokens_per_sec'] = self.tokens_per_step / dt
+    if self.peak:
+      row['mfu'] = self.flops_tok * row['tokens_per_sec'] / (self.peak * jax.device_count())
+    if step == self.start + 1:
+      row['compile_and_step_time_s'] = dt
+      self.run_t0 = now
+    else:
+      self.timed_steps += self.window_steps
+    eta = (now - self.run_t0) / self.timed_steps * (self.total - step) if self.timed_steps else None
+    self.window_t0, self.window_steps = time.perf_counter(), 0
+    return row, eta
+
+  def exclude(self, seconds: float) -> None:
+    self.window_t0 += seconds
+
+
+def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
+  """Train (or resume) the run in ``workdir``; see the module docstring."""
+  workdir = Path(workdir).expanduser()
+  plan = _plan(config)  # nothing written yet
+  with _RunDirectory(workdir) as run_dir:  # checked, created, locked
+    checkpoints = workdir / workdir_lib.CHECKPOINT_DIR
+    _check_resume_config(checkpoints, plan.config_dict)
+    data_dir = data_lib.resolve_dataset(config.data, workdir, _model_vocab(config.model))
+    _print(f'data: {data_dir}')
+    evaluator = _Evaluator(plan, data_dir)
+    flops_tok, flops_src = plan.flops
+    _print(
+      f'model: {plan.num_params:,} parameters; {flops_tok:.3g} training FLOPs/token ({flops_src})'
+      + ('' if plan.peak else '; MFU not reported (device peak FLOP/s unknown)')
+    )
+    k = config.checkpoint
+    ckpt = ckpt_lib.Checkpointer(
+      checkpoints,
+      every_steps=k.every_steps,
+      keep_last=k.keep_last,
+      keep_every=k.keep_every,
+      async_save=k.async_save,
+    )
+    try:
+      data_iter = data_lib.train_iterator(data_dir, config)
+      start, state = _init_or_restore(plan, ckpt, data_iter)
+      if jax.process_index() == 0:  # the run is known to start: now the config is the run's
+        config_lib.write_json(config, workdir)
+      run_dir.started = True
+    except BaseException:
+      ckpt.close()
+      raise
+    return _steps(plan, workdir, ckpt, evaluator, data_iter, start, state)
+
+
+def _steps(
+  plan: _Plan,
+  workdir: Path,
+  ckpt: ckpt_lib.Checkpointer,
+  evaluator: _Evaluator,
+  data_iter: Any,
+  start: int,
+  state: TrainState,
+) -> TrainResult:
+  """The training steps from ``start``, with logging, evaluation, checkpoints and stops."""
+  config, t = plan.config, plan.config.train
+  total, every_save = int(t.steps), int(config.checkpoint.every_steps)
+  writer = metrics_lib.MetricsWriter(workdir, total_steps=total)
+  watcher = ckpt_lib.PreemptionWatcher()
+  monitor = DivergenceMonitor(float(t.get('loss_spike_factor', 0.0) or 0.0))
+  timer = _StepTimer(plan, start)
+  delay = float(os.environ.get(_STEP_DELAY_ENV, '0') or 0)
+  history: list[dict[str, Any]] = []
+  step, preempted, val_loss, saved_step = start, False, None, start
+
+  def save(step: int) -> None:
+    """Save ``step`` unless anything since the last check diverged (then raise, saving nothing)."""
+    monitor.check()
+    if not bool(plan.all_finite(state.params)):
+      raise DivergenceError(f'training diverged at step {step}: non-finite parameters')
+    ckpt.save(step, state, data_iter.get_state(), plan.config_dict, force=True)
+
+  try:
+    with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
+      while step < total:
+        batch = _global_batch(next(data_iter), plan.batch_sharding)
+        state, metrics = plan.train_step(state, batch)
         step += 1
-        window_steps += 1
+        timer.tick()
         monitor.add(step, metrics)
-        last = step == int(t.steps)
+        last = step == total
         if step % int(t.log_every_steps) == 0 or last or step == start + 1:
           monitor.check()
-          metrics = jax.device_get(metrics)
-          now = time.perf_counter()
-          dt = (now - window_t0) / window_steps
-          row = {k: float(v) for k, v in metrics.items()}
-          row['perplexity'] = math.exp(min(row['loss'], 50.0))
-          row['step_time_s'] = dt
-          row['tokens_per_sec'] = tokens_per_step / dt
-          if peak:
-            row['mfu'] = flops_tok * row['tokens_per_sec'] / (peak * jax.device_count())
-          if step == start + 1:
-            row['compile_and_step_time_s'] = dt
-            run_t0 = now
-          else:
-            timed_steps += window_steps
+          row, eta = timer.row(step, jax.device_get(metrics))
           history.append({'step': step, **row})
           writer.write(step, row)
-          eta = (now - run_t0) / timed_steps * (int(t.steps) - step) if timed_steps else None
           writer.console(step, row, eta_s=eta)
-          window_t0, window_steps = time.perf_counter(), 0
-        every = int(config.eval.every_steps)
-        if (every and step % every == 0) or last:
+        if evaluator.due(step, last):
           eval_t0 = time.perf_counter()
-          val_loss = guarded(evaluate, 'validation', step)
-          if val_loss is not None:
-            row = {'val_loss': val_loss, 'val_perplexity': math.exp(min(val_loss, 50.0))}
-            writer.write(step, row)
-            writer.console(step, row)
-          if zs_tasks:
-            row = guarded(zero_shot, 'zero-shot evaluation (eval.tasks)', step)
-            if row:
-              writer.write(step, row)
-              _print(f'step {step} | ' + ' | '.join(f'{k[5:]} {v:.4g}' for k, v in row.items()))
-          window_t0 += time.perf_counter() - eval_t0  # keep evaluation out of tokens/s
-        if (
-          config.checkpoint.every_steps and step % int(config.checkpoint.every_steps) == 0
-        ) or last:
+          val_loss = evaluator.run(step, state.params, writer)
+          timer.exclude(time.perf_counter() - eval_t0)
+        if (every_save and step % every_save == 0) or last:
           save(step)
           saved_step = step
         if watcher.reached(step):
@@ -666,27 +718,27 @@ def _run(
           break
         if delay:
           time.sleep(delay)
-      if not preempted and start >= int(t.steps):
-        _print(f'nothing to do: checkpoint step {start} >= train.steps={t.steps}')
-      ckpt.wait()
-    except DivergenceError as e:
-      ckpt.wait()
-      kept = ckpt.all_steps()
-      raise DivergenceError(
-        f'{e}; nothing from that step on was saved'
-        + (f', the newest checkpoint is step {kept[-1]}' if kept else '')
-        + ' (lower train.lr, or resume with other settings)'
-      ) from None
-    finally:
-      ckpt.close()
-      watcher.close()
-      writer.close()
-    if jax.process_index() == 0 and not preempted:
-      png = metrics_lib.plot_loss_curve(workdir)
-      if png is not None:
-        _print(f'wrote {png}')
-    if val_loss is not None:
-      _print(
-        f'final: step {step} val_loss {val_loss:.4f} val_perplexity {math.exp(min(val_loss, 50.0)):.2f}'
-      )
-    return TrainResult(step=step, preempted=preempted, val_loss=val_loss, history=history)
+    if not preempted and start >= total:
+      _print(f'nothing to do: checkpoint step {start} >= train.steps={t.steps}')
+    ckpt.wait()
+  except DivergenceError as e:
+    ckpt.wait()
+    kept = ckpt.all_steps()
+    raise DivergenceError(
+      f'{e}; nothing from that step on was saved'
+      + (f', the newest checkpoint is step {kept[-1]}' if kept else '')
+      + ' (lower train.lr, or resume with other settings)'
+    ) from None
+  finally:
+    ckpt.close()
+    watcher.close()
+    writer.close()
+  if jax.process_index() == 0 and not preempted:
+    png = metrics_lib.plot_loss_curve(workdir)
+    if png is not None:
+      _print(f'wrote {png}')
+  if val_loss is not None:
+    _print(
+      f'final: step {step} val_loss {val_loss:.4f} val_perplexity {math.exp(min(val_loss, 50.0)):.2f}'
+    )
+  return TrainResult(step=step, preempted=preempted, val_loss=val_loss, history=history)
