@@ -8,11 +8,16 @@
 
 ``--workdir`` is a run directory (``config.json`` + ``checkpoints/``), its
 ``checkpoints/`` directory, or one ``checkpoints/<step>`` directory; the latest
-step is used unless ``--step`` names one. The context length defaults to the
-run's ``train.seq_len`` (else the model's ``max_len``); the tokenizer to the
-run's ``data.tokenizer`` (else the one the trainer trained under
-``<data cache>/tokenizers/``). Prints the papers' table and writes everything as
-JSON to ``<run>/eval/step_<step>.json`` (or ``--output``).
+committed step is used unless ``--step`` names one. The model, context length
+and tokenizer come from the config saved *with that checkpoint* (the run's
+``config.json`` only when the checkpoint has none): the context length defaults
+to its ``train.seq_len`` (else the model's ``max_len``); the tokenizer to its
+``data.tokenizer``, else the one named by a prepared ``data.corpus`` directory's
+``index.json``, else the one the trainer trained under ``<data cache>/tokenizers/``.
+Prints the papers' table and writes everything as JSON to
+``<run>/eval/step_<step>.json`` (or ``--output``; its directory is checked for
+writing before anything is scored). Every user error is one line on stderr
+and exit status 2.
 """
 
 from __future__ import annotations

@@ -408,6 +408,7 @@ def test_divergence_monitor_names_the_first_bad_step():
 
 def test_single_document_corpus_gets_both_splits(tmp_path, dataset):
   from miras_jax.data.prepare import prepare
+  from miras_jax.train.loop import _has_val_split
 
   tok = json.loads((dataset / 'index.json').read_text())['tokenizer']['path']
   doc = tmp_path / 'one.txt'
@@ -421,4 +422,5 @@ def test_single_document_corpus_gets_both_splits(tmp_path, dataset):
   assert val['num_tokens'] == max(1, round(0.05 * total))
   # one record per document and no val fraction: an empty val split is what was asked for
   index = prepare(str(doc), format='text', tokenizer=tok, output_dir=tmp_path / 'n', val_fraction=0)
+  assert not _has_val_split(tmp_path / 'n') and _has_val_split(tmp_path / 'o')  # trainer: no val
   assert index['splits']['val']['num_docs'] == 0 and index['splits']['train']['num_tokens'] == total
