@@ -239,7 +239,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
   t = config.train
 
   mesh_cfg = t.mesh
-  mesh = sharding_lib.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
+  mesh = sharding_lib.mesh_from_config(mesh_cfg)
   config_lib.check_mesh_batch(config, dict(mesh.shape))
   if jax.process_index() == 0:
     config_lib.write_json(config, workdir)
@@ -281,15 +281,11 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
     boxed = jax.eval_shape(init_params, jax.random.key(int(config.seed)))
     param_shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
     abstract_params = nn.meta.unbox(boxed)
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    opt_shardings = optax.tree_map_params(
-      tx,
-      lambda _, s: s,
-      abstract_opt,
-      param_shardings,
-      transform_non_params=lambda _: repl,
-      is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+    sharding_lib.check_param_layout(
+      abstract_params, boxed, mesh, float(mesh_cfg.max_replicated_fraction), rules
     )
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_shardings = sharding_lib.optimizer_shardings(tx, abstract_opt, param_shardings, mesh)
     state_shardings = TrainState(step=repl, params=param_shardings, opt_state=opt_shardings)
 
     def init_state(rng):
