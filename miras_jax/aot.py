@@ -3,6 +3,8 @@
     pip install 'miras-jax[tpu]'          # libtpu: the TPU compiler (no TPU needed)
     python -m miras_jax.aot --config=configs/moneta.py:340m --topology=v5e:4x4 \\
         [--config.train.mesh.fsdp=-1 --config.train.mesh.data=1 ...] [--save=aot.json]
+    python -m miras_jax.aot --config=configs/moneta.py:1.3b --topology=v5p:4x4x4 --num_slices=2 \
+        --config.train.mesh.dcn_data=2 --config.train.mesh.data=1 --config.train.mesh.fsdp=-1
 
 Builds the sharded train step (and eval step) exactly as ``python -m miras_jax.train`` does
 — the model from ``train.loop.build_model``, the step from ``make_loss_fn`` /
@@ -27,6 +29,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -86,6 +89,7 @@ class StepCost:
   total_bytes: int
   xla_flops: float | None  # XLA's count for one device (loop bodies once)
   matmul_flops: float  # all devices, loops in full (`matmul_flops`)
+  uncounted_kernels: int  # Pallas kernels without a cost estimate (not in matmul_flops)
   compile_s: float
   error: str = ''
 
@@ -164,7 +168,7 @@ def _compile(jitted, args, state_bytes: int) -> StepCost:
 
   t0 = time.perf_counter()
   traced = jitted.trace(*args)
-  flops = matmul_flops(traced.jaxpr.jaxpr)
+  flops, unknown_kernels = matmul_flops(traced.jaxpr.jaxpr)
   try:
     compiled = traced.lower().compile()
   except jax.errors.JaxRuntimeError as e:
@@ -173,7 +177,17 @@ def _compile(jitted, args, state_bytes: int) -> StepCost:
       raise
     need = _oom_required_bytes(msg)
     return StepCost(
-      state_bytes, 0, 0, 0, 0, need, None, flops, time.perf_counter() - t0, error=msg[:400]
+      state_bytes,
+      0,
+      0,
+      0,
+      0,
+      need,
+      None,
+      flops,
+      unknown_kernels,
+      time.perf_counter() - t0,
+      error=msg[:400],
     )
   ma = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -189,6 +203,7 @@ def _compile(jitted, args, state_bytes: int) -> StepCost:
     total_bytes=total,
     xla_flops=float(cost['flops']) if cost and 'flops' in cost else None,
     matmul_flops=flops,
+    uncounted_kernels=unknown_kernels,
     compile_s=time.perf_counter() - t0,
   )
 
@@ -210,34 +225,39 @@ def _subjaxprs(eqn):
       yield j, mult
 
 
-def matmul_flops(jaxpr) -> float:
-  """Matrix-multiply FLOPs (2 per multiply-add) of a traced program, loops counted in full.
+def matmul_flops(jaxpr) -> tuple[float, int]:
+  """Matrix-multiply FLOPs (2 per multiply-add) of a traced program, loops counted in full,
+  and the number of Pallas kernels whose FLOPs are unknown (counted as 0).
 
   XLA's compiled cost analysis counts a loop body once, so scanned layers and the memories'
   chunk scans are under-counted there; this walks the jaxpr instead: ``scan`` bodies times
   their length, ``cond`` by its most expensive branch, ``while`` bodies once (their trip
-  count is not static; the step has none outside Pallas interpreters). Only ``dot_general``
-  counts (the MXU work MFU is defined by); a ``pallas_call`` counts by its cost estimate.
+  count is not static; the train step has none). Only ``dot_general`` counts (the MXU work
+  MFU is defined by); a ``pallas_call`` counts by its ``cost_estimate`` (the flash-attention
+  forward has one, its backward kernels do not).
   """
-  total = 0.0
+  total, unknown = 0.0, 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
     if name == 'dot_general':
-      (lc, _), (lb, _) = eqn.params['dimension_numbers']
-      a, b = (x.aval.shape for x in eqn.invars)
-      out = eqn.outvars[0].aval.shape
-      contract = math.prod(a[i] for i in lc)
-      total += 2.0 * math.prod(out) * contract
-      del b, lb
+      (contract_dims, _), _ = eqn.params['dimension_numbers']
+      lhs = eqn.invars[0].aval.shape
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(lhs[i] for i in contract_dims)
     elif name == 'pallas_call':
       est = eqn.params.get('cost_estimate')
-      total += float(getattr(est, 'flops', 0) or 0)
+      if est is None:
+        unknown += 1
+      else:
+        total += float(est.flops)
     elif name == 'cond':
-      total += max(matmul_flops(br.jaxpr) for br in eqn.params['branches'])
+      counts = [matmul_flops(br.jaxpr) for br in eqn.params['branches']]
+      total += max(c[0] for c in counts)
+      unknown += max(c[1] for c in counts)
     else:
       for sub, mult in _subjaxprs(eqn):
-        total += mult * matmul_flops(sub)
-  return total
+        f, u = matmul_flops(sub)
+        total, unknown = total + mult * f, unknown + u
+  return total, unknown
 
 
 def _prebuild_splash(model_cfg, mesh, seq_len: int) -> None:
@@ -257,8 +277,11 @@ def _prebuild_splash(model_cfg, mesh, seq_len: int) -> None:
   ab._splash_kernel(t_pad, per_device, model_cfg.get('window'), ab._pick_block(t_pad), False)  # pylint: disable=protected-access
 
 
-def compile_for_topology(config, topology: str, *, with_eval: bool = True) -> AotReport:
-  """Compile ``config``'s train (and eval) step for ``topology`` (e.g. ``'v5p:4x4x4'``)."""
+def compile_for_topology(
+  config, topology: str, *, num_slices: int = 1, with_eval: bool = True
+) -> AotReport:
+  """Compile ``config``'s train (and eval) step for ``topology`` (e.g. ``'v5p:4x4x4'``),
+  ``num_slices`` copies of it joined by DCN (``train.mesh.dcn_*`` lay the mesh over them)."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
@@ -275,7 +298,7 @@ def compile_for_topology(config, topology: str, *, with_eval: bool = True) -> Ao
   from miras_jax.train import sharding as sharding_lib  # pylint: disable=import-outside-toplevel
 
   try:
-    devices = list(topologies.get_topology_desc(topology, 'tpu').devices)
+    devices = list(topologies.get_topology_desc(topology, 'tpu', num_slices=num_slices).devices)
   except Exception as e:  # pylint: disable=broad-except  # libtpu's message names the problem
     raise ValueError(f'--topology={topology}: {" ".join(str(e).split())[:300]}') from None
   chip = chip_for(devices[0].device_kind)
@@ -351,7 +374,7 @@ def compile_for_topology(config, topology: str, *, with_eval: bool = True) -> Ao
       eval_cost = _compile(eval_step, (state.params, abstract_batch(eval_rows)), params_bytes)
 
   return AotReport(
-    topology=topology,
+    topology=topology if num_slices == 1 else f'{num_slices} x {topology}',
     chip=chip.generation,
     device_kind=devices[0].device_kind,
     num_devices=len(devices),
@@ -411,6 +434,12 @@ def format_report(r: AotReport) -> str:
       f'devices, with recomputation); model FLOPs {r.model_flops_per_step:.3g} '
       f'({r.model_flops_source}); MFU bound {r.mfu_bound:.0%}; at peak a step takes '
       f'>= {step_s:.3g}s (XLA cost analysis: {xla} per device, loop bodies counted once)'
+      + (
+        f'; {r.train.uncounted_kernels} Pallas kernels have no cost estimate and count 0, so '
+        'the traced FLOPs are low and the bound high'
+        if r.train.uncounted_kernels
+        else ''
+      )
     )
   if r.fits:
     lines.append(
@@ -445,6 +474,9 @@ def main(argv: list[str] | None = None) -> int:
     'topology', None, 'TPU topology, e.g. v5e:4x4, v5p:4x4x4', flag_values=fv
   )
   save = flags.DEFINE_string('save', None, 'write the report as JSON here', flag_values=fv)
+  num_slices = flags.DEFINE_integer(
+    'num_slices', 1, 'multi-slice: this many copies of --topology over DCN', flag_values=fv
+  )
   with_eval = flags.DEFINE_bool('eval', True, 'also compile the eval step', flag_values=fv)
   argv = list(sys.argv if argv is None else [PROG, *argv])
   try:
@@ -463,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
       "libtpu is not installed (pip install 'miras-jax[tpu]'); it holds the TPU compiler"
     )
 
+  # The host's own devices are never used: no TPU is claimed even on a TPU VM, and libtpu
+  # (loaded here only as a compiler) skips its one-process-per-host lock file, so several
+  # compiles (and a training run) can share a machine.
+  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   import logging  # pylint: disable=import-outside-toplevel
 
   logging.getLogger('miras_jax').setLevel(logging.WARNING)
@@ -470,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
   from miras_jax.train.sharding import MeshError  # pylint: disable=import-outside-toplevel
 
   try:
-    report = compile_for_topology(config, topology.value, with_eval=with_eval.value)
+    report = compile_for_topology(
+      config, topology.value, num_slices=num_slices.value, with_eval=with_eval.value
+    )
   except (ConfigError, MeshError, ValueError) as e:
     return _fail(e)
   print(format_report(report), flush=True)

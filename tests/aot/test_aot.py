@@ -56,11 +56,16 @@ def test_tiny_transformer_fits_v5e_2x2_data_parallel(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert verdict(proc.stdout).startswith('FITS: peak ') and 'of 16.00 GiB per chip' in proc.stdout
   r = json.loads(out.read_text())
-  assert r['chip'] == 'v5e' and r['num_devices'] == 4 and r['mesh'] == {
-    'data': 4,
-    'fsdp': 1,
-    'tensor': 1,
-  }
+  assert (
+    r['chip'] == 'v5e'
+    and r['num_devices'] == 4
+    and r['mesh']
+    == {
+      'data': 4,
+      'fsdp': 1,
+      'tensor': 1,
+    }
+  )
   t = r['train']
   # data parallel: every chip holds the whole fp32 state (params + 2 Adam moments)
   assert t['state_bytes'] == r['params_bytes'] + r['opt_bytes'] >= 3 * 4 * r['num_params']
@@ -120,3 +125,22 @@ def test_without_libtpu_says_how_to_install():
   proc = run_aot(*TINY, '--topology=v5e:2x2', timeout=120)
   assert proc.returncode == 2
   assert "libtpu is not installed (pip install 'miras-jax[tpu]')" in proc.stderr
+
+
+@needs_libtpu
+def test_two_slices_put_the_dcn_axis_across_slices(monkeypatch):
+  """train.mesh.dcn_data=2 on two v5e:2x2 slices: data crosses slices, fsdp stays inside one."""
+  monkeypatch.setenv('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # as miras_jax.aot sets it
+  from jax.experimental import topologies
+  from ml_collections import ConfigDict
+
+  from miras_jax.train.sharding import mesh_from_config
+
+  devices = topologies.get_topology_desc('v5e:2x2', 'tpu', num_slices=2).devices
+  cfg = ConfigDict(
+    {'data': 1, 'fsdp': -1, 'tensor': 1, 'dcn_data': 2, 'dcn_fsdp': 1, 'dcn_tensor': 1}
+  )
+  mesh = mesh_from_config(cfg, devices)
+  assert dict(mesh.shape) == {'data': 2, 'fsdp': 4, 'tensor': 1}
+  for i in range(2):
+    assert {d.slice_index for d in mesh.devices[i].ravel()} == {i}

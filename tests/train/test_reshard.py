@@ -36,9 +36,7 @@ def test_fsdp_then_resume_on_4_devices_fsdp_tp_matches_one_device(tmp_path, data
   (run / 'metrics.jsonl').unlink()
   tp = run_train(
     run,
-    base_args(
-      dataset, **args, train__mesh__data=1, train__mesh__fsdp=-1, train__mesh__tensor=2
-    ),
+    base_args(dataset, **args, train__mesh__data=1, train__mesh__fsdp=-1, train__mesh__tensor=2),
     devices=4,
     timeout=300,
   )
