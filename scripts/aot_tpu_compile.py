@@ -9,6 +9,8 @@ and backward on one chip, (2) the chunked Miras memory forward+backward for ever
 and Gated DeltaNet, sharded over the chips by batch, (3) whole LMs with Pallas attention,
 sharded by rows and heads (the kernels under shard_map), and prints each compiled program's
 memory analysis — proof that the code compiles for, and fits on, the target without one.
+(3) is ``python -m miras_jax.aot`` (the trainer's train step) on a 170M config each; use that
+command directly for any other config and topology.
 """
 
 from __future__ import annotations
@@ -22,12 +24,11 @@ from jax.experimental import topologies
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from miras_jax.layers.attention_backends import (  # noqa: E402
-  causal_attention,
-  compile_pallas_for_tpu,
-)
+from miras_jax.aot import compile_for_topology, format_report
+from miras_jax.layers.attention_backends import causal_attention
 from miras_jax.memory import chunked, get_rule  # noqa: E402
 from miras_jax.memory.testing import random_inputs  # noqa: E402
+from miras_jax.train.defaults import family_config
 
 
 def _mib(ma):
@@ -126,63 +127,16 @@ def main(argv=None):
       sh,
     )
 
-  # (3) Whole LMs whose attention runs on the Pallas kernels, sharded (data=2, tensor=rest):
-  #     the kernels run under shard_map (layers/attention_backends.py `_on_mesh`), the rest is
-  #     partitioned by the logical-axis rules, as in the trainer.
-  if a.models:
-    _compile_models(a, devs)
-
-
-def _compile_models(a, devs):
-  import flax.linen as nn
-
-  from miras_jax.models import build_model
-  from miras_jax.models.presets import model_config
-  from miras_jax.train.sharding import LOGICAL_AXIS_RULES, logical_shardings, make_mesh
-
-  data = 2 if len(devs) % 2 == 0 else 1
-  mesh = make_mesh(data, 1, len(devs) // data, devices=devs)
-  B = 2 * data
-  for spec in a.models.split(','):
+  # (3) Whole LMs: the trainer's full sharded train step, through miras_jax.aot (the
+  #     Pallas kernels run under shard_map, the rest is partitioned by the logical-axis rules).
+  for spec in filter(None, a.models.split(',')):
     family, size, backend = spec.split(':')
-    cfg = model_config(family, size)
-    cfg.attention_backend = backend
-    cfg.dtype = 'bfloat16'
-    cfg.max_len = a.seq_len
-    model = build_model(cfg)
-    toks = jax.ShapeDtypeStruct((B, a.seq_len), jnp.int32)
-    if backend == 'pallas_tpu_splash':
-      # Build the splash kernel (host-side mask preprocessing + jnp.array of its tables) before
-      # entering the mesh: under a mesh of topology-only devices those arrays cannot be placed.
-      # The kernel cache then serves the traced call (heads per device as `_on_mesh` splits).
-      from miras_jax.layers.attention_backends import PALLAS_BLOCK, _pick_block, _splash_kernel
-
-      t_pad = -(-a.seq_len // PALLAS_BLOCK) * PALLAS_BLOCK
-      heads = (
-        cfg.n_heads // mesh.shape['tensor']
-        if cfg.n_heads % mesh.shape['tensor'] == 0
-        else cfg.n_heads
-      )
-      _splash_kernel(t_pad, heads, cfg.window, _pick_block(t_pad), False)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES), compile_pallas_for_tpu():
-      boxed = jax.eval_shape(lambda t: model.init(jax.random.PRNGKey(0), t), toks)
-    # Unboxed outside the mesh context, where unboxing would add sharding constraints.
-    p_sh = logical_shardings(boxed, mesh)
-    params = nn.meta.unbox(boxed)
-    with jax.set_mesh(mesh), nn.logical_axis_rules(LOGICAL_AXIS_RULES), compile_pallas_for_tpu():
-
-      def loss(params, toks, segs):
-        logits = model.apply(params, toks, segs)
-        logp = jax.nn.log_softmax(logits[:, :-1])
-        return -jnp.mean(jnp.take_along_axis(logp, toks[:, 1:, None], axis=-1))
-
-      row = NamedSharding(mesh, P(('data', 'fsdp'), None))
-      _compile(
-        f'LM {family} {size} {backend} B={B} T={a.seq_len} mesh={dict(mesh.shape)}',
-        jax.grad(loss),
-        (params, toks, toks),
-        (p_sh, row, row),
-      )
+    cfg = family_config(family, size)
+    cfg.model.attention_backend = backend
+    cfg.model.max_len = max(int(cfg.model.max_len), a.seq_len)
+    cfg.train.seq_len, cfg.train.batch_size = a.seq_len, 4
+    cfg.train.mesh.data, cfg.train.mesh.tensor = 2 if len(devs) % 2 == 0 else 1, -1
+    print(format_report(compile_for_topology(cfg, a.topology, with_eval=False)), flush=True)
 
 
 if __name__ == '__main__':

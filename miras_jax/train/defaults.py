@@ -25,7 +25,9 @@ Sections (keys users type most are marked *):
                 GPU/TPU, float32 on CPU; parameters and optimiser state are
                 always float32), ``remat`` (empty: the model's own policy),
                 ``mesh.{data,fsdp,tensor}`` (one may be -1: the rest of the
-                devices), ``log_every_steps``. A non-finite loss or gradient
+                devices; ``mesh.dcn_*``: slices per axis on multi-slice TPU;
+                ``mesh.max_replicated_fraction``; see train/sharding.py),
+                ``log_every_steps``. A non-finite loss or gradient
                 norm always stops the run (nothing of it is saved);
                 ``loss_spike_factor`` > 1 also stops it when a loss exceeds that
                 factor times the mean of the previous 50 (0: off).
@@ -80,7 +82,19 @@ def defaults() -> ConfigDict:
   t.remat = ''
   t.log_every_steps = 10
   t.loss_spike_factor = 0.0
-  t.mesh = ConfigDict({'data': -1, 'fsdp': 1, 'tensor': 1})
+  # Per-slice mesh axes (one may be -1), slices spanned by each axis over DCN, and the share
+  # of parameter bytes allowed to stay unsharded when fsdp x tensor > 1 (train/sharding.py).
+  t.mesh = ConfigDict(
+    {
+      'data': -1,
+      'fsdp': 1,
+      'tensor': 1,
+      'dcn_data': 1,
+      'dcn_fsdp': 1,
+      'dcn_tensor': 1,
+      'max_replicated_fraction': 0.2,
+    }
+  )
 
   c.checkpoint = k = ConfigDict()
   k.every_steps = 1000

@@ -406,7 +406,8 @@ def _plan(config: ConfigDict) -> _Plan:
   config_lib.validate(config)
   prepare_model_config(config)
   t = config.train
-  mesh = sharding_lib.make_mesh(t.mesh.data, t.mesh.fsdp, t.mesh.tensor)
+  mesh_cfg = t.mesh
+  mesh = sharding_lib.mesh_from_config(mesh_cfg)
   config_lib.check_mesh_batch(config, dict(mesh.shape))
   for warning in config_lib.warnings(config):
     _print(f'WARNING: {warning}')
@@ -440,14 +441,11 @@ def _plan(config: ConfigDict) -> _Plan:
       raise config_lib.ConfigError(f'config.model: {" ".join(str(e).split())}') from None
     param_shardings = sharding_lib.logical_shardings(boxed, mesh, rules)
     abstract_params = nn.meta.unbox(boxed)
-    opt_shardings = optax.tree_map_params(
-      tx,
-      lambda _, s: s,
-      jax.eval_shape(tx.init, abstract_params),
-      param_shardings,
-      transform_non_params=lambda _: repl,
-      is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+    sharding_lib.check_param_layout(
+      abstract_params, boxed, mesh, float(mesh_cfg.max_replicated_fraction), rules
     )
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    opt_shardings = sharding_lib.optimizer_shardings(tx, abstract_opt, param_shardings, mesh)
     state_shardings = TrainState(step=repl, params=param_shardings, opt_state=opt_shardings)
 
     def init_state(rng):

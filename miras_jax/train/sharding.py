@@ -23,9 +23,30 @@ head_dim, layers    -                never sharded
 ================== ================ ===========================================
 
 Names not in the table are replicated. Data parallel, FSDP and tensor
-parallel are therefore a config change (``train.mesh.*``), not a code change.
-A parameter dimension that the assigned mesh axes do not divide is left
-unsharded (with a log line) rather than failing.
+parallel are therefore a config change (``train.mesh.*``), not a code change;
+one of ``data`` / ``fsdp`` / ``tensor`` may be -1 ("the rest of the devices"):
+
+======================== ================================= ==========================
+layout                    ``train.mesh``                    state per chip
+======================== ================================= ==========================
+data parallel             data=-1                           whole (replicated)
+FSDP (ZeRO-3)             data=1, fsdp=-1                   1 / devices
+FSDP + tensor parallel    data=1, fsdp=-1, tensor=4         1 / devices
+======================== ================================= ==========================
+
+Multi-slice (several TPU slices joined by the data-centre network, DCN):
+``train.mesh.dcn_{data,fsdp,tensor}`` give how many slices each axis spans
+(default 1; their product is the slice count). The mesh then has the same three
+axes, each of size ICI size × DCN size, laid out by
+``jax.experimental.mesh_utils.create_hybrid_device_mesh`` so that only the
+DCN part of an axis crosses slices (MaxText's ``dcn_*_parallelism`` convention:
+put ``data`` on DCN, keep ``fsdp`` / ``tensor`` inside a slice).
+
+:func:`check_param_layout` runs at startup: a parameter dimension that its
+mesh axes do not divide is left unsharded, and when the parameter bytes that
+are not split over the model axes (fsdp × tensor) exceed
+``train.mesh.max_replicated_fraction`` the run stops with one line naming the
+largest such parameter.
 """
 
 from __future__ import annotations
@@ -37,6 +58,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+import optax
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -47,7 +69,11 @@ __all__ = [
   'MeshError',
   'mesh_shape',
   'make_mesh',
+  'mesh_from_config',
   'logical_shardings',
+  'optimizer_shardings',
+  'check_param_layout',
+  'shard_bytes',
   'replicated',
   'batch_sharding',
 ]
@@ -116,6 +142,38 @@ def make_mesh(
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=axis_types)
 
 
+def mesh_from_config(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """The mesh ``train.mesh`` asks for on ``devices`` (default: all), single- or multi-slice.
+
+  ``mesh_cfg`` holds ``data`` / ``fsdp`` / ``tensor`` (per-slice sizes, one may be -1) and
+  optionally ``dcn_data`` / ``dcn_fsdp`` / ``dcn_tensor`` (slices spanned by each axis).
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  dcn = tuple(int(mesh_cfg.get(f'dcn_{a}', 1)) for a in MESH_AXES)
+  if any(d < 1 for d in dcn):
+    raise MeshError(f'train.mesh.dcn_* = {dcn}: slice counts must be >= 1')
+  slices = math.prod(dcn)
+  if slices == 1:
+    return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices)
+  if len(devices) % slices:
+    raise MeshError(
+      f'train.mesh.dcn_* = {dcn} needs {slices} slices; {len(devices)} devices do not split into them'
+    )
+  ici = mesh_shape(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, len(devices) // slices)
+  from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
+
+  found = {getattr(d, 'slice_index', 0) for d in devices}
+  try:
+    # Slices are the DCN granules when devices carry slice_index (multi-slice TPU); otherwise
+    # (GPU clusters, tests) each process is one granule.
+    grid = mesh_utils.create_hybrid_device_mesh(
+      ici, dcn, devices, process_is_granule=len(found) < slices
+    )
+  except ValueError as e:
+    raise MeshError(f'train.mesh: hybrid mesh ici={ici} x dcn={dcn}: {e}') from None
+  return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
@@ -162,3 +220,81 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, rules=LOGICAL_AXIS_RULES) 
   return jax.tree_util.tree_map_with_path(
     one, unboxed, specs, is_leaf=lambda x: x is None or isinstance(x, P)
   )
+
+
+def optimizer_shardings(
+  tx: optax.GradientTransformation, abstract_opt: Any, param_shardings: Any, mesh: Mesh
+) -> Any:
+  """Shardings of the optimiser state: each moment like its parameter, scalars replicated."""
+  return optax.tree_map_params(
+    tx,
+    lambda _, s: s,
+    abstract_opt,
+    param_shardings,
+    transform_non_params=lambda _: replicated(mesh),
+    is_leaf=lambda x: isinstance(x, optax.MaskedNode),
+  )
+
+
+def shard_bytes(abstract_tree: Any, shardings: Any) -> int:
+  """Bytes one device holds of ``abstract_tree`` laid out by ``shardings`` (largest shard)."""
+  total = 0
+  for leaf, sh in zip(jax.tree.leaves(abstract_tree), jax.tree.leaves(shardings)):
+    shape = sh.shard_shape(tuple(leaf.shape)) if leaf.shape else ()
+    total += math.prod(shape) * np.dtype(leaf.dtype).itemsize
+  return total
+
+
+def check_param_layout(
+  abstract_params: Any,
+  boxed_params: Any,
+  mesh: Mesh,
+  max_replicated_fraction: float,
+  rules=LOGICAL_AXIS_RULES,
+) -> float:
+  """Fail (:class:`MeshError`, one line) when too many parameter bytes are not model-sharded.
+
+  With model axes (fsdp × tensor) larger than 1, every parameter is expected to be split
+  over them; a parameter is counted as *replicated* when its layout does not use any model
+  axis (unannotated, or its dimensions did not divide the axes). Returns the replicated
+  fraction of parameter bytes (0 on a data-parallel-only mesh, where replication is the plan).
+  """
+  model_axes = [a for a in ('fsdp', 'tensor') if mesh.shape[a] > 1]
+  if not model_axes:
+    return 0.0
+  specs = nn.get_partition_spec(boxed_params)
+  flat_specs = jax.tree_util.tree_flatten_with_path(
+    specs, is_leaf=lambda x: x is None or isinstance(x, P)
+  )[0]
+  leaves = jax.tree.leaves(abstract_params)
+  total, replicated_bytes, worst = 0, 0, None
+  for (path, spec), leaf in zip(flat_specs, leaves):
+    nbytes = math.prod(leaf.shape) * np.dtype(leaf.dtype).itemsize
+    total += nbytes
+    wanted = nn.logical_to_mesh_axes(tuple(spec or ()), rules)
+    got = _fit(wanted, tuple(leaf.shape), mesh, jax.tree_util.keystr(path))
+    used = {a for axes in got if axes for a in (axes if isinstance(axes, tuple) else (axes,))}
+    if used & set(model_axes):
+      continue
+    replicated_bytes += nbytes
+    if worst is None or nbytes > worst[0]:
+      reason = 'no logical axis names'
+      for dim, w, g in zip(leaf.shape, tuple(wanted), tuple(got)):
+        if w is not None and g is None:
+          names = w if isinstance(w, tuple) else (w,)
+          size = math.prod(mesh.shape[a] for a in names)
+          reason = f'dimension {dim} does not divide mesh axis {"x".join(names)} (size {size})'
+          break
+      else:
+        if spec:
+          reason = f'logical axes {tuple(spec)} map to no model axis'
+      worst = (nbytes, jax.tree_util.keystr(path), leaf.shape, reason)
+  frac = replicated_bytes / max(total, 1)
+  if frac > max_replicated_fraction:
+    _, name, shape, reason = worst
+    raise MeshError(
+      f'{frac:.0%} of parameter bytes would be replicated on every {"/".join(model_axes)} shard '
+      f'(limit train.mesh.max_replicated_fraction={max_replicated_fraction}); largest: '
+      f'params{name} {tuple(shape)}: {reason}'
+    )
+  return frac
