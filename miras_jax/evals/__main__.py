@@ -2,7 +2,7 @@
 
     python -m miras_jax.eval --workdir=runs/moneta_170m \\
         --tasks=piqa,hellaswag,winogrande,arc_easy,arc_challenge,siqa,boolq,lambada,wikitext \\
-        [--step=N] [--data_dir=../shared/data] [--limit=N] [--batch_size=8] [--max_len=4096] \\
+        [--step=N] [--data_dir=data/evals] [--limit=N] [--batch_size=8] [--max_len=4096] \\
         [--tokenizer=path/tokenizer.model] [--pack] [--output=results.json]
     python -m miras_jax.eval --workdir=... --tasks=niah,mqar --niah_lengths=1024,2048,4096
 
@@ -85,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     "wikitext,niah,mqar ('paper' = the nine zero-shot tasks)",
   )
   p.add_argument(
-    '--data_dir', default=None, help='task files (default $MIRAS_SHARED_DATA or ../shared/data)'
+    '--data_dir',
+    default=None,
+    help='task files (default: $MIRAS_SHARED_DATA, else data/evals from data/evals/download.py)',
   )
   p.add_argument('--limit', type=int, default=None, help='first N documents of each task')
   p.add_argument(
@@ -123,8 +125,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from miras_jax.evals import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.harness import evaluate, format_table, parse_tasks  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.tasks import check_task_files  # pylint: disable=import-outside-toplevel
+  from miras_jax.logs import quiet_logs  # pylint: disable=import-outside-toplevel
+
+  quiet_logs()
 
   tasks = parse_tasks(args.tasks)
+  check_task_files(tasks, args.data_dir)  # one line naming what is missing and how to fetch it
   ckpt = ckpt_lib.resolve_checkpoint(args.workdir, args.step)
   config = ckpt_lib.load_config(ckpt)
   model_cfg = config.get('model')
