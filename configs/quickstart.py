@@ -28,7 +28,7 @@ def get_config(arg=None):
   m.chunk_size = 32
   m.max_len = 128
 
-  c.data.corpus = 'default'
+  c.data.corpus = 'default,recall'  # Shakespeare + Milton, and a synthetic copy task
   c.data.val_fraction = 0.05
   c.data.max_record_tokens = 1024
 

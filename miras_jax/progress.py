@@ -7,26 +7,36 @@ preparation, evaluation, generation).
 
 Writes to stderr; on a terminal the line is redrawn in place (``\\r``), otherwise (logs, CI) a
 new line at most every ``interval`` seconds. ``total=None`` prints counts and rates without
-an ETA. Extra counters (``tokens=...``) are summed and shown as rates.
+an ETA; ``unit=None`` only the elapsed time (a step that reports nothing, kept alive by
+`ticking`). Extra counters (``tokens=...``) are summed and shown as rates. A step that ends
+within one ``interval`` prints nothing (``always=True``: its final line anyway).
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 from typing import TextIO
 
-from miras_jax.train.metrics import format_duration
+__all__ = ['Progress', 'human', 'format_duration']
 
-__all__ = ['Progress', 'human']
+
+def format_duration(seconds: float) -> str:
+  """``75 -> '1m15s'``, ``3725 -> '1h02m05s'``."""
+  seconds = max(0, int(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
 def human(x: float) -> str:
-  """``1234567 -> '1.23M'``."""
+  """``1234567 -> '1.23M'``, ``999.99 -> '1k'`` (three significant digits)."""
   for div, suffix in ((1e9, 'G'), (1e6, 'M'), (1e3, 'k')):
-    if abs(x) >= div:
+    if abs(x) >= div * 0.9995:  # what would round up to 1000 of the unit below
       return f'{x / div:.3g}{suffix}'
-  return f'{x:.3g}' if x != int(x) else str(int(x))
+  return f'{x:.3g}'
 
 
 class Progress:
@@ -34,17 +44,19 @@ class Progress:
     self,
     desc: str,
     total: float | None = None,
-    unit: str = 'it',
+    unit: str | None = 'it',
     *,
     interval: float | None = None,
     stream: TextIO | None = None,
     enabled: bool = True,
+    always: bool = False,
   ):
     self.desc, self.total, self.unit = desc, total, unit
     self.stream = stream or sys.stderr
     self.tty = bool(getattr(self.stream, 'isatty', lambda: False)())
     self.interval = interval if interval is not None else (0.5 if self.tty else 10.0)
     self.enabled = enabled
+    self.always = always
     self.n = 0.0
     self.extra: dict[str, float] = {}
     self.start = time.perf_counter()
@@ -53,6 +65,8 @@ class Progress:
 
   def line(self) -> str:
     elapsed = max(time.perf_counter() - self.start, 1e-9)
+    if self.unit is None:
+      return f'{self.desc}, elapsed {format_duration(elapsed)}'
     count = human(self.n) + (f'/{human(self.total)}' if self.total else '')
     parts = [f'{self.desc}: {count} {self.unit}']
     if self.total:
@@ -83,10 +97,32 @@ class Progress:
     self._printed = True
 
   def close(self) -> None:
-    """The final line (always printed once, unless disabled)."""
-    if self.enabled:
+    """The final line, if a line was printed before, the step outlasted one interval, or
+    ``always``."""
+    slow = time.perf_counter() - self.start >= self.interval
+    if self.enabled and (self._printed or slow or self.always):
       self._emit(final=True)
-      self.enabled = False
+    self.enabled = False
+
+  @contextlib.contextmanager
+  def ticking(self):
+    """Redraw the line every ``interval`` from a thread while the body runs (for a call that
+    reports no progress of its own, e.g. SentencePiece training); closes on exit."""
+    stop = threading.Event()
+
+    def tick():
+      while not stop.wait(self.interval):
+        if self.enabled:
+          self._emit(final=False)
+
+    thread = threading.Thread(target=tick, daemon=True)
+    thread.start()
+    try:
+      yield self
+    finally:
+      stop.set()
+      thread.join()
+      self.close()
 
   def __enter__(self) -> Progress:
     return self

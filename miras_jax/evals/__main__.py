@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--niah_variants', default='passkey,number,word')
   p.add_argument('--mqar_pairs', type=_ints, default=[8, 32, 128, 256])
   p.add_argument('--mqar_samples', type=int, default=10)
+  p.add_argument('--copy_words', type=_ints, default=[8, 16])
+  p.add_argument('--copy_samples', type=int, default=16)
+  p.add_argument('--heldout_tokens', type=int, default=16384)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--quiet', action='store_true')
   return p
@@ -125,6 +128,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from miras_jax.evals import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.harness import evaluate, format_table, parse_tasks  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.heldout import run_heldout_dir  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.tasks import check_task_files  # pylint: disable=import-outside-toplevel
   from miras_jax.logs import quiet_logs  # pylint: disable=import-outside-toplevel
 
@@ -173,11 +177,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     niah_variants=[v for v in args.niah_variants.split(',') if v],
     mqar_pairs=args.mqar_pairs,
     mqar_samples=args.mqar_samples,
+    copy_words=args.copy_words,
+    copy_samples=args.copy_samples,
+    heldout_dir=run_heldout_dir(config, ckpt.run_dir) if 'heldout' in tasks else None,
+    heldout_tokens=args.heldout_tokens,
     seed=args.seed,
     verbose=verbose,
   )
   out['checkpoint'] = {'path': str(ckpt.step_dir), 'step': ckpt.step, 'tokenizer': tokenizer.path}
-  print(format_table(out['table']))
+  if out['table']:
+    print(format_table(out['table']))
+  if 'heldout' in out:
+    h = out['heldout']
+    print(
+      f'held-out perplexity {h["perplexity"]:.1f} (unigram baseline {h["unigram_perplexity"]:.1f}) '
+      f'on {h["tokens"]} validation tokens'
+    )
   for name, res in (out.get('synthetic') or {}).items():
     print(f'{name}: {json.dumps(res)}')
   if args.output:

@@ -52,6 +52,7 @@ from miras_jax.train import data as data_lib
 from miras_jax.train import metrics as metrics_lib
 from miras_jax.train import optimizer as optimizer_lib
 from miras_jax.train import sharding as sharding_lib
+from miras_jax.train.wandb_logger import init_wandb
 
 __all__ = ['TrainState', 'TrainResult', 'build_model', 'prepare_model_config', 'train']
 
@@ -387,7 +388,8 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
       _print('eval.tasks: zero-shot evaluation during training runs on one host only; skipped')
       zs_tasks = []
 
-    writer = metrics_lib.MetricsWriter(workdir, total_steps=int(t.steps))
+    wandb_run = init_wandb(config, config_dict, workdir) if jax.process_index() == 0 else None
+    writer = metrics_lib.MetricsWriter(workdir, total_steps=int(t.steps), wandb_run=wandb_run)
     watcher = ckpt_lib.PreemptionWatcher()
     delay = float(os.environ.get(_STEP_DELAY_ENV, '0') or 0)
     history: list[dict[str, Any]] = []
