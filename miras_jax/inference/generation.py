@@ -64,19 +64,17 @@ def _prefill(model, params, cache, tokens):
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _step(model, temperature, top_k, top_p, params, cache, logits, forced, use_forced, keys):
-  """Sample from ``logits [B, V]``, replace by ``forced`` where ``use_forced``, feed the token."""
+def _step(
+  model, temperature, top_k, top_p, params, cache, logits, forced, use_forced, seed_key, rows, index
+):
+  """Sample from ``logits [B, V]`` (row ``r``'s ``i``-th new token with the key
+  ``fold_in(fold_in(seed_key, r), i)``), replace by ``forced`` where ``use_forced``, feed the
+  token. One dispatch per step."""
+  keys = jax.vmap(lambda r, i: jax.random.fold_in(jax.random.fold_in(seed_key, r), i))(rows, index)
   tok = sample(keys, logits, temperature, top_k, top_p)
   tok = jnp.where(use_forced, forced, tok)
   new_logits, cache = model.apply({'params': params}, tok[:, None], cache, method=model.decode)
   return tok, new_logits[:, 0], cache
-
-
-@jax.jit
-def _row_keys(seed_key, row_ids, index):
-  return jax.vmap(lambda r, i: jax.random.fold_in(jax.random.fold_in(seed_key, r), i))(
-    row_ids, index
-  )
 
 
 def generate(
@@ -146,7 +144,6 @@ def generate(
   t0 = time.perf_counter()
   for step, pos in enumerate(range(short, total_len)):
     in_prompt = pos < lengths_np
-    keys = _row_keys(seed_key, row_ids, np.maximum(pos - lengths_np, 0).astype(np.int32))
     tok, logits, cache = _step(
       model,
       float(temperature),
@@ -157,7 +154,9 @@ def generate(
       logits,
       forced[:, pos],
       in_prompt,
-      keys,
+      seed_key,
+      row_ids,
+      np.maximum(pos - lengths_np, 0).astype(np.int32),
     )
     tok = np.asarray(tok)
     new: list[int | None] = [None] * b
