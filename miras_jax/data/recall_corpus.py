@@ -1,16 +1,15 @@
-"""A small synthetic recall corpus to mix into the quickstart's training data.
+"""A small synthetic recall corpus to mix into training data (opt-in).
 
 Each line is a sequence of made-up words read twice: ``"bako tilu ... sefa. bako tilu ...
 sefa."`` (4–16 words of two syllables, fresh random words on every line). The second reading
-is predictable only from the context, so a model trained on it learns in-context copying,
-the recall its memories / KV caches exist for; mixed with natural text it lets a
-0.3M-parameter model show recall within the quickstart's 500 steps, which the long-context
-NIAH / MQAR evaluations cannot (miras_jax/evals/synthetic.py, ``copy``, measures it on unseen
-words). Deterministic (seeded) and generated locally: nothing is downloaded.
+is predictable only from the context, so it trains in-context copying, the recall that
+memories / KV caches exist for; the eval's ``copy`` task (miras_jax/evals/synthetic.py)
+measures it on unseen words. Deterministic (seeded) and generated locally: nothing is
+downloaded. Measured: mixed into the quickstart (a fifth or half of the tokens, 250–500
+steps) it did not make the 0.3M-parameter Moneta learn the copy task.
 
-``data.corpus = 'default,recall'`` (configs/quickstart.py) trains on both; the files are
-written once into ``<cache_dir>/recall-copy-v1/`` (default cache: that of
-miras_jax/data/default_corpus.py).
+``data.corpus = 'default,recall'`` trains on both; the files are written once into
+``<cache_dir>/recall-copy-v1-.../`` (default cache: that of miras_jax/data/default_corpus.py).
 """
 
 from __future__ import annotations

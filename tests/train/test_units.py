@@ -171,7 +171,7 @@ def _config_file(name):
 
 def test_configs_load_and_lock():
   c = _config_file('quickstart').get_config()
-  assert c.model.family == 'moneta' and c.data.corpus == 'default,recall'
+  assert c.model.family == 'moneta' and c.data.corpus == 'default'
   config_lib.validate(c, process_count=1)
   c.lock()
   with pytest.raises(AttributeError):
