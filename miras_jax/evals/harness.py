@@ -42,6 +42,7 @@ __all__ = [
   'format_table',
   'TABLE_COLUMNS',
   'SYNTHETIC_TASKS',
+  'RUN_TASKS',
   'parse_tasks',
 ]
 
@@ -58,7 +59,8 @@ TABLE_COLUMNS = (
   ('SIQA acc', 'siqa', 'acc', True),
   ('BoolQ acc', 'boolq', 'acc', True),
 )
-SYNTHETIC_TASKS = ('niah', 'mqar')
+SYNTHETIC_TASKS = ('niah', 'mqar', 'copy')
+RUN_TASKS = ('heldout',)  # the run's own validation split (evals/heldout.py)
 
 
 def parse_tasks(tasks: str | Sequence[str] | None) -> list[str]:
@@ -72,8 +74,9 @@ def parse_tasks(tasks: str | Sequence[str] | None) -> list[str]:
     t = ALIASES.get(t, t)
     if t in ('all', 'paper'):
       out += [x for x in PAPER_TASKS if x not in out]
-    elif t not in TASKS and t not in SYNTHETIC_TASKS:
-      raise ValueError(f'unknown task {t!r}; known: {", ".join([*TASKS, *SYNTHETIC_TASKS])}')
+    elif t not in TASKS and t not in SYNTHETIC_TASKS and t not in RUN_TASKS:
+      known = ', '.join([*TASKS, *SYNTHETIC_TASKS, *RUN_TASKS])
+      raise ValueError(f'unknown task {t!r}; known: {known}')
     elif t not in out:
       out.append(t)
   return out
@@ -163,6 +166,10 @@ def evaluate(
   niah_variants: Sequence[str] = synthetic.NIAH_VARIANTS,
   mqar_pairs: Sequence[int] = (8, 32, 128, 256),
   mqar_samples: int = 10,
+  copy_words: Sequence[int] = (8, 16),
+  copy_samples: int = 16,
+  heldout_dir: Any = None,
+  heldout_tokens: int = 16384,
   seed: int = 0,
   verbose: bool = False,
 ) -> dict[str, Any]:
@@ -181,6 +188,7 @@ def evaluate(
           ``max_len``.
       pack: several requests per row (segments) instead of one per row; same results.
       apply_fn: ``(params, tokens, segment_ids, positions) -> logits``, to bypass ``model_cfg``.
+      heldout_dir: the run's prepared dataset, for the ``heldout`` task (evals/heldout.py).
   """
   if isinstance(tokenizer, str) or hasattr(tokenizer, '__fspath__'):
     from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
@@ -212,7 +220,7 @@ def evaluate(
     pack_align=align,
     verbose=verbose,
   )
-  zero_shot = [n for n in names if n not in SYNTHETIC_TASKS]
+  zero_shot = [n for n in names if n not in SYNTHETIC_TASKS and n not in RUN_TASKS]
   results = run_tasks(scorer, zero_shot, data_dir, limit, verbose)
   out: dict[str, Any] = {'results': results, 'table': paper_table(results)}
   budget = batch_size * max_len  # tokens per forward pass for the long synthetic prompts
@@ -237,6 +245,17 @@ def evaluate(
     out.setdefault('synthetic', {})['mqar'] = synthetic.run_mqar(
       factory, tokenizer, mqar_pairs, mqar_samples, seed
     )
+  if 'copy' in names:
+    out.setdefault('synthetic', {})['copy'] = synthetic.run_copy(
+      factory, tokenizer, copy_words, copy_samples, seed
+    )
+  if 'heldout' in names:
+    if heldout_dir is None:
+      raise ValueError("the heldout task needs the run's prepared dataset (heldout_dir)")
+    from miras_jax.evals.heldout import heldout_perplexity  # pylint: disable=import-outside-toplevel
+
+    vocab = int(getattr(tokenizer, 'vocab_size', 0) or 0)
+    out['heldout'] = heldout_perplexity(scorer, heldout_dir, vocab, heldout_tokens)
   out['settings'] = {
     'tasks': names,
     'limit': limit,

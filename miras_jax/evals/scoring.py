@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from miras_jax.progress import Progress
+
 __all__ = [
   'Scorer',
   'get_rolling_token_windows',
@@ -198,9 +200,12 @@ class Scorer:
     items.sort(key=lambda it: (-len(it[1]), it[0]))
     rows = self._pack(items) if self.pack else [[it] for it in items]
     t0 = time.time()
+    bar = Progress('  scoring', total=len(items), unit='requests', enabled=self.verbose)
     for start in range(0, len(rows), self.batch_size):
       batch = rows[start : start + self.batch_size]
       self._run_batch(batch, out)
+      bar.update(sum(len(row) for row in batch))
+    bar.close()
     if self.verbose:
       print(
         f'  scored {len(items)} requests in {len(rows)} rows, {time.time() - t0:.1f}s', flush=True

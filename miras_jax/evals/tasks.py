@@ -77,6 +77,9 @@ __all__ = [
   'RollingDoc',
   'load_task',
   'default_data_dir',
+  'TASK_FILES',
+  'missing_task_files',
+  'check_task_files',
   'hellaswag_preprocess',
   'wikitext_detokenizer',
   'wikitext_documents',
@@ -88,12 +91,69 @@ class TaskDataError(ValueError):
   """A task's file is missing or malformed (the message names the task and the path)."""
 
 
+REPO = Path(__file__).resolve().parents[2]
+DOWNLOAD_DIR = REPO / 'data' / 'evals'  # where data/evals/download.py writes the task files
+DOWNLOAD_COMMAND = 'python data/evals/download.py'
+
+# The files each task reads, relative to the data directory (the layout of the tasks' own
+# releases; data/evals/download.py writes exactly these from the Hugging Face hub).
+TASK_FILES: dict[str, tuple[str, ...]] = {
+  'wikitext': ('wikitext2_raw/wiki.test.raw',),
+  'lambada': ('lambada/lambada_test.jsonl',),
+  'piqa': ('piqa/valid.jsonl', 'piqa/valid-labels.lst'),
+  'hellaswag': ('hellaswag/hellaswag_val.jsonl',),
+  'winogrande': ('winogrande/dev.jsonl',),
+  'arc_easy': ('arc/ARC-Easy-Test.jsonl',),
+  'arc_challenge': ('arc/ARC-Challenge-Test.jsonl',),
+  'siqa': ('socialiqa/dev.jsonl', 'socialiqa/dev-labels.lst'),
+  'boolq': ('boolq/dev.jsonl',),
+}
+# Accepted in place of a file above (the HellaSwag text export, see the module docstring).
+ALTERNATIVE_FILES = {'hellaswag/hellaswag_val.jsonl': 'hellaswag/hellaswag_val_full.txt.bz2'}
+
+
 def default_data_dir() -> Path:
-  """``$MIRAS_SHARED_DATA``, else ``<repo>/../shared/data``."""
+  """``$MIRAS_SHARED_DATA``; else ``<repo>/data/evals`` once data/evals/download.py has written
+  a task there; else ``<repo>/../shared/data`` when it exists (a development checkout); else
+  ``<repo>/data/evals``."""
   env = os.environ.get('MIRAS_SHARED_DATA')
   if env:
     return Path(env).expanduser()
-  return Path(__file__).resolve().parents[2].parent / 'shared' / 'data'
+  if any((DOWNLOAD_DIR / f).is_file() for files in TASK_FILES.values() for f in files):
+    return DOWNLOAD_DIR
+  shared = REPO.parent / 'shared' / 'data'
+  return shared if shared.is_dir() else DOWNLOAD_DIR
+
+
+def missing_task_files(
+  tasks: Sequence[str], data_dir: str | os.PathLike | None = None
+) -> dict[str, list[str]]:
+  """``{task: [missing file, ...]}`` for the file-based ``tasks`` under ``data_dir``."""
+  root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+  out: dict[str, list[str]] = {}
+  for task in tasks:
+    task = ALIASES.get(task, task)
+    gone = [
+      f
+      for f in TASK_FILES.get(task, ())
+      if not (root / f).is_file() and not (root / ALTERNATIVE_FILES.get(f, f)).is_file()
+    ]
+    if gone:
+      out[task] = gone
+  return out
+
+
+def check_task_files(tasks: Sequence[str], data_dir: str | os.PathLike | None = None) -> None:
+  """Raise one `TaskDataError` naming every missing file and the command that fetches them."""
+  root = Path(data_dir).expanduser() if data_dir else default_data_dir()
+  missing = missing_task_files(tasks, root)
+  if missing:
+    files = ', '.join(f for fs in missing.values() for f in fs)
+    out = '' if root.resolve() == DOWNLOAD_DIR.resolve() else f' --out={root}'
+    raise TaskDataError(
+      f'task files missing in {root}: {files}; fetch them with: '
+      f'{DOWNLOAD_COMMAND} --tasks={",".join(missing)}{out} (needs `pip install datasets`)'
+    )
 
 
 # ----------------------------------------------------------------- documents
@@ -216,9 +276,9 @@ def _field(task: str, path: Path, row: dict, key: str, i: int) -> Any:
 
 # ---------------------------------------------------------------------- tasks
 def _piqa(data_dir: Path) -> list[Doc]:
-  task, path = 'piqa', data_dir / 'piqa' / 'valid.jsonl'
+  task, path = 'piqa', data_dir / TASK_FILES['piqa'][0]
   rows = _read_jsonl(task, path)
-  labels = _read_labels(task, data_dir / 'piqa' / 'valid-labels.lst', len(rows))
+  labels = _read_labels(task, data_dir / TASK_FILES['piqa'][1], len(rows))
   docs = []
   for i, (r, y) in enumerate(zip(rows, labels)):
     ctx = f'Question: {_field(task, path, r, "goal", i)}\nAnswer:'
@@ -253,7 +313,7 @@ def _hellaswag_query_from_export(line: str) -> str:
 
 def _hellaswag(data_dir: Path) -> list[Doc]:
   task = 'hellaswag'
-  native = data_dir / 'hellaswag' / 'hellaswag_val.jsonl'
+  native = data_dir / TASK_FILES['hellaswag'][0]
   docs = []
   if native.is_file():
     rows = _read_jsonl(task, native)
@@ -269,7 +329,7 @@ def _hellaswag(data_dir: Path) -> list[Doc]:
         )
       )
     return docs
-  path = _need(task, data_dir / 'hellaswag' / 'hellaswag_val_full.txt.bz2')
+  path = _need(task, data_dir / ALTERNATIVE_FILES[TASK_FILES['hellaswag'][0]])
   try:
     with bz2.open(path, 'rt', encoding='utf-8') as f:
       lines = f.read().split('\n')
@@ -293,7 +353,7 @@ def _hellaswag(data_dir: Path) -> list[Doc]:
 
 
 def _winogrande(data_dir: Path) -> list[Doc]:
-  task, path = 'winogrande', data_dir / 'winogrande' / 'dev.jsonl'
+  task, path = 'winogrande', data_dir / TASK_FILES['winogrande'][0]
   rows = _read_jsonl(task, path)
   docs = []
   for i, r in enumerate(rows):
@@ -310,12 +370,10 @@ def _winogrande(data_dir: Path) -> list[Doc]:
   return docs
 
 
-def _arc(
-  data_dir: Path, name: str, files: Sequence[str], optional: Sequence[str] = ()
-) -> list[Doc]:
+def _arc(data_dir: Path, name: str, optional: Sequence[str] = ()) -> list[Doc]:
   rows = []
-  for fname in files:
-    p = data_dir / 'arc' / fname
+  for fname in TASK_FILES[name]:
+    p = data_dir / fname
     rows += [(p, r) for r in _read_jsonl(name, p)]
   for fname in optional:
     p = data_dir / 'arc' / fname
@@ -339,9 +397,9 @@ def _arc(
 
 
 def _siqa(data_dir: Path) -> list[Doc]:
-  task, path = 'siqa', data_dir / 'socialiqa' / 'dev.jsonl'
+  task, path = 'siqa', data_dir / TASK_FILES['siqa'][0]
   rows = _read_jsonl(task, path)
-  labels = _read_labels(task, data_dir / 'socialiqa' / 'dev-labels.lst', len(rows))
+  labels = _read_labels(task, data_dir / TASK_FILES['siqa'][1], len(rows))
   docs = []
   for i, (r, y) in enumerate(zip(rows, labels)):
     ctx = f'Q: {_field(task, path, r, "context", i)} {_field(task, path, r, "question", i)}\nA:'
@@ -351,7 +409,7 @@ def _siqa(data_dir: Path) -> list[Doc]:
 
 
 def _boolq(data_dir: Path) -> list[Doc]:
-  task, path = 'boolq', data_dir / 'boolq' / 'dev.jsonl'
+  task, path = 'boolq', data_dir / TASK_FILES['boolq'][0]
   docs = []
   for i, r in enumerate(_read_jsonl(task, path)):
     ctx = f'{_field(task, path, r, "passage", i)}\nQuestion: {_field(task, path, r, "question", i)}?\nAnswer:'
@@ -364,7 +422,7 @@ def _boolq(data_dir: Path) -> list[Doc]:
 
 
 def _lambada(data_dir: Path) -> list[Doc]:
-  task, path = 'lambada', data_dir / 'lambada' / 'lambada_test.jsonl'
+  task, path = 'lambada', data_dir / TASK_FILES['lambada'][0]
   docs = []
   for i, r in enumerate(_read_jsonl(task, path)):
     text = _field(task, path, r, 'text', i)
@@ -438,7 +496,7 @@ def wikitext_documents(raw: str) -> list[str]:
 
 
 def _wikitext(data_dir: Path) -> list[Doc]:
-  task, path = 'wikitext', data_dir / 'wikitext2_raw' / 'wiki.test.raw'
+  task, path = 'wikitext', data_dir / TASK_FILES['wikitext'][0]
   _need(task, path)
   try:
     raw = path.read_text(encoding='utf-8')
@@ -469,7 +527,7 @@ TASKS: dict[str, TaskSpec] = {
   'winogrande': TaskSpec('winogrande', _winogrande, ('acc',), 'multiple_choice'),
   'arc_easy': TaskSpec(
     'arc_easy',
-    lambda d: _arc(d, 'arc_easy', ['ARC-Easy-Test.jsonl']),
+    lambda d: _arc(d, 'arc_easy'),
     ('acc', 'acc_norm'),
     'multiple_choice',
   ),
@@ -478,7 +536,6 @@ TASKS: dict[str, TaskSpec] = {
     lambda d: _arc(
       d,
       'arc_challenge',
-      ['ARC-Challenge-Test.jsonl'],
       ['ARC-Challenge-Test.missing2.from_llmfoundry.jsonl'],
     ),
     ('acc', 'acc_norm'),

@@ -17,11 +17,13 @@ Parameters and their logical axes (names shared with the rest of miras-jax):
 Kernels keep the head axis unflattened so that tensor parallelism shards heads, not a mixed
 ``heads * head_dim`` axis.
 
-KV cache (decoding): a dict ``{'k': [B, S_max, Hkv, D], 'v': [B, S_max, Hkv, D], 'index': int32
-scalar}``; slot ``s`` holds the (RoPE-rotated) key and value of absolute position ``s`` and
-``index`` is the number of filled slots, the same for every row. `Attention.decode` writes the new
-tokens at ``index`` and attends with the XLA core; the sliding window is applied by position, so
-the cache keeps all ``S_max`` slots (no ring buffer).
+KV cache (decoding): a dict ``{'k': [B, S, Hkv, D], 'v': [B, S, Hkv, D], 'index': int32
+scalar}``, a ring buffer: slot ``j`` holds the (RoPE-rotated) key and value of the latest position
+``p < index`` with ``p ≡ j (mod S)``, and ``index`` is the number of tokens seen, the same for every
+row. `Attention.decode` attends from the new tokens to the held slots and to themselves (XLA core,
+masked by position), then writes the last ``min(T_new, S)`` of them into their slots. While
+``index <= S`` this is the plain linear cache; a sliding-window layer needs only ``S = w`` slots
+(``cache_len``), so its memory stays bounded however long the generation runs.
 """
 
 from __future__ import annotations
@@ -46,6 +48,11 @@ from miras_jax.layers.rope import apply_rope
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 KVCache = dict[str, jax.Array]
+
+
+def cache_len(max_len: int, window_size: int | None) -> int:
+  """Slots a layer's ring cache needs for ``max_len`` tokens: ``min(max_len, w)`` with a window."""
+  return max_len if window_size is None else min(max_len, window_size)
 
 
 def init_kv_cache(
@@ -189,13 +196,15 @@ class Attention(nn.Module):
     return self._project_attend(x, positions, attend)[0]
 
   def decode(self, x: jax.Array, cache: KVCache) -> tuple[jax.Array, KVCache]:
-    """Append ``T_new`` tokens to the cache and attend (prefill or one-token steps).
+    """Append ``T_new`` tokens to the ring cache and attend (prefill or one-token steps).
 
     Args:
         x: ``[B, T_new, E]``, the tokens at positions ``index .. index + T_new - 1``.
-        cache: ``{'k', 'v': [B, S_max, Hkv, D], 'index': int32 scalar}``; needs
-            ``index + T_new <= S_max`` (unchecked under jit, where ``dynamic_update_slice``
-            would clamp the start and overwrite the last slots).
+        cache: ``{'k', 'v': [B, S, Hkv, D], 'index': int32 scalar}`` (a ring buffer, see the
+            module docstring). Exact while every query's visible keys are still held: always
+            for a sliding window ``w <= S``; for full attention while ``index + T_new <= S``
+            (unchecked under jit; beyond it the oldest keys are overwritten, so the layer would
+            silently see only the last ``S`` tokens).
 
     Returns:
         ``(y [B, T_new, E], new_cache)`` with ``new_cache['index'] = index + T_new``.
@@ -205,21 +214,29 @@ class Attention(nn.Module):
     q_pos = jnp.broadcast_to(index + jnp.arange(t_new, dtype=jnp.int32), (b, t_new))
 
     def attend(q, k, v, prefix):
-      start = (0, index, 0, 0)
-      k_cache = jax.lax.dynamic_update_slice(cache['k'], k.astype(cache['k'].dtype), start)
-      v_cache = jax.lax.dynamic_update_slice(cache['v'], v.astype(cache['v'].dtype), start)
-      s_max = k_cache.shape[1]
-      kv_pos = jnp.broadcast_to(jnp.arange(s_max, dtype=jnp.int32), (b, s_max))
-      # Causality also hides the unwritten slots (their position exceeds every query's).
+      s = cache['k'].shape[1]
+      slot = jnp.arange(s, dtype=jnp.int32)
+      # The position each slot holds (jnp.mod is a floor mod, so empty slots come out < 0);
+      # empty slots get a position past every query's, which causality hides.
+      held = index - 1 - jnp.mod(index - 1 - slot, s)
+      held = jnp.where(held >= 0, held, jnp.iinfo(jnp.int32).max)
+      kv_pos = jnp.concatenate([jnp.broadcast_to(held, (b, s)), q_pos], axis=1)
+      keys = jnp.concatenate([cache['k'].astype(q.dtype), k], axis=1)
+      values = jnp.concatenate([cache['v'].astype(q.dtype), v], axis=1)
       mask = attention_mask(q_pos, kv_pos, self.window_size)
-      keys, values = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
       if prefix is not None:  # persistent slots: recomputed from the parameters, not cached
         keys, values, mask = prepend_prefix(prefix, keys, values, mask)
       out = masked_attention(q, keys, values, mask)
+      n = min(t_new, s)  # only the last S new tokens can still be needed
+      dest = jnp.mod(index + t_new - n + jnp.arange(n, dtype=jnp.int32), s)
+      k_cache = cache['k'].at[:, dest].set(k[:, t_new - n :].astype(cache['k'].dtype))
+      v_cache = cache['v'].at[:, dest].set(v[:, t_new - n :].astype(cache['v'].dtype))
       return out, {'k': k_cache, 'v': v_cache, 'index': index + t_new}
 
     return self._project_attend(x, q_pos, attend)
 
   def init_cache(self, batch: int, max_len: int, dtype: Dtype = jnp.float32) -> KVCache:
-    """An empty KV cache for this layer (callable on an unbound module)."""
-    return init_kv_cache(batch, max_len, self._kv_heads, self.head_dim, dtype)
+    """An empty KV cache for ``max_len`` tokens (callable on an unbound module); a sliding
+    window needs only ``cache_len(max_len, window_size)`` slots."""
+    s = cache_len(max_len, self.window_size)
+    return init_kv_cache(batch, s, self._kv_heads, self.head_dim, dtype)

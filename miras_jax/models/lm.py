@@ -20,7 +20,7 @@ the residual stream is constrained to ('activation_batch', 'activation_length',
 Inference: ``init_cache(batch, max_len)`` (no parameters needed) and ``decode(tokens, cache)``
 (prefill any number of tokens, then one at a time). Attention layers keep KV caches, memory
 layers their conv windows and memory state, so greedy decoding reproduces the full forward
-pass's logits (tests/models/test_decode.py).
+pass's logits (tests/models/test_lm.py).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from miras_jax.layers.attention import Attention, init_kv_cache
+from miras_jax.layers.attention import Attention, cache_len, init_kv_cache
 from miras_jax.layers.miras import MirasLayer
 from miras_jax.layers.mlp import SwiGLU
 from miras_jax.layers.norms import RMSNorm
@@ -133,16 +133,17 @@ def _make_mixer(cfg: LMConfig, kind: str, **kw):
 
 
 def mixer_cache(cfg: LMConfig, kind: str, batch: int, max_len: int) -> dict:
-  """The empty decoding cache of one mixer (no parameters needed)."""
+  """The empty decoding cache of one mixer (no parameters needed); sliding-window layers hold
+  a ring of ``min(max_len, window)`` slots, so their memory stays bounded."""
   dtype = cfg.compute_dtype
+  hkv = cfg.n_kv_heads or cfg.n_heads
+  slots = cache_len(max_len, None if kind == 'attention' else cfg.window)
   if kind in ('attention', 'swa'):
-    hkv = cfg.n_kv_heads or cfg.n_heads
-    return init_kv_cache(batch, max_len, hkv, cfg.head_dim, dtype)
+    return init_kv_cache(batch, slots, hkv, cfg.head_dim, dtype)
   mem = memory_layer(cfg, parent=None).init_cache(batch, dtype)
   if kind == 'memory':
     return mem
-  hkv = cfg.n_kv_heads or cfg.n_heads
-  return {'attn': init_kv_cache(batch, max_len, hkv, cfg.head_dim, dtype), 'memory': mem}
+  return {'attn': init_kv_cache(batch, slots, hkv, cfg.head_dim, dtype), 'memory': mem}
 
 
 class Block(nn.Module):

@@ -48,12 +48,17 @@ def _hash(obj: Any) -> str:
 
 
 def corpus_source(data: ConfigDict) -> str:
-  """The raw-corpus path(s) behind ``data.corpus`` (downloads the default corpus once)."""
-  if data.corpus == 'default':
-    from miras_jax.data.default_corpus import ensure_default_corpus  # pylint: disable=import-outside-toplevel
+  """The raw-corpus path(s) behind ``data.corpus``: a comma-separated list in which ``default``
+  names the default corpus (downloaded once) and ``recall`` the synthetic recall corpus
+  (miras_jax/data/recall_corpus.py, written once)."""
+  parts = [p.strip() for p in str(data.corpus).split(',')]
+  if 'default' not in parts and 'recall' not in parts:
+    return data.corpus
+  from miras_jax.data.default_corpus import ensure_default_corpus  # pylint: disable=import-outside-toplevel
+  from miras_jax.data.recall_corpus import ensure_recall_corpus  # pylint: disable=import-outside-toplevel
 
-    return ensure_default_corpus()
-  return data.corpus
+  named = {'default': ensure_default_corpus, 'recall': ensure_recall_corpus}
+  return ','.join(named[p]() if p in named else p for p in parts)
 
 
 def _fingerprint(source: str, fmt: str) -> list[Any]:

@@ -112,6 +112,12 @@ def defaults() -> ConfigDict:
   e.tasks = ''
   e.data_dir = ''
   e.limit = 0
+
+  # Optional Weights & Biases logging (miras_jax/train/wandb_logger.py); empty project: off.
+  c.logging = g = ConfigDict()
+  g.wandb_project = ''
+  g.wandb_entity = ''
+  g.wandb_mode = ''  # '' (online), 'offline' or 'disabled'
   return c
 
 

@@ -76,6 +76,7 @@ from miras_jax.train import lock as lock_lib
 from miras_jax.train import metrics as metrics_lib
 from miras_jax.train import optimizer as optimizer_lib
 from miras_jax.train import sharding as sharding_lib
+from miras_jax.train.wandb_logger import init_wandb
 
 __all__ = [
   'TrainState',
@@ -671,7 +672,8 @@ def _steps(
   """The training steps from ``start``, with logging, evaluation, checkpoints and stops."""
   config, t = plan.config, plan.config.train
   total, every_save = int(t.steps), int(config.checkpoint.every_steps)
-  writer = metrics_lib.MetricsWriter(workdir, total_steps=total)
+  wandb_run = init_wandb(config, plan.config_dict, workdir) if jax.process_index() == 0 else None
+  writer = metrics_lib.MetricsWriter(workdir, total_steps=total, wandb_run=wandb_run)
   watcher = ckpt_lib.PreemptionWatcher()
   monitor = DivergenceMonitor(float(t.get('loss_spike_factor', 0.0) or 0.0))
   timer = _StepTimer(plan, start)

@@ -23,6 +23,8 @@ from typing import Any, Iterable
 
 import jax
 
+from miras_jax.progress import format_duration
+
 __all__ = [
   'METRICS_FILE',
   'PEAK_FLOPS',
@@ -98,13 +100,6 @@ def flops_per_token(model_cfg: Any, seq_len: int, num_params: int) -> tuple[floa
   )
 
 
-def format_duration(seconds: float) -> str:
-  seconds = max(0, int(seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
-
-
 def _scalar(v: Any) -> Any:
   try:
     v = float(v)
@@ -116,8 +111,16 @@ def _scalar(v: Any) -> Any:
 class MetricsWriter:
   """Appends metrics to JSON lines and TensorBoard, prints progress (process 0 only)."""
 
-  def __init__(self, workdir: str | os.PathLike, *, total_steps: int, enabled: bool | None = None):
+  def __init__(
+    self,
+    workdir: str | os.PathLike,
+    *,
+    total_steps: int,
+    enabled: bool | None = None,
+    wandb_run: Any = None,
+  ):
     self.workdir = Path(workdir)
+    self._wandb = wandb_run  # train/wandb_logger.py; None: off
     self.total_steps = total_steps
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._file = None
@@ -142,6 +145,8 @@ class MetricsWriter:
         if k != 'step' and isinstance(v, float):
           self._tb.add_scalar(k, v, int(step))
       self._tb.flush()
+    if self._wandb is not None:
+      self._wandb.log({k: v for k, v in row.items() if k != 'step'}, step=int(step))
 
   def console(self, step: int, metrics: dict[str, Any], eta_s: float | None = None) -> None:
     if not self.enabled:
@@ -171,6 +176,9 @@ class MetricsWriter:
     if self._tb is not None:
       self._tb.close()
       self._tb = None
+    if self._wandb is not None:
+      self._wandb.finish()
+      self._wandb = None
 
 
 def read_metrics(workdir: str | os.PathLike) -> list[dict[str, Any]]:

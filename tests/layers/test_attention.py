@@ -161,9 +161,11 @@ def test_module_backend_switch():
   assert_close(ref, got, rel=1e-5)
 
 
-@pytest.mark.parametrize('window', [None, 4])
-def test_kv_cache_decode_equals_full_forward(window):
-  b, t, prefill = 2, 11, 4
+@pytest.mark.parametrize('window,prefill', [(None, 4), (4, 4), (4, 6), (3, 2)])
+def test_kv_cache_decode_equals_full_forward(window, prefill):
+  """Prefill, then one token at a time; a sliding window keeps a ring of ``w`` slots that wraps
+  several times (and a prefill longer than the ring writes only its last ``w`` keys)."""
+  b, t = 2, 11
   layer = _module(window_size=window)
   x = _x((b, t, E))
   params = numpy_params(layer, x)
@@ -171,7 +173,7 @@ def test_kv_cache_decode_equals_full_forward(window):
 
   decode = jax.jit(functools.partial(layer.apply, method=Attention.decode))
   cache = layer.init_cache(b, max_len=16)
-  assert cache['k'].shape == (b, 16, 2, 8) and int(cache['index']) == 0
+  assert cache['k'].shape == (b, window or 16, 2, 8) and int(cache['index']) == 0
   y0, cache = decode(params, x[:, :prefill], cache)  # prefill several tokens at once
   outs = [y0]
   for i in range(prefill, t):  # then one token at a time

@@ -1,0 +1,73 @@
+"""Held-out perplexity of a run against a unigram baseline (the ``heldout`` eval task).
+
+The run's own validation split (the prepared dataset of ``config.data``, the documents the
+trainer held out) is scored with disjoint rolling windows of the context length, as WikiText
+is (`Scorer.loglikelihood_rolling_tokens`), over its first ``max_tokens`` tokens. The
+baseline is the unigram model of the training split: ``p(t) = (count(t) + 1) / (N + V)``
+(add-one smoothed), the perplexity a model reaches by learning token frequencies alone — the
+first thing an LM learns, so a trained model that does not beat it clearly has not learnt
+context.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ['heldout_perplexity', 'unigram_log_probs', 'run_heldout_dir']
+
+
+def unigram_log_probs(train_tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+  """Add-one smoothed unigram log-probabilities ``[vocab_size]`` of the token ids given."""
+  counts = np.bincount(np.asarray(train_tokens, np.int64), minlength=vocab_size)[:vocab_size]
+  return np.log((counts + 1.0) / (counts.sum() + vocab_size))
+
+
+def _split_tokens(data_dir: Path, split: str, max_tokens: int | None) -> list[np.ndarray]:
+  from miras_jax.data.pipeline import split_dataset  # pylint: disable=import-outside-toplevel
+
+  ds = split_dataset(data_dir, split)
+  docs, total = [], 0
+  for i in range(len(ds)):
+    toks = ds[i]['tokens']
+    if max_tokens is not None:
+      toks = toks[: max_tokens - total]
+    docs.append(toks)
+    total += len(toks)
+    if max_tokens is not None and total >= max_tokens:
+      break
+  return docs
+
+
+def heldout_perplexity(
+  scorer: Any, data_dir: str | os.PathLike, vocab_size: int, max_tokens: int = 16384
+) -> dict[str, Any]:
+  """``{'perplexity', 'unigram_perplexity', 'tokens'}`` on the first ``max_tokens`` validation
+  tokens of the prepared dataset ``data_dir``."""
+  data_dir = Path(data_dir)
+  val = _split_tokens(data_dir, 'val', max_tokens)
+  logp = unigram_log_probs(np.concatenate(_split_tokens(data_dir, 'train', None)), vocab_size)
+  n = int(sum(len(d) for d in val))
+  model_ll = float(sum(scorer.loglikelihood_rolling_tokens([d.tolist() for d in val])))
+  base_ll = float(sum(logp[d].sum() for d in val))
+  return {
+    'perplexity': math.exp(-model_ll / n),
+    'unigram_perplexity': math.exp(-base_ll / n),
+    'tokens': n,
+  }
+
+
+def run_heldout_dir(config: dict[str, Any], run_dir: Path | None) -> Path:
+  """The prepared dataset of a run's ``config.data`` (already built by its training)."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  from miras_jax.train.data import resolve_dataset  # pylint: disable=import-outside-toplevel
+
+  data = ml_collections.ConfigDict(config.get('data') or {})
+  if run_dir is None:
+    raise ValueError('the heldout task needs the run directory (pass --workdir=RUN)')
+  return resolve_dataset(data, run_dir, (config.get('model') or {}).get('vocab_size'))
