@@ -11,6 +11,9 @@ x += mlp(norm(x))``. Mixer kinds:
     'memory'     the Miras layer with rule ``rule`` (miras_jax/layers/miras.py)
     'mag'        Titans MAG: memory and SWA branches in parallel on the same input, combined by
                  a gate (models/lm.py `MAG`)
+    'mac'        Titans MAC: segments of ``window`` tokens; attention over [persistent ‖ memory
+                 retrieval ‖ segment], its output updates the memory and is gated by the
+                 memory's read (models/mac.py `MAC`)
 so e.g. ['memory'] is a pure memory model, ['memory', 'swa'] a Samba-style hybrid (and Titans
 MAL: a memory layer, then an SWA layer), ['mag'] Titans MAG.
 
@@ -37,7 +40,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-MIXERS = ('attention', 'swa', 'memory', 'mag')
+MIXERS = ('attention', 'swa', 'memory', 'mag', 'mac')
 REMAT_POLICIES = (
   'none',
   'full',
@@ -125,6 +128,19 @@ class LMConfig:
         f"attention_backend 'pallas_tpu_flash' has no sliding window, which pattern "
         f"{self.pattern} needs; use 'pallas_tpu_splash' (or 'xla' / 'cudnn')"
       )
+    if 'mac' in self.pattern:
+      if self.window % self.chunk_size:
+        raise ValueError(
+          f'mac: window={self.window} (the segment length) must be a multiple of '
+          f'chunk_size={self.chunk_size}'
+        )
+      if self.attention_backend not in ('xla', 'cudnn'):
+        raise ValueError(
+          f'mac needs attention_backend xla or cudnn, not {self.attention_backend!r} (its '
+          f'segment mask over memory tokens is an explicit dense mask)'
+        )
+      if self.memory_grad_horizon:
+        raise ValueError('mac does not support memory_grad_horizon (set it to 0)')
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f'unknown remat policy {self.remat!r}; choose from {REMAT_POLICIES}')
 
@@ -142,7 +158,7 @@ class LMConfig:
 
   @property
   def uses_memory(self) -> bool:
-    return any(m in ('memory', 'mag') for m in self.pattern)
+    return any(m in ('memory', 'mag', 'mac') for m in self.pattern)
 
   @classmethod
   def from_config(cls, cfg: Any) -> 'LMConfig':
