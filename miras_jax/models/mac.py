@@ -168,67 +168,80 @@ class MAC(nn.Module):
   # ------------------------------------------------------------------------------------------
   # Training / evaluation: segment by segment.
 
+  def _block(self, carry, xs, seg, packed):
+    """One segment block: ``xs [B, C, E]``, ``seg [B, C]``; ``carry`` = (memory state, raw
+    q/k/v projections of the last K−1 attention outputs and their ids, last id)."""
+    mem = self.memory
+    state, prev_raw, prev_seg_win, prev_seg = carry
+    b, l = xs.shape[:2]
+    offset = positions_from_segments(seg)  # in-segment offsets (restart at a document start)
+    # h_t = M*_{t−1}(q_t): the document continuing from the previous block reads the carried
+    # state (fresh in the first block), a document starting inside the block its W_0.
+    h = self._retrieve(xs, state)
+    if packed:
+      cont = seg == prev_seg[:, None]
+      h = jnp.where(cont[..., None], h, self._retrieve(xs, None))
+    q, kv_h, kv_s = self._qkv(xs, h, offset)
+    idx = jnp.arange(l)
+    mask = (idx[:, None] >= idx[None, :]) & (seg[:, :, None] == seg[:, None, :])
+    y = self._attend(q, kv_h, kv_s, mask)
+
+    # M_t = M_{t−1} updated on y_t and read token by token: the Miras layer with its memory
+    # state and conv windows carried across blocks.
+    raw = mem._project(y)
+    conv_in = tuple(jnp.concatenate([p.astype(r.dtype), r], 1) for p, r in zip(prev_raw, raw))
+    conv_seg = jnp.concatenate([prev_seg_win, seg], 1)
+    n_prev = prev_raw[0].shape[1]
+    convs = (mem.conv_q, mem.conv_k, mem.conv_v)
+    qm, km, vm = mem._post_conv(*(f(z, conv_seg)[:, n_prev:] for f, z in zip(convs, conv_in)))
+    if packed:  # a document starting at the block start begins from W_0
+      fresh = init_state(mem.memory_rule, mem._memory_params()[0], b)
+      new_doc = seg[:, 0] != prev_seg
+      state = jax.tree.map(
+        lambda f, s: jnp.where(new_doc.reshape((b,) + (1,) * (s.ndim - 1)), f, s), fresh, state
+      )
+    m, state = mem._memory(qm, km, vm, mem._gates(y), state=state, segment_ids=seg)
+    keep = lambda z: z[:, z.shape[1] - n_prev :]
+    carry = (
+      state,
+      tuple(keep(z).astype(p.dtype) for z, p in zip(conv_in, prev_raw)),
+      keep(conv_seg),
+      seg[:, -1],
+    )
+    return carry, self._combine(y, mem._output(y, m))
+
   def __call__(self, x, positions=None, segment_ids=None):
     """``x [B, T, E]`` → ``[B, T, E]``. ``segment_ids [B, T]`` marks packed documents;
-    ``positions`` is unused (RoPE positions are in-segment, module docstring)."""
+    ``positions`` is unused (RoPE positions are in-segment, module docstring).
+
+    The blocks run under ``nn.scan`` (compile time independent of T / C); T is padded to a
+    multiple of C at the end (causal: padding never reaches a real token) and sliced off.
+    """
     del positions
     mem = self.memory
-    b, t = x.shape[:2]
-    cap, k_conv = self.cfg.window, mem.conv_size
-    outs, state, prev = [], None, None  # prev: last K−1 raw projections of y and their ids
-    for start in range(0, t, cap):
-      xs = x[:, start : start + cap]
-      seg = None if segment_ids is None else segment_ids[:, start : start + cap]
-      l = xs.shape[1]
-      if seg is None:
-        offset = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-        cont = None
-      else:
-        offset = positions_from_segments(seg)
-        # tokens of the document that continues from the previous block read its memory
-        cont = None if start == 0 else seg == segment_ids[:, start - 1 : start]
-      # h_t = M*_{t−1}(q_t): the carried state for the continuing document, W_0 otherwise.
-      if state is None:
-        h = self._retrieve(xs, None)
-      elif cont is None:
-        h = self._retrieve(xs, state)
-      else:
-        h = jnp.where(cont[..., None], self._retrieve(xs, state), self._retrieve(xs, None))
-      q, kv_h, kv_s = self._qkv(xs, h, offset)
-      idx = jnp.arange(l)
-      mask = jnp.broadcast_to(idx[:, None] >= idx[None, :], (b, l, l))
-      if seg is not None:
-        mask = mask & (seg[:, :, None] == seg[:, None, :])
-      y = self._attend(q, kv_h, kv_s, mask)
+    b, t, e = x.shape
+    cap = self.cfg.window
+    n_blocks = -(-t // cap)
+    pad = n_blocks * cap - t
+    packed = segment_ids is not None
+    seg = jnp.zeros((b, t), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+    if pad:
+      x = jnp.pad(x, ((0, 0), (0, pad), (0, 0)))
+      seg = jnp.concatenate([seg, jnp.broadcast_to(jnp.max(seg) + 1, (b, pad))], 1)
+    n_prev, hd = mem.conv_size - 1, mem.num_heads * mem.head_dim
+    state = init_state(mem.memory_rule, mem._memory_params()[0], b)
+    raw0 = jnp.zeros((b, n_prev, hd), self.cfg.compute_dtype)
+    carry = (state, (raw0, raw0, raw0), jnp.broadcast_to(seg[:, :1], (b, n_prev)), seg[:, 0])
 
-      # M_t = M_{t−1} updated on y_t, read token by token: the Miras layer with the memory
-      # state and conv windows carried across blocks.
-      qr, kr, vr = mem._project(y)
-      raw = (qr, kr, vr)
-      if prev is None:
-        conv_in, conv_seg = raw, seg
-      else:
-        conv_in = tuple(jnp.concatenate([p, r], 1) for p, r in zip(prev[0], raw))
-        conv_seg = None if seg is None else jnp.concatenate([prev[1], seg], 1)
-      convs = (mem.conv_q, mem.conv_k, mem.conv_v)
-      n_prev = 0 if prev is None else prev[0][0].shape[1]
-      conved = tuple(f(z, conv_seg)[:, n_prev:] for f, z in zip(convs, conv_in))
-      qm, km, vm = mem._post_conv(*conved)
-      if state is not None and seg is not None:  # a document starting at the block start
-        fresh = init_state(mem.memory_rule, mem._memory_params()[0], b)
-        new_doc = seg[:, 0] != segment_ids[:, start - 1]
-        state = jax.tree.map(
-          lambda f, s: jnp.where(new_doc.reshape((b,) + (1,) * (s.ndim - 1)), f, s), fresh, state
-        )
-      m, state = mem._memory(qm, km, vm, mem._gates(y), state=state, segment_ids=seg)
-      n_keep = k_conv - 1
-      full = tuple(z[:, max(z.shape[1] - n_keep, 0) :] for z in conv_in)
-      prev = (
-        full,
-        None if conv_seg is None else conv_seg[:, conv_seg.shape[1] - full[0].shape[1] :],
-      )
-      outs.append(self._combine(y, mem._output(y, m)))
-    return jnp.concatenate(outs, 1)
+    def body(module, carry, inputs):
+      return module._block(carry, *inputs, packed)
+
+    scan = nn.scan(
+      body, variable_broadcast='params', split_rngs={'params': False}, in_axes=1, out_axes=1
+    )
+    blocks = (x.reshape(b, n_blocks, cap, e), seg.reshape(b, n_blocks, cap))
+    _, out = scan(self, carry, blocks)
+    return out.reshape(b, n_blocks * cap, -1)[:, :t]
 
   # ------------------------------------------------------------------------------------------
   # Decoding: token by token.
