@@ -32,7 +32,8 @@ Per token, forward, for one layer of each mixer (d = d_model, H heads of size D,
              projections of the segment (q, k, v, o) and of h (k, v), and scores + values over
              N_p + 2·min(window, T) keys (h and the segment, the dense [C, N_p + 2C] block
              the XLA path computes). Packed rows also read the fresh memory for documents that
-             start inside a segment (not counted).
+             start inside a segment (not counted); a T that is not a multiple of the window
+             is padded to one (the padding's work is not counted).
 plus the head 2·d·V (the embedding lookup is free).
 """
 

@@ -36,9 +36,13 @@ The paper leaves these open; our choices (each tested in tests/models/test_mac.p
     between documents, but a document's segment boundaries depend on where it starts (an
     approximation of a per-document grid, named here and in the tests).
 
-Training runs the segments as an unrolled Python loop (the recurrence h_t ← M_{t−1} ← y_{t−1}
-is sequential across segments; attention inside a segment is a dense [C, N_p + 2C] masked
-softmax, so its cost is C per token, not T). Decoding (`MAC.decode`) is a separate, token-by-
+One h per token follows eq. 21–22 (q_t = S_t W_Q, h_t = M*(q_t)); lucidrains' titans-pytorch
+(``MemoryAsContextTransformer``) instead interleaves a fixed number of learned long-term-memory
+tokens per segment, a different reading of Fig. 2.
+
+Training runs ``nn.scan`` over blocks of C tokens (the recurrence h_t ← M_{t−1} ← y_{t−1} is
+sequential across segments; attention inside a segment is a dense [C, N_p + 2C] masked softmax,
+so its cost is C per token, not T; a T that is not a multiple of C is padded at the end). Decoding (`MAC.decode`) is a separate, token-by-
 token implementation with a KV cache of the current segment only (2C slots: h and S), the
 memory state at the segment's start (for the reads) and the running memory state; prefill
 and one-token steps equal the training pass (tests/models/test_mac.py).
@@ -55,7 +59,7 @@ from miras_jax.layers.dense import DenseND
 from miras_jax.layers.miras import MirasLayer
 from miras_jax.layers.norms import RMSNorm, l2_normalize
 from miras_jax.layers.rope import apply_rope
-from miras_jax.memory import init_state
+from miras_jax.memory import init_state, memory_forward
 from miras_jax.models.config import LMConfig
 from miras_jax.models.positions import positions_from_segments
 
@@ -200,7 +204,22 @@ class MAC(nn.Module):
       state = jax.tree.map(
         lambda f, s: jnp.where(new_doc.reshape((b,) + (1,) * (s.ndim - 1)), f, s), fresh, state
       )
-    m, state = mem._memory(qm, km, vm, mem._gates(y), state=state, segment_ids=seg)
+    w0, outer = mem._memory_params()
+    m, state = memory_forward(
+      mem.memory_rule,
+      qm,
+      km,
+      vm,
+      mem._gates(y),
+      w0=w0,
+      outer=outer,
+      state=state,
+      segment_ids=seg if packed else None,
+      chunk_size=mem.chunk_size,
+      implementation=mem.implementation,
+      remat_group=mem.remat_group,
+      aligned=True,  # blocks start on the chunk grid (window % chunk_size == 0)
+    )
     keep = lambda z: z[:, z.shape[1] - n_prev :]
     carry = (
       state,

@@ -209,20 +209,25 @@ def test_decoding_crosses_segments_and_equals_the_full_pass():
   assert kv.shape == (cfg.n_layers, 2, cfg.window, cfg.n_heads, cfg.head_dim)
 
 
-def test_packed_rows_unaligned_documents_do_not_leak():
-  """Documents of 11 and 29 tokens in one row: the first equals its solo run (it starts the
-  row); the second never sees the first (its outputs ignore the first's tokens)."""
+def test_packed_rows_follow_documents():
+  """Documents of 16, 16, 3 and 5 tokens in one row (C = 16). The first three start on the
+  segment grid and equal their solo runs; the last starts inside a segment (a short first
+  segment, module docstring) and never sees the others: its outputs ignore their tokens."""
   cfg, model = tiny('titans_mac')
   toks = tokens((1, 40), seed=5)
-  seg = jnp.concatenate([jnp.ones((1, 11), jnp.int32), jnp.full((1, 29), 2, jnp.int32)], 1)
+  seg = jnp.asarray([[1] * 16 + [2] * 16 + [3] * 3 + [4] * 5], jnp.int32)
   params = random_params(model, toks)
-  other = toks.at[:, :11].set((toks[:, :11] + 7) % cfg.vocab_size)
-  f = jax.jit(lambda t, s: model.apply(params, t, s))
-  packed, packed_other = f(toks, seg), f(other, seg)
-  alone = jax.jit(model.apply)(params, toks[:, :11])
-  assert_close(alone, packed[:, :11], rel=2e-5, atol=2e-5)
-  assert_close(packed[:, 11:], packed_other[:, 11:], rel=1e-6, atol=1e-6)
-  assert float(jnp.max(jnp.abs(packed[:, :11] - packed_other[:, :11]))) > 1e-3
+  other = toks.at[:, :35].set((toks[:, :35] + 7) % cfg.vocab_size)
+
+  def run(params):
+    packed = model.apply(params, jnp.concatenate([toks, other]), jnp.concatenate([seg, seg]))
+    alone = model.apply(params, jnp.concatenate([toks[:, :16], toks[:, 16:32]]))
+    return packed, alone
+
+  (packed, packed_other), alone = jax.jit(run)(params)
+  assert_close(jnp.concatenate([alone[0], alone[1]]), packed[:32], rel=2e-5, atol=2e-5)
+  assert_close(packed[35:], packed_other[35:], rel=1e-6, atol=1e-6)
+  assert float(jnp.max(jnp.abs(packed[:35] - packed_other[:35]))) > 1e-3
 
 
 def test_config_errors_and_preset():
