@@ -30,7 +30,9 @@ the regime where it overflows (scripts/bench_bptt.py).
 
 ``persistent_tokens`` (Titans §3.3, default 0): N_p learnable tokens prepended to every document
 in each attention mixer; 'swa' layers see them through their window (MAL: ``SW-Attn(M(P || x))``),
-'mag' and 'attention' layers always (MAG's "SW-Attn*").
+'mag' and 'attention' layers always (MAG's "SW-Attn*"), 'mac' layers always (the segment's
+context [P ‖ h ‖ S]). 'mac' takes its segment length from ``window`` (a multiple of
+``chunk_size``) and needs attention_backend xla or cudnn.
 """
 
 from __future__ import annotations
