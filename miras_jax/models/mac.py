@@ -174,7 +174,8 @@ class MAC(nn.Module):
 
   def _block(self, carry, xs, seg, packed):
     """One segment block: ``xs [B, C, E]``, ``seg [B, C]``; ``carry`` = (memory state, raw
-    q/k/v projections of the last K−1 attention outputs and their ids, last id)."""
+    q/k/v projections of the last K−1 attention outputs and their ids, last id). Returns the
+    new carry and (output [B, C, E], the memory's keys and values [B, H, C, D])."""
     mem = self.memory
     state, prev_raw, prev_seg_win, prev_seg = carry
     b, l = xs.shape[:2]
@@ -227,7 +228,7 @@ class MAC(nn.Module):
       keep(conv_seg),
       seg[:, -1],
     )
-    return carry, self._combine(y, mem._output(y, m))
+    return carry, (self._combine(y, mem._output(y, m)), (km, vm))
 
   def __call__(self, x, positions=None, segment_ids=None):
     """``x [B, T, E]`` → ``[B, T, E]``. ``segment_ids [B, T]`` marks packed documents;
@@ -259,7 +260,11 @@ class MAC(nn.Module):
       body, variable_broadcast='params', split_rngs={'params': False}, in_axes=1, out_axes=1
     )
     blocks = (x.reshape(b, n_blocks, cap, e), seg.reshape(b, n_blocks, cap))
-    _, out = scan(self, carry, blocks)
+    (state, *_), (out, (k_mem, v_mem)) = scan(self, carry, blocks)
+    if self.is_mutable_collection('intermediates'):
+      # the memory-health proxy of layers/miras.py on the last block's keys and values and
+      # the final state (which, when T was padded, has also seen the padding)
+      mem._sow_inner_loss(k_mem[:, -1], v_mem[:, -1], state)
     return out.reshape(b, n_blocks * cap, -1)[:, :t]
 
   # ------------------------------------------------------------------------------------------

@@ -212,7 +212,8 @@ def test_decoding_crosses_segments_and_equals_the_full_pass():
 def test_packed_rows_follow_documents():
   """Documents of 16, 16, 3 and 5 tokens in one row (C = 16). The first three start on the
   segment grid and equal their solo runs; the last starts inside a segment (a short first
-  segment, module docstring) and never sees the others: its outputs ignore their tokens."""
+  segment, module docstring) and never sees the others: its outputs ignore their tokens.
+  The memory's health proxy is sown as for the other memory layers."""
   cfg, model = tiny('titans_mac')
   toks = tokens((1, 40), seed=5)
   seg = jnp.asarray([[1] * 16 + [2] * 16 + [3] * 3 + [4] * 5], jnp.int32)
@@ -220,11 +221,15 @@ def test_packed_rows_follow_documents():
   other = toks.at[:, :35].set((toks[:, :35] + 7) % cfg.vocab_size)
 
   def run(params):
-    packed = model.apply(params, jnp.concatenate([toks, other]), jnp.concatenate([seg, seg]))
+    rows, ids = jnp.concatenate([toks, other]), jnp.concatenate([seg, seg])
+    packed, inter = model.apply(params, rows, ids, mutable=['intermediates'])
     alone = model.apply(params, jnp.concatenate([toks[:, :16], toks[:, 16:32]]))
-    return packed, alone
+    return packed, alone, inter
 
-  (packed, packed_other), alone = jax.jit(run)(params)
+  (packed, packed_other), alone, inter = jax.jit(run)(params)
+  # the memory's inner-loss proxy (layers/miras.py) is sown once per scanned layer
+  losses = jax.tree.leaves(inter)
+  assert len(losses) == 2 and all(x.shape == (cfg.n_layers,) for x in losses)
   assert_close(jnp.concatenate([alone[0], alone[1]]), packed[:32], rel=2e-5, atol=2e-5)
   assert_close(packed[35:], packed_other[35:], rel=1e-6, atol=1e-6)
   assert float(jnp.max(jnp.abs(packed[:35] - packed_other[:35]))) > 1e-3
