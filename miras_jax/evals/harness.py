@@ -208,6 +208,8 @@ def evaluate(
       model_cfg.get if hasattr(model_cfg, 'get') else (lambda k, d=None: getattr(model_cfg, k, d))
     )
     align = int(get('chunk_size', 1) or 1)
+    if 'mac' in tuple(get('pattern', ()) or ()):  # MAC segments lie on the row grid too
+      align = int(get('window'))  # a multiple of chunk_size (models/mac.py)
   scorer = Scorer(
     apply_fn,
     params,

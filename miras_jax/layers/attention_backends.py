@@ -413,8 +413,19 @@ def _attention_with_prefix(q, k, v, segment_ids, window_size, backend, prefix):
   k, v, mask = prepend_prefix(
     prefix, k, v, attention_mask(pos, pos, window_size, segment_ids, segment_ids)
   )
+  return dense_masked_attention(q, k, v, mask, backend)
+
+
+def dense_masked_attention(q, k, v, mask, backend='xla'):
+  """Attention with an explicit boolean ``mask [B, T, S]`` (``q [B, T, H, D]``, ``k, v
+  [B, S, Hkv, D]``) on a dense-mask backend: 'xla' (`masked_attention`) or 'cudnn'
+  (``jax.nn.dot_product_attention``, cuDNN on GPU). Every row must have a True."""
   if backend == 'xla':
     return masked_attention(q, k, v, mask)
+  if backend != 'cudnn':
+    raise NotImplementedError(
+      f'an explicit attention mask needs backend xla or cudnn, not {backend!r}'
+    )
   implementation = 'cudnn' if jax.default_backend() == 'gpu' else None
   return jax.nn.dot_product_attention(q, k, v, mask=mask[:, None], implementation=implementation)
 

@@ -11,6 +11,9 @@ x += mlp(norm(x))``. Mixer kinds:
     'memory'     the Miras layer with rule ``rule`` (miras_jax/layers/miras.py)
     'mag'        Titans MAG: memory and SWA branches in parallel on the same input, combined by
                  a gate (models/lm.py `MAG`)
+    'mac'        Titans MAC: segments of ``window`` tokens; attention over [persistent ‖ memory
+                 retrieval ‖ segment], its output updates the memory and is gated by the
+                 memory's read (models/mac.py `MAC`)
 so e.g. ['memory'] is a pure memory model, ['memory', 'swa'] a Samba-style hybrid (and Titans
 MAL: a memory layer, then an SWA layer), ['mag'] Titans MAG.
 
@@ -27,7 +30,9 @@ the regime where it overflows (scripts/bench_bptt.py).
 
 ``persistent_tokens`` (Titans §3.3, default 0): N_p learnable tokens prepended to every document
 in each attention mixer; 'swa' layers see them through their window (MAL: ``SW-Attn(M(P || x))``),
-'mag' and 'attention' layers always (MAG's "SW-Attn*").
+'mag' and 'attention' layers always (MAG's "SW-Attn*"), 'mac' layers always (the segment's
+context [P ‖ h ‖ S]). 'mac' takes its segment length from ``window`` (a multiple of
+``chunk_size``) and needs attention_backend xla or cudnn.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-MIXERS = ('attention', 'swa', 'memory', 'mag')
+MIXERS = ('attention', 'swa', 'memory', 'mag', 'mac')
 REMAT_POLICIES = (
   'none',
   'full',
@@ -125,6 +130,19 @@ class LMConfig:
         f"attention_backend 'pallas_tpu_flash' has no sliding window, which pattern "
         f"{self.pattern} needs; use 'pallas_tpu_splash' (or 'xla' / 'cudnn')"
       )
+    if 'mac' in self.pattern:
+      if self.window % self.chunk_size:
+        raise ValueError(
+          f'mac: window={self.window} (the segment length) must be a multiple of '
+          f'chunk_size={self.chunk_size}'
+        )
+      if self.attention_backend not in ('xla', 'cudnn'):
+        raise ValueError(
+          f'mac needs attention_backend xla or cudnn, not {self.attention_backend!r} (its '
+          f'segment mask over memory tokens is an explicit dense mask)'
+        )
+      if self.memory_grad_horizon:
+        raise ValueError('mac does not support memory_grad_horizon (set it to 0)')
     if self.remat not in REMAT_POLICIES:
       raise ValueError(f'unknown remat policy {self.remat!r}; choose from {REMAT_POLICIES}')
 
@@ -142,7 +160,7 @@ class LMConfig:
 
   @property
   def uses_memory(self) -> bool:
-    return any(m in ('memory', 'mag') for m in self.pattern)
+    return any(m in ('memory', 'mag', 'mac') for m in self.pattern)
 
   @classmethod
   def from_config(cls, cfg: Any) -> 'LMConfig':

@@ -26,6 +26,14 @@ Per token, forward, for one layer of each mixer (d = d_model, H heads of size D,
              Packed rows (segment ids) add a second key forward at W_0 (not counted).
   MLP        3 · 2·d·mlp_dim
   MAG        attention + memory (the gate's norms are element-wise)
+  MAC        (models/mac.py) the memory as above, updated on the attention output; the retrieval
+             h = M*(q(x)): query projection 2·d·H·D, a read of the memory per head
+             Σ_l 2·o_l·i_l, its read-out (output gate and projection) 2 · 2·d·H·D; attention
+             projections of the segment (q, k, v, o) and of h (k, v), and scores + values over
+             N_p + 2·min(window, T) keys (h and the segment, the dense [C, N_p + 2C] block
+             the XLA path computes). Packed rows also read the fresh memory for documents that
+             start inside a segment (not counted); a T that is not a multiple of the window
+             is padded to one (the padding's work is not counted).
 plus the head 2·d·V (the embedding lookup is free).
 """
 
@@ -80,6 +88,19 @@ def _memory(c: LMConfig) -> float:
   return proj + gates + conv + h * memory_inner_flops(c.rule, dh, c.chunk_size)
 
 
+def memory_read_flops(rule_name: str, head_dim: int) -> float:
+  """Forward FLOPs per token per head of one read ``M(W; q)`` at fixed weights."""
+  return sum(2 * o * i for o, i in get_rule(rule_name).arch.shapes(head_dim, head_dim))
+
+
+def _mac(c: LMConfig, seq_len: int) -> float:
+  d, h, hkv, dh = c.d_model, c.n_heads, c.n_kv_heads or c.n_heads, c.head_dim
+  ctx = c.persistent_tokens + 2 * min(c.window, seq_len)
+  attention = 2 * d * dh * (2 * h + 4 * hkv) + 2 * 2 * h * dh * ctx
+  retrieval = 3 * 2 * d * h * dh + h * memory_read_flops(c.rule, dh)
+  return attention + retrieval + _memory(c)
+
+
 def mixer_forward_flops(c: LMConfig, kind: str, seq_len: int) -> float:
   if kind == 'attention':
     return _attention(c, seq_len, None)
@@ -89,6 +110,8 @@ def mixer_forward_flops(c: LMConfig, kind: str, seq_len: int) -> float:
     return _memory(c)
   if kind == 'mag':
     return _attention(c, seq_len, c.window) + _memory(c)
+  if kind == 'mac':
+    return _mac(c, seq_len)
   raise ValueError(f'unknown mixer {kind!r}')
 
 

@@ -6,7 +6,8 @@ A `Block` is one repeat of ``cfg.pattern``; each entry is a pre-norm residual su
 ``x += mixer(RMSNorm(x)); x += SwiGLU(RMSNorm(x))`` (Llama, Touvron et al. 2023). Mixers:
 full attention, sliding-window attention (Samba, Ren et al. 2024), the Miras memory layer, and
 Titans MAG (Behrouz et al. 2025, "Titans" §4.2: memory and SWA branches in parallel, combined
-by a gate). Titans MAL (§4.3) and Samba-style hybrids are the pattern ['memory', 'swa'].
+by a gate) and Titans MAC (§4.1, models/mac.py: attention over each segment with the memory's
+retrieval as context). Titans MAL (§4.3) and Samba-style hybrids are the pattern ['memory', 'swa'].
 Titans' persistent memory (§3.3) is ``cfg.persistent_tokens`` learnable tokens prepended to every
 document in each attention mixer (see `MAG` for the memory branch's share of them).
 The repeats are one ``nn.scan`` (``scan_layers``) with a configurable ``jax.checkpoint`` policy
@@ -36,6 +37,8 @@ from miras_jax.layers.miras import MirasLayer
 from miras_jax.layers.mlp import SwiGLU
 from miras_jax.layers.norms import RMSNorm
 from miras_jax.models.config import LMConfig
+from miras_jax.models.mac import MAC, mac_cache
+from miras_jax.models.positions import positions_from_segments  # noqa: F401  (re-exported)
 
 ACT = ('activation_batch', 'activation_length', 'activation_embed')
 
@@ -129,6 +132,8 @@ def _make_mixer(cfg: LMConfig, kind: str, **kw):
     return attention_layer(cfg, cfg.window, **kw)
   if kind == 'memory':
     return memory_layer(cfg, **kw)
+  if kind == 'mac':
+    return MAC(cfg, memory_layer(cfg, parent=None), **kw)
   return MAG(cfg, **kw)
 
 
@@ -140,6 +145,8 @@ def mixer_cache(cfg: LMConfig, kind: str, batch: int, max_len: int) -> dict:
   slots = cache_len(max_len, None if kind == 'attention' else cfg.window)
   if kind in ('attention', 'swa'):
     return init_kv_cache(batch, slots, hkv, cfg.head_dim, dtype)
+  if kind == 'mac':
+    return mac_cache(cfg, memory_layer(cfg, parent=None), batch)
   mem = memory_layer(cfg, parent=None).init_cache(batch, dtype)
   if kind == 'memory':
     return mem
@@ -185,17 +192,6 @@ class Block(nn.Module):
       x = _constrain(x + y.astype(x.dtype))
       x = _constrain(x + self.mlps[i](self.mlp_norms[i](x)).astype(x.dtype))
     return x, (tuple(new_caches) if self.decode_mode else None)
-
-
-def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
-  """RoPE positions restarting at 0 at every document start: ``[B, T]`` int32."""
-  t = segment_ids.shape[1]
-  idx = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), segment_ids.shape)
-  starts = jnp.concatenate(
-    [jnp.ones_like(segment_ids[:, :1], bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
-  )
-  first = jax.lax.cummax(jnp.where(starts, idx, 0), axis=1)
-  return idx - first
 
 
 class LM(nn.Module):

@@ -10,7 +10,9 @@ Families (DESIGN.md §5; the mixer pattern is a config value, not a class):
                                      sliding-window attention layer, each with its MLP)
   'titans_mal'                       Titans MAL: pattern ['memory', 'swa'] with the Titans rule
   'titans_mag'                       Titans MAG: pattern ['mag'] (memory ∥ SWA, gated)
-  (both Titans hybrids carry ``persistent_tokens`` = 16 persistent-memory tokens, 4 at tiny)
+  'titans_mac'                       Titans MAC: pattern ['mac'] (segments of ``window`` tokens
+                                     attend over [P ‖ memory retrieval ‖ segment]; models/mac.py)
+  (the Titans hybrids carry ``persistent_tokens`` = 16 persistent-memory tokens, 4 at tiny)
 Sizes: '170m' (12 × 768), '340m' (24 × 1024), '760m' (24 × 1536), '1.3b' (18 × 2048, 8 heads)
 as in the papers (context 4096, vocabulary 32K), and 'tiny' (2 × 64, vocab 256) for tests.
 
@@ -22,7 +24,7 @@ tests/models/test_presets.py within 10 % of the nominal size):
   * Pure memory families replace 4·d² of attention by ≈ 5·d² (q, k, v, output gate, output) plus
     gates, convs and the per-head initial memory; their MLP is narrowed by the difference
     (``_MEMORY_MLP``) so that all families of a size have about the same count; hybrids (half
-    memory, half SWA) keep the Transformer++ MLP; MAG blocks (both branches) use ``_MAG_MLP``.
+    memory, half SWA) keep the Transformer++ MLP; MAG and MAC blocks (both hold attention and a memory) use ``_MAG_MLP``.
   * embeddings: untied at 170m and 760m, tied at 340m and 1.3b (whichever fits the nominal
     count better at the papers' depth × width).
 Keys (all plain values; ``LMConfig`` in miras_jax/models/config.py reads them and rejects
@@ -70,7 +72,12 @@ _GATES = {
 
 def families() -> list[str]:
   rules = list_rules()
-  return ['transformer'] + rules + [HYBRID_PREFIX + r for r in rules] + ['titans_mag', 'titans_mal']
+  return (
+    ['transformer']
+    + rules
+    + [HYBRID_PREFIX + r for r in rules]
+    + ['titans_mag', 'titans_mal', 'titans_mac']
+  )
 
 
 def _family_spec(family: str) -> tuple[list[str], str]:
@@ -86,6 +93,8 @@ def _family_spec(family: str) -> tuple[list[str], str]:
     return ['memory', 'swa'], 'titans'
   if family == 'titans_mag':
     return ['mag'], 'titans'
+  if family == 'titans_mac':
+    return ['mac'], 'titans'
   raise ValueError(f'unknown model family {family!r}; known: {", ".join(families())}')
 
 
@@ -96,7 +105,7 @@ def model_config(family: str, size: str) -> ConfigDict:
   pattern, rule = _family_spec(family)
   n_layers, d, heads, mlp, tie = SIZES[size]
   tiny = size == 'tiny'
-  if pattern == ['mag']:
+  if pattern in (['mag'], ['mac']):
     mlp = _MAG_MLP[size]
   elif pattern == ['memory']:
     mlp = _MEMORY_MLP[size]

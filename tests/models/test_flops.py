@@ -18,8 +18,8 @@ from tests.models._util import random_params, tiny, tokens
 B = 2
 
 
-def _xla_and_analytic(family, train):
-  cfg, model = tiny(family, scan_layers=False)
+def _xla_and_analytic(family, train, **overrides):
+  cfg, model = tiny(family, scan_layers=False, **overrides)
   T = cfg.chunk_size  # one chunk; the SWA window (16) covers the whole context
   toks = tokens((B, T))
   params = random_params(model, toks)['params']
@@ -44,6 +44,20 @@ def test_mlp_memory_forward_flops_match_xla():
   # work is a large share when d = 64 and b = 8; it shrinks with width and chunk size).
   xla, analytic = _xla_and_analytic('moneta', train=False)
   assert 0.95 < xla / analytic < 1.35, (xla, analytic)
+
+
+@pytest.mark.slow
+def test_mac_forward_flops_match_xla():
+  # Titans MAC with one segment = one chunk (window 8): the retrieval read, the attention over
+  # [P ‖ h ‖ S] and the memory update on the attention output are all counted.
+  xla, analytic = _xla_and_analytic('titans_mac', train=False, window=8)
+  assert 0.95 < xla / analytic < 1.10, (xla, analytic)
+
+
+@pytest.mark.slow
+def test_mac_training_flops_match_xla():
+  xla, analytic = _xla_and_analytic('titans_mac', train=True, window=8)
+  assert 0.9 < xla / analytic < 1.6, (xla, analytic)  # MLP memory: remat recompute
 
 
 @pytest.mark.slow

@@ -152,11 +152,11 @@ def test_config_validation():
 
 
 def test_titans_presets_carry_persistent_tokens():
-  for family in ('titans_mag', 'titans_mal'):
+  for family in ('titans_mag', 'titans_mal', 'titans_mac'):
     cfg, model = tiny(family)
     assert cfg.persistent_tokens == 4
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens((1, 8)))['params']
-    attn = shapes['blocks']['mixers_0' if family == 'titans_mag' else 'mixers_1']
+    attn = shapes['blocks']['mixers_1' if family == 'titans_mal' else 'mixers_0']
     attn = attn['attn'] if family == 'titans_mag' else attn
     # one [N_p, d_model] prefix per scanned layer
     assert nn.unbox(attn['persistent']).shape == (cfg.n_layers // len(cfg.pattern), 4, 64)

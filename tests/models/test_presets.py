@@ -17,6 +17,7 @@ CHECKED = (
   'hybrid_moneta',
   'titans_mag',
   'titans_mal',
+  'titans_mac',
 )
 
 
