@@ -21,7 +21,8 @@ initialisation (miras_jax/models/presets.py, scripts/bench_bptt.py).
 
 Rule variants (memory/rules.py ``with_options``; ignored by rules without the component):
 ``huber_mode`` Yaad's bias, 'mask' (Miras Eq. 26: per token ℓ2 gradient where ‖e‖ ≤ δ_t, else
-δ_t·sign(e); the default) | 'clip' (Eq. 14, per channel) | 'norm' (Eq. 15); ``channel_delta``
+δ_t·sign(e); the default) | 'clip' (Eq. 14, per channel) | 'norm' (Eq. 15); ``delta_init`` its
+threshold δ at initialisation (δ_t = softplus(·), layers/miras.py); ``channel_delta``
 makes Yaad's data-dependent δ_t per value channel instead of per head (layers/miras.py);
 ``memora_form`` Memora's chunked form, 'logits' | 'lag' (Eq. 30–32).
 
@@ -78,6 +79,7 @@ class LMConfig:
   eta_max: float = 1.0
   alpha_init: tuple[float, float] = (0.99, 0.999)
   huber_mode: str = 'mask'
+  delta_init: float = 1.0
   channel_delta: bool = False
   memora_form: str = 'logits'
   output_gate: str = 'silu'

@@ -62,6 +62,7 @@ def memory_layer(cfg: LMConfig, **kw) -> MirasLayer:
     eta_max=cfg.eta_max,
     alpha_init=cfg.alpha_init,
     huber_mode=cfg.huber_mode,
+    delta_init=cfg.delta_init,
     channel_delta=cfg.channel_delta,
     memora_form=cfg.memora_form,
     output_gate=cfg.output_gate,
