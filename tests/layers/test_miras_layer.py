@@ -133,9 +133,9 @@ def test_channel_delta_reaches_the_yaad_layer_from_the_model_config():
   cfg = LMConfig(rule='yaad', n_heads=H, head_dim=D, d_model=E, gate_rank=4, chunk_size=CHUNK)
   m = memory_layer(cfg.replace(channel_delta=True, huber_mode='clip'), parent=None)
   assert m.memory_rule.bias.mode == 'clip'
-  shapes = jax.eval_shape(m.init, jax.random.PRNGKey(0), _x())['params']
-  assert shapes['gate_bias_delta'].shape == (H, D)
-  g = m.apply(numpy_params(m, _x(), std=0.3), _x(), method=lambda mod, x: mod._gates(x))
+  p = numpy_params(m, _x(), std=0.3)
+  assert nn.unbox(p)['params']['gate_bias_delta'].shape == (H, D)
+  g = m.apply(p, _x(), method=lambda mod, x: mod._gates(x))
   assert g['delta'].shape == (B, H, T, D)
   assert memory_layer(cfg, parent=None).memory_rule.bias.mode == 'mask'  # Eq. 26 by default
   with pytest.raises(ValueError, match='huber_mode'):

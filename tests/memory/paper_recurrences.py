@@ -144,6 +144,7 @@ def run_memora(memory, w0, xs, b, c=1.0, lag=False):
   from W' and is the gradient point of the rest, which take linear steps; the chunk's end maps
   back to the simplex, W ← c · Softmax(log max(W, 1e-12))."""
   W = [jnp.asarray(w) for w in w0]  # exact memory ('logits' form: on the simplex always)
+  logW = [jnp.log(w) for w in W]
   R = W  # what tokens read
   gp = W
   ys = []
@@ -163,8 +164,11 @@ def run_memora(memory, w0, xs, b, c=1.0, lag=False):
       if last:
         R = [kl_step(r, 1.0, 0.0, jnp.zeros_like(r), c) for r in R]
       W = R
-    else:
-      W = [kl_step(w, al, eta, gi, c) for w, gi in zip(W, g)]
+    else:  # exact: carry log W (softmax entries can underflow the lag scheme's 1e-12 guard)
+      logW = [
+        jax.nn.log_softmax(al * lw - eta * gi, axis=-1) + np.log(c) for lw, gi in zip(logW, g)
+      ]
+      W = [jnp.exp(lw) for lw in logW]
       R = W if last else [al * r - eta * gi for r, gi in zip(R if not first else gp, g)]
     ys.append(memory(R, xs['q'][t]))
   return jnp.stack(ys), W

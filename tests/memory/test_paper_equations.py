@@ -84,12 +84,18 @@ YAAD = {
 
 
 @pytest.mark.parametrize(
-  'mode,channel', [('mask', False), ('mask', True), ('clip', True), ('norm', False)]
+  'mode,channel',
+  [
+    ('mask', False),
+    ('mask', True),
+    pytest.param('clip', True, marks=pytest.mark.slow),
+    pytest.param('norm', False, marks=pytest.mark.slow),
+  ],
 )
 def test_yaad(mode, channel):
   """Miras Eq. 26 (default) and the Eq. 14 / 15 options, b = 8, the δ_t straddling ‖e‖."""
   rule = get_rule('yaad', bias=Huber(mode=mode))
-  x, w0, ln = _inputs(1, rule, channel_delta=channel, delta_range=(0.5, 3.0) if channel else (1, 4))
+  x, w0, ln = _inputs(1, rule, channel_delta=channel, delta_range=(1.5, 6.0) if channel else (1, 4))
   branches = []
 
   def u(e, d):
@@ -122,7 +128,7 @@ def test_moneta_mlp_chunked():
   _check(rule, 8, x, w0, ln, run, lambda st: st['A'])
 
 
-@pytest.mark.parametrize('name', ['ttt_mlp', 'ttt_linear'])
+@pytest.mark.parametrize('name', ['ttt_mlp', pytest.param('ttt_linear', marks=pytest.mark.slow)])
 def test_ttt_with_bias(name):
   """TTT: f(x) = x + LN(MLP(x)) with test-time-learned biases, mini-batch GD at b = 8."""
   rule = get_rule(name)
@@ -132,7 +138,15 @@ def test_ttt_with_bias(name):
   _check(rule, 8, x, w0, ln, run, lambda st: st['A'])
 
 
-@pytest.mark.parametrize('form,b', [('logits', 1), ('logits', 8), ('lag', 1), ('lag', 8)])
+@pytest.mark.parametrize(
+  'form,b',
+  [
+    pytest.param('logits', 1, marks=pytest.mark.slow),
+    ('logits', 8),
+    pytest.param('lag', 1, marks=pytest.mark.slow),
+    ('lag', 8),
+  ],
+)
 def test_memora(form, b):
   """Memora's KL rule (b = 1: Eq. 27–28) and its chunked forms; the lag scheme is Eq. 30–32."""
   lag = form == 'lag'
