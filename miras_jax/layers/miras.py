@@ -37,7 +37,7 @@ scale/bias (``outer_<name>`` [H, D]). Memora's logits need a spread: with near-u
 (std 0.02) every output channel of the memory is the same average of its input, the
 pre-LayerNorm activations vary across channels by ~1e-7 at D = 64, the memory contributes
 nothing at initialisation and the LayerNorm's 1/√eps gain amplifies its gradients ~1000×;
-std 2 gives activations with a spread of ~1e-2…1e-3 (D = 16…64) and a LayerNorm output of unit
+std 2 gives a spread of 2e-2 at D = 16 and 6e-3 at D = 64 and a LayerNorm output of unit
 scale (scripts/bench_bptt.py prints it).
 
 Decoding: ``init_cache(batch)`` → ``{'conv_q', 'conv_k', 'conv_v': [B, K−1, H·D],
