@@ -12,7 +12,9 @@ gradient: how far back the gradient reaches, intact) and ‖∂L/∂θ‖ over a
 parameters. Horizon 0 = exact gradients; h > 0 = truncated every h tokens (`grad_horizon`).
 Gates "layer": the layer's defaults (η ≤ 1, α in (0.99, 0.999)); "preset": the rule's 170m
 preset (miras_jax/models/presets.py `_GATES`, `memory_grad_horizon`). The baseline in the same run is
-the rule's first row (T=1024, layer gates, exact).
+the rule's first row (T=1024, layer gates, exact). Memora is also measured with the initial
+memory's logit std of ``--memora_w0_std`` (layer gates, exact): 0.02 is the former near-uniform
+W_0 whose memory is a no-op at initialisation (layers/miras.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def measure(
   D: int,
   eta_max: float = MirasLayer.eta_max,
   alpha_init: tuple[float, float] = MirasLayer.alpha_init,
+  simplex_w0_std: float = MirasLayer.simplex_w0_std,
 ) -> tuple[float, float]:
   E, H = 2 * D, 2
   layer = MirasLayer(
@@ -45,6 +48,7 @@ def measure(
     grad_horizon=horizon,
     eta_max=eta_max,
     alpha_init=tuple(alpha_init),
+    simplex_w0_std=simplex_w0_std,
   )
   x = jnp.asarray(np.random.default_rng(0).standard_normal((1, T, E)), jnp.float32)
   r = jnp.asarray(np.random.default_rng(1).standard_normal((1, T, E)), jnp.float32)
@@ -69,6 +73,12 @@ def main(argv=None):
     help="also measure each rule with its 170m preset's gates (eta_max, alpha_init, "
     'memory_grad_horizon)',
   )
+  p.add_argument(
+    '--memora_w0_std',
+    default='0.02',
+    help="Memora only: also measure with these stds of W_0's logits (the layer's default is "
+    f'{MirasLayer.simplex_w0_std}; 0.02, the former one, makes the memory a no-op at init)',
+  )
   p.add_argument('--out', default='')
   a = p.parse_args(argv)
   lines = [
@@ -89,13 +99,16 @@ def main(argv=None):
       settings.append(
         ('preset', preset.eta_max, tuple(preset.alpha_init), [preset.memory_grad_horizon])
       )
+    if rule == 'memora' and a.memora_w0_std:
+      for s in a.memora_w0_std.split(','):
+        settings.append((f'w0std={s}', MirasLayer.eta_max, MirasLayer.alpha_init, [0], float(s)))
     for T in (int(t) for t in a.lengths.split(',')):
-      for name, eta_max, alpha_init, horizons in settings:
+      for name, eta_max, alpha_init, horizons, *w0std in settings:
         for h in horizons:
           if h and h >= T:
             continue
           t0 = time.perf_counter()
-          g0, gn = measure(rule, T, h, a.head_dim, eta_max, alpha_init)
+          g0, gn = measure(rule, T, h, a.head_dim, eta_max, alpha_init, *w0std)
           if base is None:
             base = gn
           line = (

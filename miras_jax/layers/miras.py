@@ -22,14 +22,23 @@ not given in the paper — miras-math.md "Gates" — so these are our choices):
   μ (momentum decay)    log μ = log_sigmoid(U_μ D_μ x + b_μ), μ ≈ ``mu_init`` at init
                         (Titans eq. 10's η_t; only for momentum rules).
   δ (Huber threshold)   δ = softplus(U_δ D_δ x + b_δ), δ ≈ ``delta_init`` at init (Yaad), per
-                        head, or per value channel with ``channel_delta``.
+                        head ([B, H, T]), or per value channel with ``channel_delta``
+                        ([B, H, T, D]). With Yaad's Eq. 26 (``huber_mode`` 'mask') a per-channel
+                        δ switches per token on ‖e ⊘ δ_t‖ ≤ 1 and steps δ_t ⊙ sign(e) outside;
+                        'clip' (Eq. 14) tests each channel; 'norm' (Eq. 15) uses δ's first
+                        channel (memory/biases.py ``Huber``).
 All gates are computed in float32 and passed to the memory core in log space where it wants it.
 
 Outer-loop parameters of the memory (miras-math.md "Memory architectures"): the initial memory
 ``W_0`` per head (``w0_<l>`` [H, out, in]; zero for linear memories, fan-in normal for MLP ones;
 Memora: ``W_0 = c · softmax(raw)`` over each row so that the memory starts on the scaled
-simplex its KL retention needs) and the MLP memory's LayerNorm scale/bias (``outer_<name>``
-[H, D]).
+simplex its KL retention needs, raw ~ N(0, ``simplex_w0_std``²)) and the MLP memory's LayerNorm
+scale/bias (``outer_<name>`` [H, D]). Memora's logits need a spread: with near-uniform rows
+(std 0.02) every output channel of the memory is the same average of its input, the
+pre-LayerNorm activations vary across channels by ~1e-7 at D = 64, the memory contributes
+nothing at initialisation and the LayerNorm's 1/√eps gain amplifies its gradients ~1000×;
+std 2 gives a spread of 2e-2 at D = 16 and 6e-3 at D = 64 and a LayerNorm output of unit
+scale (scripts/bench_bptt.py prints it).
 
 Decoding: ``init_cache(batch)`` → ``{'conv_q', 'conv_k', 'conv_v': [B, K−1, H·D],
 'memory': state [B, H, ...], 'started': bool}`` and ``decode(x [B, T_new, E], cache)``, which
@@ -59,12 +68,13 @@ import jax.numpy as jnp
 from miras_jax.layers.conv import CausalDepthwiseConv1D
 from miras_jax.layers.dense import DenseND
 from miras_jax.layers.norms import RMSNorm, l2_normalize
-from miras_jax.memory import get_rule, init_state, memory_forward, memory_step
+from miras_jax.memory import get_rule, init_state, memory_forward, memory_step, with_options
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 OUTPUT_GATES = ('silu', 'sigmoid')
+SIMPLEX_MAPS = ('softmax', 'softmax_lag')  # Memora: W_0 parametrised on the scaled simplex
 
 
 def _logit(p: float) -> float:
@@ -124,6 +134,9 @@ class MirasLayer(nn.Module):
       mu_init: momentum decay μ at initialisation.
       delta_init: Huber threshold δ at initialisation.
       channel_delta: δ per value channel ([B, H, T, D]) instead of per head.
+      huber_mode: Yaad's bias variant, 'mask' (Eq. 26) | 'clip' (Eq. 14) | 'norm' (Eq. 15).
+      memora_form: Memora's chunked form, 'logits' | 'lag' (Eq. 30–32; memory/retention.py).
+      simplex_w0_std: std of the logits of Memora's initial memory W_0 = c · softmax(raw).
       output_gate: 'silu' (default, as Gated DeltaNet / FLA) or 'sigmoid'.
       remat_group: chunks per ``jax.checkpoint`` in the chunked memory.
       grad_horizon: 0 for exact gradients; else truncated back-propagation through the memory
@@ -150,6 +163,9 @@ class MirasLayer(nn.Module):
   mu_init: float = 0.9
   delta_init: float = 1.0
   channel_delta: bool = False
+  huber_mode: str = 'mask'
+  memora_form: str = 'logits'
+  simplex_w0_std: float = 2.0
   output_gate: str = 'silu'
   remat_group: int = 4
   grad_horizon: int = 0
@@ -162,7 +178,9 @@ class MirasLayer(nn.Module):
 
   @property
   def memory_rule(self):
-    return get_rule(self.rule)
+    return with_options(
+      get_rule(self.rule), huber_mode=self.huber_mode, memora_form=self.memora_form
+    )
 
   def _dense(self, features, axes, axis=-1):
     return DenseND(
@@ -235,12 +253,12 @@ class MirasLayer(nn.Module):
     # Outer-loop memory parameters: W_0 per head and the architecture's outer params.
     arch = rule.arch
     shapes = tuple(arch.shapes(D, D))
-    softmax_w0 = rule.retention.map == 'softmax'
+    softmax_w0 = rule.retention.map in SIMPLEX_MAPS
 
     def w0_init(l):
       def init(key, shape, dtype):
-        if softmax_w0:  # raw logits of W_0 = c · softmax(raw): near-uniform rows
-          return 0.02 * jax.random.normal(key, shape, dtype)
+        if softmax_w0:  # raw logits of W_0 = c · softmax(raw), spread: see the module docstring
+          return self.simplex_w0_std * jax.random.normal(key, shape, dtype)
         keys = jax.random.split(key, H)
         return jax.vmap(lambda kk: arch.init_weights(kk, D, D, dtype)[l])(keys)
 
@@ -275,7 +293,7 @@ class MirasLayer(nn.Module):
   def _memory_params(self):
     rule = self.memory_rule
     w0 = tuple(jnp.asarray(w, jnp.float32) for w in self.w0_raw)
-    if rule.retention.map == 'softmax':
+    if rule.retention.map in SIMPLEX_MAPS:
       w0 = tuple(rule.retention.scale_c * jax.nn.softmax(w, axis=-1) for w in w0)
     outer = {n: jnp.asarray(v, jnp.float32) for n, v in self.outer.items()}
     return w0, outer

@@ -8,7 +8,16 @@ from miras_jax.memory.biases import L2, DotProduct, Huber, Lp, ValueShiftRobust
 from miras_jax.memory.chunked import chunked
 from miras_jax.memory.reference import memory_step, reference
 from miras_jax.memory.retention import Retention
-from miras_jax.memory.rules import RULES, MemoryRule, fresh_state, get_rule, init_state, list_rules
+from miras_jax.memory.rules import (
+  MEMORA_FORMS,
+  RULES,
+  MemoryRule,
+  fresh_state,
+  get_rule,
+  init_state,
+  list_rules,
+  with_options,
+)
 
 __all__ = [
   'GD',
@@ -25,6 +34,8 @@ __all__ = [
   'RULES',
   'get_rule',
   'list_rules',
+  'with_options',
+  'MEMORA_FORMS',
   'init_state',
   'fresh_state',
   'memory_forward',

@@ -6,6 +6,10 @@ A memory is a stack of weight matrices ``W_1 … W_L`` (``W_l``: [d_out_l, d_in_
 - ``MLPMemory``: final(z, x) = x + LN(z) (residual + LayerNorm, Titans/TTT), depth L ≥ 1
   with hidden width ``expansion · d_k`` and GELU. Depth 1 is TTT-Linear's inner model.
   LayerNorm's scale/shift are *outer* parameters (``outer``), not memory state.
+  ``bias=True`` gives every layer a bias learned at test time, z_l = W_l h_{l−1} + b_l (TTT's
+  inner model f(x) = x + LN(Wx + b), Sun et al. 2024 §2): stored as the last column of W_l,
+  [d_out, d_in + 1], acting on the layer input with a constant 1 appended (``layer_in``), so
+  every gradient keeps the outer-product form below.
 
 The weight gradient of any bias is Σ over tokens of outer products ``δ_l h_{l−1}ᵀ``
 (back-propagated error × layer input), which is what makes the chunked dual form
@@ -50,6 +54,9 @@ class LinearMemory:
   def act(self, z):
     return z
 
+  def layer_in(self, h):
+    return h
+
   def final(self, z, x, outer):
     del x, outer
     return z
@@ -71,14 +78,16 @@ class MLPMemory:
   residual: bool = True
   layer_norm: bool = True
   ln_eps: float = 1e-6
+  bias: bool = False
   name: str = 'mlp'
   is_linear: bool = False
 
   def shapes(self, dk: int, dv: int):
+    e = int(self.bias)  # the bias column
     if self.depth == 1:
-      return ((dv, dk),)
+      return ((dv, dk + e),)
     h = self.expansion * dk
-    return ((h, dk),) + ((h, h),) * (self.depth - 2) + ((dv, h),)
+    return ((h, dk + e),) + ((h, h + e),) * (self.depth - 2) + ((dv, h + e),)
 
   def init_outer(self, dv: int, dtype=jnp.float32):
     if not self.layer_norm:
@@ -88,13 +97,21 @@ class MLPMemory:
   def init_weights(self, key, dk, dv, dtype=jnp.float32, scale=None):
     keys = jax.random.split(key, self.depth)
     out = []
+    e = int(self.bias)
     for kk, (o, i) in zip(keys, self.shapes(dk, dv)):
-      s = (1.0 / i) ** 0.5 if scale is None else scale
-      out.append(s * jax.random.normal(kk, (o, i), dtype))
+      s = (1.0 / (i - e)) ** 0.5 if scale is None else scale
+      w = s * jax.random.normal(kk, (o, i), dtype)
+      out.append(w.at[:, i - e :].set(0.0) if e else w)  # biases start at zero
     return tuple(out)
 
   def act(self, z):
     return jax.nn.gelu(z, approximate=True)
+
+  def layer_in(self, h):
+    """The input a layer's weight matrix multiplies: h, or [h, 1] with a bias column."""
+    if not self.bias:
+      return h
+    return jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)
 
   def final(self, z, x, outer):
     y = z
@@ -107,35 +124,34 @@ class MLPMemory:
   def apply(self, w: Weights, x, outer=None):
     h = x
     for l, wl in enumerate(w):
-      z = h @ wl.T
+      z = self.layer_in(h) @ wl.T
       h = self.act(z) if l < len(w) - 1 else z
     return self.final(h, x, outer)
 
 
 def keys_forward(arch, w: Weights, x, outer):
   """Forward a batch of keys x [n, d_k]; returns (p [n, d_v], cache) for ``backprop``."""
-  hs, zs = [x], []
-  h = x
+  hs, zs = [arch.layer_in(x)], []
   for l, wl in enumerate(w):
-    z = h @ wl.T
+    z = hs[-1] @ wl.T
     zs.append(z)
     if l < len(w) - 1:
-      h = arch.act(z)
-      hs.append(h)
+      hs.append(arch.layer_in(arch.act(z)))
   return arch.final(zs[-1], x, outer), (hs, zs)
 
 
 def backprop(arch, w: Weights, x, outer, cache, u):
   """Back-propagate u = ∂ℓ/∂p to the layers: returns (deltas, inputs), lists over layers.
 
-  ∇_{W_l} ℓ = Σ_n deltas[l][n] ⊗ inputs[l][n]  (the factored per-token gradient).
+  ∇_{W_l} ℓ = Σ_n deltas[l][n] ⊗ inputs[l][n]  (the factored per-token gradient; the inputs
+  carry the constant 1 of a bias column).
   """
   hs, zs = cache
   _, vjp_final = jax.vjp(lambda z: arch.final(z, x, outer), zs[-1])
   (d,) = vjp_final(u)
   deltas = [d]
   for l in range(len(w) - 1, 0, -1):
-    back = d @ w[l]
+    back = (d @ w[l])[:, : zs[l - 1].shape[-1]]  # drop the bias column's row
     _, vjp_act = jax.vjp(arch.act, zs[l - 1])
     (d,) = vjp_act(back)
     deltas.append(d)

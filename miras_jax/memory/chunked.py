@@ -105,6 +105,32 @@ def _key_factors(rule, wg, w0g, k, v, delta, outer, cont, resets):
   return dl, hl
 
 
+def _lag_token(rule: MemoryRule, st, x, fresh, outer):
+  """Memora's lag scheme (retention.py 'lag'): the chunk's first slot takes the exact KL step
+  from the boundary memory when the chunk starts here (state at pos 0, slot active).
+
+  Returns (st, x) for the linear dual form of the rest: the state's weights and gradient
+  point become the lag weights W_s, and slot 0 no longer decays or writes (its step is in W_s).
+  A reset at slot 0 is applied to the state first (the lag step then starts from W_0).
+  """
+  arch, ret = rule.arch, rule.retention
+  st = common.tree_where(x['reset'][0] > 0, dict(fresh, pos=st['pos']), st)
+  lag = (st['pos'] == 0) & (x['active'][0] > 0)
+  k0, v0 = x['k'][:1], x['v'][:1]
+  d0 = None if x['delta'] is None else x['delta'][:1]
+  p, cache = keys_forward(arch, st['Wg'], k0, outer)
+  deltas, hs = backprop(arch, st['Wg'], k0, outer, cache, rule.bias.grad(p, v0, d0))
+  w_lag = tuple(
+    ret.lag_step(w, x['la'][0], x['eta'][0], d.T @ h) for w, d, h in zip(st['Wg'], deltas, hs)
+  )
+  st = dict(
+    st, A=common.tree_where(lag, w_lag, st['A']), Wg=common.tree_where(lag, w_lag, st['Wg'])
+  )
+  off = lambda z: z.at[0].set(jnp.where(lag, 0.0, z[0]))
+  x = dict(x, reset=x['reset'].at[0].set(0.0), la=off(x['la']), eta=off(x['eta']))
+  return st, x
+
+
 def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
   """New carry after a chunk, and the exact boundary read of the chunk's last token.
 
@@ -113,8 +139,9 @@ def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
   n_active = jnp.sum(active).astype(jnp.int32)
   boundary = st['pos'] + n_active == q.shape[0]
   new = {}
-  new['A'] = a_end
   phi_a = tuple(ret.phi(a) for a in a_end)
+  # 'lag': the state holds the weights, mapped back onto the simplex at the chunk's end.
+  new['A'] = common.tree_where(boundary, phi_a, a_end) if ret.read_mode == 'lag' else a_end
   wg_last = common.tree_where(e_cont, st['Wg'], fresh['Wg'])
   new['Wg'] = common.tree_where(boundary, phi_a, wg_last)
   if 'S' in st:
@@ -134,6 +161,8 @@ def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
 
 def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   arch = rule.arch
+  if rule.retention.read_mode == 'lag':
+    st, x = _lag_token(rule, st, x, fresh, outer)
   q, k, v = x['q'], x['k'], x['v']
   co = coefficients(x['la'], x['eta'], x['reset'], x['active'], x['lm'])
   cont, a, C = co['cont'], co['a'], co['C']
@@ -143,9 +172,10 @@ def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   base_c, s_c = read_base(rule, st)
   base_0, s_0 = read_base(rule, fresh)
 
-  h = q
   L = len(deltas)
+  z = q
   for l in range(L):
+    h = arch.layer_in(arch.act(z) if l else q)
     zb = h @ base_c[l].T
     s_tok = jnp.full(cont.shape, s_c[l])
     if resets:
@@ -155,8 +185,7 @@ def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
     if momentum:
       upd = upd + co['d'][:, None] * (h @ st['S'][l].T)
     z = a[:, None] * zb + s_tok[:, None] * upd
-    h = arch.act(z) if l < L - 1 else z
-  y = arch.final(h, q, outer)
+  y = arch.final(z, q, outer)
 
   # Primal update to the chunk's last slot (the last real token: padding adds nothing).
   e_cont = cont[-1]

@@ -44,7 +44,16 @@ def step(rule: MemoryRule, b: int, st: dict, x: dict, fresh: dict, outer):
   (g,) = vjp(u)
   eta = x['eta']
   new = dict(st)
-  if rule.algorithm.momentum:
+  mode = ret.read_mode
+  if mode == 'lag':
+    # Memora's lag scheme (retention.py): the chunk's first token takes the exact KL step from
+    # the boundary memory and becomes the gradient point; later tokens take linear steps.
+    lag = pos == 0
+    w_lag = tuple(ret.lag_step(w, x['la'], eta, gi) for w, gi in zip(wg, g))
+    lin = tuple(decay(a) - eta * gi for a, gi in zip(st['A'], g))
+    new['A'] = common.tree_where(lag, w_lag, lin)
+    wg = common.tree_where(lag, w_lag, wg)
+  elif rule.algorithm.momentum:
     mu = jnp.exp(x['lm'])
     new['S'] = tuple(mu * s - eta * gi for s, gi in zip(st['S'], g))
     new['A'] = tuple(decay(a) + s for a, s in zip(st['A'], new['S']))
@@ -54,8 +63,10 @@ def step(rule: MemoryRule, b: int, st: dict, x: dict, fresh: dict, outer):
   boundary = pos == b - 1
   phi_a = tuple(ret.phi(a) for a in new['A'])
   new['Wg'] = common.tree_where(boundary, phi_a, wg)
-  mode = ret.read_mode
   if mode == 'identity':
+    w_read = new['A']
+  elif mode == 'lag':
+    new['A'] = common.tree_where(boundary, phi_a, new['A'])
     w_read = new['A']
   elif mode == 'scale':
     new['sig'] = common.tree_where(boundary, tuple(ret.scale(a) for a in new['A']), st['sig'])

@@ -10,6 +10,8 @@ map ``φ`` from the accumulator to the memory's weights, ``W = φ(A)``:
           'lq'       W = A / ‖A‖_q^{q−2}             (Moneta, ℓq normalisation, per matrix)
           'softmax'  W = c · softmax_row(A)          (Memora, KL retention: A are the logits,
                                                       the memory lives on a scaled simplex)
+          'softmax_lag' W = c · softmax_row(log⁺ A)  (Memora's chunked "lag" scheme, Miras
+                                                      Eq. 30–32: A holds the weights themselves)
           'elastic'  W = soft_threshold(A, λ)        (elastic net: ℓ1 + ℓ2 retention in its
                                                       dual-averaging / FTRL form)
 
@@ -24,7 +26,18 @@ How a non-linear φ is read *inside* a chunk (``read_mode``; b = 1 makes all exa
               (Moneta "normalises A once per chunk"; the accumulator itself is exact).
   'wspace'    Ŵ_t = linear GD steps in weight space from the boundary weights
               (Memora's "linear steps for the rest"; elastic net likewise).
+  'lag'       Memora's lag scheme (Miras Eq. 30–32, §5.4): the first ("lag") token s of each
+              chunk makes the exact KL step W_s = c·Softmax(α_s log W' − η_s ∇ℓ(W'; k_s, v_s))
+              from the boundary memory W'; W_s is the gradient point of the rest of the chunk,
+              whose tokens take linear steps W_t = α_t W_{t−1} − η_t ∇ℓ(W_s; k_t, v_t); the
+              chunk's end maps back onto the simplex, W ← c·Softmax(log⁺ W). The state A holds
+              these weights (φ^{-1} = identity). A document that starts mid-chunk has no lag
+              token: it takes linear steps from W_0 with gradients at W_0 until the boundary.
   and the last token of every chunk reads the exact φ(A_t) (a boundary).
+
+log⁺ is the guard for non-positive entries, which the linear steps can produce: log⁺ x =
+log max(x, clamp_min), so such an entry leaves the chunk end with weight ≈ clamp_min/row sum
+(≈ 0) and no gradient, never NaN.
 """
 
 from __future__ import annotations
@@ -34,35 +47,42 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-# Guard of Moneta's map: ‖A‖_q is clamped below, so that a memory that has forgotten
-# everything (α → 0 drives A → 0) cannot blow up W = A/‖A‖_q^{q−2} (‖W‖_q = 1/‖A‖_q).
-# At 1e-2 the read scale stays ≤ 1e4 for q = 4; with 1e-6 extreme gates produced scales
-# of 1e11 and outputs no longer reproducible across evaluation orders even in fp64.
+# Guard of Moneta's map (``Retention.norm_floor``): ‖A‖_q is clamped below, so that a memory
+# that has forgotten everything (α → 0 drives A → 0) cannot blow up W = A/‖A‖_q^{q−2}
+# (‖W‖_q = 1/‖A‖_q). The paper prints no guard. At 1e-2 the read scale stays ≤ 1e4 for q = 4;
+# with 1e-6 extreme gates produced scales of 1e11 and outputs no longer reproducible across
+# evaluation orders even in fp64.
 _NORM_EPS = 1e-2
+MAPS = ('identity', 'lq', 'softmax', 'softmax_lag', 'elastic')
 
 
 @dataclasses.dataclass(frozen=True)
 class Retention:
   decay: str = 'none'  # none | scalar | channel
-  map: str = 'identity'  # identity | lq | softmax | elastic
-  q: float = 4.0  # Moneta's ℓq
+  map: str = 'identity'  # identity | lq | softmax | softmax_lag | elastic
+  q: float = 4.0  # Moneta's ℓq (paper: q = 4)
   scale_c: float = 1.0  # Memora's simplex scale c
   l1: float = 1e-3  # elastic net threshold λ
-  clamp_min: float = 1e-12  # Memora: clamp before log
+  clamp_min: float = 1e-12  # Memora: clamp before log (the log⁺ guard)
+  norm_floor: float = _NORM_EPS  # Moneta: ‖A‖_q ≥ norm_floor in W = A/‖A‖_q^{q−2}
 
   def __post_init__(self):
     if self.decay not in ('none', 'scalar', 'channel'):
       raise ValueError(f'unknown retention decay {self.decay!r}')
-    if self.map not in ('identity', 'lq', 'softmax', 'elastic'):
+    if self.map not in MAPS:
       raise ValueError(f'unknown retention map {self.map!r}')
     if self.map == 'lq' and self.q == 3.0:
       raise ValueError('ℓq retention with q = 3 is not invertible (‖W‖_q = 1 always)')
 
   @property
   def read_mode(self) -> str:
-    return {'identity': 'identity', 'lq': 'scale', 'softmax': 'wspace', 'elastic': 'wspace'}[
-      self.map
-    ]
+    return {
+      'identity': 'identity',
+      'lq': 'scale',
+      'softmax': 'wspace',
+      'softmax_lag': 'lag',
+      'elastic': 'wspace',
+    }[self.map]
 
   # --- the map φ and its (right) inverse, per weight matrix --------------------
   def _qnorm(self, a):
@@ -72,7 +92,7 @@ class Retention:
     """s(A) with φ(A) = s(A)·A for 'lq' (a scalar); 1 otherwise."""
     if self.map != 'lq':
       return jnp.ones((), a.dtype)
-    n = jnp.maximum(self._qnorm(a), _NORM_EPS)
+    n = jnp.maximum(self._qnorm(a), self.norm_floor)
     return jnp.power(n, -(self.q - 2.0))
 
   def phi(self, a):
@@ -82,15 +102,25 @@ class Retention:
       return self.scale(a) * a
     if self.map == 'softmax':
       return self.scale_c * jax.nn.softmax(a, axis=-1)
+    if self.map == 'softmax_lag':
+      return self.scale_c * jax.nn.softmax(self.log_plus(a), axis=-1)
     return jnp.sign(a) * jnp.maximum(jnp.abs(a) - self.l1, 0.0)
+
+  def log_plus(self, w):
+    """log⁺ w = log max(w, clamp_min): the guarded log of Memora's weights."""
+    return jnp.log(jnp.maximum(w, self.clamp_min))
+
+  def lag_step(self, w, log_alpha, eta, g):
+    """Memora's exact KL step from weights w (Miras Eq. 30): c·Softmax(α log⁺ w − η g)."""
+    return self.scale_c * jax.nn.softmax(jnp.exp(log_alpha) * self.log_plus(w) - eta * g, axis=-1)
 
   def phi_inv(self, w):
     """An accumulator A with φ(A) = W (the learned initial memory W_0 → A_0)."""
-    if self.map == 'identity':
+    if self.map in ('identity', 'softmax_lag'):
       return w
     if self.map == 'lq':
       # ‖φ(A)‖_q = ‖A‖_q^{3−q}  ⇒  A = W · ‖W‖_q^{(q−2)/(3−q)}
-      n = jnp.maximum(self._qnorm(w), _NORM_EPS)
+      n = jnp.maximum(self._qnorm(w), self.norm_floor)
       return w * jnp.power(n, (self.q - 2.0) / (3.0 - self.q))
     if self.map == 'softmax':
       return jnp.log(jnp.maximum(w / self.scale_c, self.clamp_min))

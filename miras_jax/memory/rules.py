@@ -71,7 +71,9 @@ class MemoryRule:
       raise ValueError(f'rule {self.name}: channel-wise decay needs the linear memory')
     if self.retention.decay == 'channel' and self.algorithm.momentum:
       raise ValueError(f'rule {self.name}: channel-wise decay with momentum is not supported')
-    if self.retention.read_mode == 'wspace' and self.algorithm.momentum:
+    if self.retention.read_mode == 'lag' and self.retention.decay == 'channel':
+      raise ValueError(f'rule {self.name}: the lag scheme needs scalar or no decay')
+    if self.retention.read_mode in ('wspace', 'lag') and self.algorithm.momentum:
       raise ValueError(
         f'rule {self.name}: {self.retention.map} retention with momentum is not supported'
       )
@@ -140,9 +142,10 @@ def prepare_gates(rule: MemoryRule, gates: dict | None, q, k, v):
 
 # ----------------------------------------------------------------------------------
 # Memory state (per head). All leaves fp32.
-#   A    accumulator (tuple of matrices)           W = φ(A)
+#   A    accumulator (tuple of matrices)           W = φ(A) (read_mode 'lag': the weights)
 #   S    momentum (tuple), if the rule has momentum
 #   Wg   memory at the last chunk boundary: the point where gradients are taken
+#        (read_mode 'lag': the lag token's weights after the chunk's first token)
 #   sig  per-matrix read scale s(A) at the last boundary (read_mode 'scale')
 #   R    current read weights (read_mode 'wspace')
 #   pos  position inside the current chunk (int32); 0 at a boundary
@@ -173,7 +176,7 @@ def init_state(rule: MemoryRule, w0: tuple, batch_size: int) -> dict:
 def read_base(rule: MemoryRule, st: dict) -> tuple[tuple, tuple]:
   """(B, s): the read weights are Ŵ_t = a_t B + s ⊙ (accumulated steps) in a chunk."""
   mode = rule.retention.read_mode
-  if mode == 'identity':
+  if mode in ('identity', 'lag'):
     return st['A'], tuple(jnp.ones((), jnp.float32) for _ in st['A'])
   if mode == 'scale':
     return tuple(s * a for s, a in zip(st['sig'], st['A'])), st['sig']
@@ -223,9 +226,10 @@ def _zoo() -> dict[str, Callable[..., MemoryRule]]:
     ),
     # Liu et al. 2024 (Longhorn): implicit online regression step.
     'longhorn': make('longhorn', lin, L2(), Retention('none'), form='wy', eta_transform='longhorn'),
-    # Sun et al. 2024 (TTT): inner model x + LN(f(x)); no retention; mini-batch GD.
-    'ttt_linear': make('ttt_linear', MLPMemory(depth=1), L2(), Retention('none')),
-    'ttt_mlp': make('ttt_mlp', MLPMemory(**_MLP2), L2(), Retention('none')),
+    # Sun et al. 2024 (TTT): inner model x + LN(f(x)) with biases (f(x) = Wx + b for
+    # TTT-Linear, a 2-layer GELU MLP with biases for TTT-MLP); no retention; mini-batch GD.
+    'ttt_linear': make('ttt_linear', MLPMemory(depth=1, bias=True), L2(), Retention('none')),
+    'ttt_mlp': make('ttt_mlp', MLPMemory(**_MLP2, bias=True), L2(), Retention('none')),
     # Behrouz et al. 2025 (Titans LMM): deep memory, momentum, weight decay.
     'titans': make(
       'titans', MLPMemory(**_MLP2), L2(), Retention('scalar'), Momentum(), decay_style='data'
@@ -234,6 +238,7 @@ def _zoo() -> dict[str, Callable[..., MemoryRule]]:
     'moneta': make(
       'moneta', MLPMemory(**_MLP2), Lp(p=3.0), Retention('scalar', 'lq', q=4.0), decay_style='data'
     ),
+    # Yaad: Huber bias as Eq. 26 (per-token ℓ2 / ℓ1 switch; biases.Huber 'mask').
     'yaad': make('yaad', MLPMemory(**_MLP2), Huber(), Retention('scalar'), decay_style='data'),
     'memora': make(
       'memora', MLPMemory(**_MLP2), L2(), Retention('scalar', 'softmax'), decay_style='data'
@@ -242,6 +247,34 @@ def _zoo() -> dict[str, Callable[..., MemoryRule]]:
 
 
 RULES: dict[str, Callable[..., MemoryRule]] = _zoo()
+
+# ----------------------------------------------------------------------------------
+# Rule options: the variants a model config selects by name (models/config.py). Each applies
+# only to the rules that have the component (an option a rule lacks is ignored), so one config
+# can hold them all.
+
+MEMORA_FORMS = ('logits', 'lag')
+
+
+def with_options(
+  rule: MemoryRule, *, huber_mode: str | None = None, memora_form: str | None = None
+) -> MemoryRule:
+  """``rule`` with its variant options applied.
+
+  huber_mode   Yaad's bias (biases.Huber): 'mask' (Miras Eq. 26, the default), 'clip'
+               (Eq. 14, per channel) or 'norm' (Eq. 15).
+  memora_form  Memora's KL retention: 'logits' (the exact linear recurrence on the logits,
+               reads linear steps inside a chunk) or 'lag' (the paper's chunked lag scheme,
+               Eq. 30–32; retention.py). Identical at chunk size 1.
+  """
+  if huber_mode is not None and isinstance(rule.bias, Huber):
+    rule = rule.replace(bias=dataclasses.replace(rule.bias, mode=huber_mode))
+  if memora_form is not None and rule.retention.map in ('softmax', 'softmax_lag'):
+    if memora_form not in MEMORA_FORMS:
+      raise ValueError(f'unknown memora_form {memora_form!r}; choose one of {MEMORA_FORMS}')
+    m = 'softmax' if memora_form == 'logits' else 'softmax_lag'
+    rule = rule.replace(retention=dataclasses.replace(rule.retention, map=m))
+  return rule
 
 
 def get_rule(name: str, **overrides) -> MemoryRule:
@@ -259,6 +292,8 @@ __all__ = [
   'RULES',
   'get_rule',
   'list_rules',
+  'with_options',
+  'MEMORA_FORMS',
   'init_state',
   'fresh_state',
   'prepare_gates',

@@ -22,6 +22,13 @@ keep-rate α starts spread over heads in ``alpha_init`` = (lo, hi). The papers d
 the presets choose per rule values whose exact 4K-token gradient stays bounded at
 initialisation (miras_jax/models/presets.py, scripts/bench_bptt.py).
 
+Rule variants (memory/rules.py ``with_options``; ignored by rules without the component):
+``huber_mode`` Yaad's bias, 'mask' (Miras Eq. 26: per token ℓ2 gradient where ‖e‖ ≤ δ_t, else
+δ_t·sign(e); the default) | 'clip' (Eq. 14, per channel) | 'norm' (Eq. 15); ``delta_init`` its
+threshold δ at initialisation (δ_t = softplus(·), layers/miras.py); ``channel_delta``
+makes Yaad's data-dependent δ_t per value channel instead of per head (layers/miras.py);
+``memora_form`` Memora's chunked form, 'logits' | 'lag' (Eq. 30–32).
+
 ``memory_grad_horizon`` (tokens, 0 = exact): truncated back-propagation through every memory
 state, cut every that many tokens (a multiple of ``chunk_size``; the forward pass is unchanged).
 An approximation, off in every preset (whose gates keep the exact gradient bounded at
@@ -41,6 +48,9 @@ import dataclasses
 from typing import Any, Mapping
 
 import jax.numpy as jnp
+
+from miras_jax.memory.biases import HUBER_MODES
+from miras_jax.memory.rules import MEMORA_FORMS
 
 MIXERS = ('attention', 'swa', 'memory', 'mag', 'mac')
 REMAT_POLICIES = (
@@ -73,6 +83,10 @@ class LMConfig:
   conv_size: int = 4
   eta_max: float = 1.0
   alpha_init: tuple[float, float] = (0.99, 0.999)
+  huber_mode: str = 'mask'
+  delta_init: float = 1.0
+  channel_delta: bool = False
+  memora_form: str = 'logits'
   output_gate: str = 'silu'
   memory_remat_group: int = 4
   memory_grad_horizon: int = 0
@@ -97,6 +111,10 @@ class LMConfig:
     lo_hi = self.alpha_init
     if len(lo_hi) != 2 or not 0.0 < lo_hi[0] <= lo_hi[1] < 1.0:
       raise ValueError(f'alpha_init={lo_hi} must be (lo, hi) with 0 < lo <= hi < 1')
+    if self.huber_mode not in HUBER_MODES:
+      raise ValueError(f'unknown huber_mode {self.huber_mode!r}; choose from {HUBER_MODES}')
+    if self.memora_form not in MEMORA_FORMS:
+      raise ValueError(f'unknown memora_form {self.memora_form!r}; choose from {MEMORA_FORMS}')
     bad = [m for m in self.pattern if m not in MIXERS]
     if bad or not self.pattern:
       raise ValueError(f'pattern {self.pattern}: unknown mixer(s) {bad}; choose from {MIXERS}')

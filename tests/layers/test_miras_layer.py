@@ -123,3 +123,39 @@ def test_retnet_gamma():
   np.testing.assert_allclose(
     np.asarray(retnet_log_gamma(3)), np.log(1 - 2.0 ** -np.array([5, 6, 7])), rtol=1e-6
   )
+
+
+def test_channel_delta_reaches_the_yaad_layer_from_the_model_config():
+  """``channel_delta`` and ``huber_mode`` in the model config reach the layer and its rule."""
+  from miras_jax.models.config import LMConfig
+  from miras_jax.models.lm import memory_layer
+
+  cfg = LMConfig(rule='yaad', n_heads=H, head_dim=D, d_model=E, gate_rank=4, chunk_size=CHUNK)
+  m = memory_layer(cfg.replace(channel_delta=True, huber_mode='clip'), parent=None)
+  assert m.memory_rule.bias.mode == 'clip'
+  p = numpy_params(m, _x(), std=0.3)
+  assert nn.unbox(p)['params']['gate_bias_delta'].shape == (H, D)
+  g = m.apply(p, _x(), method=lambda mod, x: mod._gates(x))
+  assert g['delta'].shape == (B, H, T, D)
+  assert memory_layer(cfg, parent=None).memory_rule.bias.mode == 'mask'  # Eq. 26 by default
+  with pytest.raises(ValueError, match='huber_mode'):
+    cfg.replace(huber_mode='huber')
+
+
+@pytest.mark.parametrize('form', ['logits', 'lag'])
+def test_memora_memory_contributes_at_initialisation(form):
+  """Memora's W_0 = c·softmax(raw) has spread rows: the memory's pre-LayerNorm activations vary
+  across channels (≫ √eps = 1e-3 is not needed, ≫ 1e-7 is), so LN(·) is not ~0 at step 0."""
+  d = 64
+  m = MirasLayer(rule='memora', num_heads=1, head_dim=d, gate_rank=4, memora_form=form)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 32, d))
+  p = m.init(jax.random.PRNGKey(1), x)
+  w0, _ = m.apply(p, method=lambda mod: mod._memory_params())
+  k = jax.nn.silu(jax.random.normal(jax.random.PRNGKey(2), (256, d)))
+  k = k / jnp.linalg.norm(k, axis=-1, keepdims=True)
+  z = jax.nn.gelu(k @ w0[0][0].T, approximate=True) @ w0[1][0].T
+  assert float(jnp.mean(jnp.std(z, axis=-1))) > 1e-3
+  old = MirasLayer(rule='memora', num_heads=1, head_dim=d, gate_rank=4, simplex_w0_std=0.02)
+  w_old, _ = old.apply(old.init(jax.random.PRNGKey(1), x), method=lambda mod: mod._memory_params())
+  z_old = jax.nn.gelu(k @ w_old[0][0].T, approximate=True) @ w_old[1][0].T
+  assert float(jnp.mean(jnp.std(z_old, axis=-1))) < 1e-5  # the former init: a no-op memory

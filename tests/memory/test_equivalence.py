@@ -41,10 +41,14 @@ VARIANTS = {
   'lq_huber_norm_momentum': lambda: MemoryRule(
     'lq_huber_norm_momentum',
     LinearMemory(),
-    Huber(per_channel=False),
+    Huber(mode='norm'),
     Retention('scalar', 'lq', q=4.0),
     Momentum(),
   ),
+  # Memora's lag scheme (Eq. 30–32) and Yaad's per-channel clip (Eq. 14); Yaad's default (Eq. 26)
+  # and the norm variant (Eq. 15, below) are covered already.
+  'memora_lag': lambda: get_rule('memora', retention=Retention('scalar', 'softmax_lag')),
+  'yaad_clip': lambda: get_rule('yaad', bias=Huber(mode='clip')),
   'mlp3_l2_momentum': lambda: MemoryRule(
     'mlp3_l2_momentum', MLPMemory(depth=3, expansion=2), L2(), Retention('none'), Momentum()
   ),
@@ -169,6 +173,14 @@ def test_chunked_equals_reference_fp64(rule_name, b):
   tol = 1e-5 if CASES[b][3] == 'extreme' else 1e-8
   with jax.enable_x64(True):
     _compare(rule_name, b, jnp.float64, tol, 10 * tol, with_state=(b != 64))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('rule_name,b', [(r, b) for r in sorted(VARIANTS) for b in (1, 64)])
+def test_variants_full_grid_fp64(rule_name, b):
+  """The variants at the other chunk sizes (``python -m pytest -m slow``)."""
+  with jax.enable_x64(True):
+    _compare(rule_name, b, jnp.float64, 1e-8, 1e-7, with_state=(b != 64))
 
 
 @pytest.mark.parametrize('rule_name', list_rules())

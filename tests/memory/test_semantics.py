@@ -158,7 +158,8 @@ def test_titans_without_momentum_is_minibatch_gd():
 
 
 def test_ttt_linear_equation():
-  """TTT-Linear, b = 1: W_t = W_{t−1} − η ∇_W ½‖x + LN(W k) − v‖², y = q + LN(W_t q)."""
+  """TTT-Linear, b = 1: (W, b)_t = (W, b)_{t−1} − η ∇ ½‖k + LN(W k + b) − v‖², y = q + LN(W_t q + b_t)
+  (the bias is the last column of the memory's matrix)."""
   rule = get_rule('ttt_linear')
   inp = random_inputs(rule, jax.random.PRNGKey(12), B=1, H=1, T=9, dk=6)
   y, _ = reference(
@@ -167,7 +168,7 @@ def test_ttt_linear_equation():
   sc, bi = inp['outer']['ln_scale'][0], inp['outer']['ln_bias'][0]
 
   def f(W, x):
-    z = W @ x
+    z = W[:, :-1] @ x + W[:, -1]
     z = (z - z.mean()) / jnp.sqrt(z.var() + 1e-6) * sc + bi
     return x + z
 

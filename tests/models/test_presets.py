@@ -45,7 +45,17 @@ def test_unknown_family_or_size():
     model_config('moneta', '7b')
 
 
-@pytest.mark.parametrize('rule', ['titans', 'yaad', 'memora', 'moneta'])
+@pytest.mark.parametrize(
+  'rule',
+  [
+    'titans',
+    # Yaad's Eq. 26 (the paper's rule, default since issue 10) gives 9.6e8 here with the preset's
+    # η ≤ 0.1: its 4K-token gradient needs the structural fix of issue 10 §3 (open).
+    pytest.param('yaad', marks=pytest.mark.xfail(strict=True, reason='issue 10 §3: Eq. 26 at 4K')),
+    'memora',
+    'moneta',
+  ],
+)
 def test_preset_gates_keep_the_4k_gradient_bounded(rule):
   """Regression guard for benchmarks/README.md "Back-propagation through the memory": one
   Miras layer (2 heads) with the 170m preset's memory settings (head_dim 48, the most fragile
