@@ -1,0 +1,26 @@
+"""Block sizes per chip generation for the delta rule: (chunk c, chunks per segment R).
+
+The chunk bounds the c×c triangular inverse (⌈log₂ c⌉ levels of c×c matmuls). NOT YET
+MEASURED on hardware: starting points from the public kernels (fla chunk_gated_delta_rule and the
+Levanter GDN Pallas kernel use 64-token chunks) for scripts/bench_kernels.py to replace.
+"""
+
+from __future__ import annotations
+
+import jax
+
+TABLE = {
+  'tpu v5 lite': (64, 4),
+  'tpu v5': (64, 4),
+  'tpu v6 lite': (64, 4),
+  'gpu': (64, 4),
+  'cpu': (32, 2),  # interpret mode: only for tests
+}
+
+
+def block_sizes(device_kind: str | None = None) -> tuple[int, int]:
+  kind = (device_kind or jax.devices()[0].device_kind).lower()
+  key = next((k for k in TABLE if kind.startswith(k)), None)
+  if key is None:
+    key = 'gpu' if jax.default_backend() == 'gpu' else 'cpu'
+  return TABLE[key]
