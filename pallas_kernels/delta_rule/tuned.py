@@ -14,7 +14,7 @@ TABLE = {
   'tpu v5': (64, 4),
   'tpu v6 lite': (64, 4),
   'gpu': (64, 4),
-  'cpu': (32, 2),  # interpret mode: only for tests
+  'cpu': (16, 2),  # interpret mode (tests): small chunks, several per test sequence
 }
 
 

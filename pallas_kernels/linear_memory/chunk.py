@@ -9,15 +9,37 @@ channels (GLA), and S reset to W_0 at a document start. Over a chunk (layout.py 
     S_c  = exp(E_c) ⊙ B_c + Σ_{i same doc as c} (k_i ⊙ e^{G_c − G_i}) ⊗ v̂_i
 
 with B_t the carried state S0 (no reset yet in the chunk) or W_0 (Yang et al. 2024, GLA §4;
-Dao & Gu 2024, SSD §6, for the scalar case). The channel case materialises the [c, c, dk] decay
-tensor (stable: every exponent ≤ 0), so its chunk is kept small (tuned.py).
+Dao & Gu 2024, SSD §6, for the scalar case). Every exponent is a non-positive difference (stable
+without clipping); the channel case computes its scores row by row (VPU, c²·dk per chunk), so its
+chunk is kept small (tuned.py).
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from pallas_kernels.chunk_math import F32, masked_exp, masks, mm, mm_nt, mm_tn
+
+
+def _channel_scores_t(q, k, G, seg):
+  """Pᵀ [c, c] with P[t, i] = Σ_ch q_t,ch k_i,ch e^{G_t,ch − G_i,ch} for same-document i ≤ t.
+
+  One query row at a time (a static loop over the chunk) so every value stays 2-D: Mosaic does
+  not lay out the [c, c, dk] decay tensor. Column t of Pᵀ is built with a lane mask. VPU work
+  c²·dk per chunk; fla's two-level chunk_gla moves the off-diagonal sub-blocks onto the MXU with
+  a reference point between them (fla-org/flash-linear-attention fla/ops/gla/chunk.py) — the
+  tuning step for the GPU/TPU session."""
+  c = q.shape[0]
+  i_col = jax.lax.broadcasted_iota(jnp.int32, (c, 1), 0)
+  lane = jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
+  PT = jnp.zeros((c, c), F32)
+  for t in range(c):
+    m = (i_col <= t) & (seg == seg[t : t + 1])  # [c, 1]: tokens i that t reads
+    kd = k * masked_exp(G[t : t + 1] - G, m)
+    col = jnp.sum(kd * q[t : t + 1], axis=1, keepdims=True)  # [c, 1] = P[t, :]ᵀ
+    PT = PT + jnp.where(lane == t, col, 0.0)
+  return PT
 
 
 def linear_chunk(x, S0, W0, *, channel: bool, resets: bool, dtype):
@@ -33,15 +55,14 @@ def linear_chunk(x, S0, W0, *, channel: bool, resets: bool, dtype):
     yb = mm(qa, S0, dtype)
     if resets:
       yb = jnp.where(cont, yb, mm(qa, W0, dtype))
-    D = masked_exp(G[:, None, :] - G[None, :, :], M[:, :, None])
-    P = jnp.sum(q.astype(F32)[:, None, :] * k.astype(F32)[None, :, :] * D, axis=-1)
+    PT = _channel_scores_t(q.astype(F32), k.astype(F32), G, seg)
   else:
     yb = mm(q, S0, dtype)
     if resets:
       yb = jnp.where(cont, yb, mm(q, W0, dtype))
     yb = a * yb
     P = mm_nt(q, k, dtype) * masked_exp(G - G.T, M)
-  y = yb + mm(P, vh, dtype)
+  y = yb + (mm_tn(PT, vh, dtype) if channel else mm(P, vh, dtype))
 
   w = masked_exp(G[c - 1 :] - G, last)  # decay from token i to the chunk end, [c, g]
   base = S0

@@ -18,7 +18,7 @@ TABLE = {
   'tpu v5': (128, 16, 4),  # v5p
   'tpu v6 lite': (128, 16, 4),  # v6e
   'gpu': (64, 16, 4),
-  'cpu': (64, 16, 2),  # interpret mode: only for tests
+  'cpu': (16, 8, 2),  # interpret mode (tests): small chunks, several per test sequence
 }
 
 
