@@ -25,3 +25,16 @@ def resolve(backend: str, interpret: bool | None) -> tuple[str, bool]:
     native = host == backend or (backend == 'tpu' and _COMPILE_FOR_TPU.get())
     interpret = not native
   return backend, bool(interpret)
+
+
+def table_key(table: dict, lowering: str, interpret: bool) -> str:
+  """The row of a block-size table for a call: the host chip's when the kernel runs on it,
+  'tpu v5' when compiling for a TPU from another host (AOT), 'cpu' in interpret mode."""
+  if interpret:
+    return 'cpu'
+  if jax.default_backend() == lowering:
+    kind = jax.devices()[0].device_kind.lower()
+    for key in table:
+      if kind.startswith(key):
+        return key
+  return 'tpu v5' if lowering == 'tpu' else 'gpu'

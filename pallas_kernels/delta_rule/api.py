@@ -44,7 +44,7 @@ def delta_rule(
   if log_alpha is not None and log_alpha.shape != q.shape[:3]:
     raise ValueError(f'log_alpha has shape {log_alpha.shape}, expected {q.shape[:3]}')
   lowering, interp = platform.resolve(backend, interpret)
-  c0, R0 = tuned.block_sizes()
+  c0, R0 = tuned.block_sizes(lowering, interp)
   c, R, Tp = layout.plan(T, chunk_size or c0, seg_chunks or R0)
   if reset is None:
     reset = layout.resets_from_segments(segment_ids, B, H, T)

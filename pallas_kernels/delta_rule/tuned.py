@@ -7,7 +7,7 @@ Levanter GDN Pallas kernel use 64-token chunks) for scripts/bench_kernels.py to 
 
 from __future__ import annotations
 
-import jax
+from pallas_kernels import platform
 
 TABLE = {
   'tpu v5 lite': (64, 4),
@@ -18,9 +18,7 @@ TABLE = {
 }
 
 
-def block_sizes(device_kind: str | None = None) -> tuple[int, int]:
-  kind = (device_kind or jax.devices()[0].device_kind).lower()
-  key = next((k for k in TABLE if kind.startswith(k)), None)
-  if key is None:
-    key = 'gpu' if jax.default_backend() == 'gpu' else 'cpu'
+def block_sizes(lowering: str, interpret: bool) -> tuple[int, int]:
+  """(chunk, chunks per segment) for a call (platform.resolve's lowering / interpret)."""
+  key = platform.table_key(TABLE, lowering, interpret)
   return TABLE[key]

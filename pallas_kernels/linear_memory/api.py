@@ -46,7 +46,7 @@ def linear_memory(
   channel = log_alpha is not None and log_alpha.ndim == 4
   if channel and log_alpha.shape != (B, H, T, dk):
     raise ValueError(f'log_alpha has shape {log_alpha.shape}, expected {(B, H, T, dk)}')
-  c0, R0 = tuned.block_sizes(channel)
+  c0, R0 = tuned.block_sizes(channel, lowering, interp)
   c, R, Tp = layout.plan(T, chunk_size or c0, seg_chunks or R0)
   if reset is None:
     reset = layout.resets_from_segments(segment_ids, B, H, T)

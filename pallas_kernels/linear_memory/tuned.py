@@ -10,7 +10,7 @@ GPU session's scripts/bench_kernels.py sweep to replace.
 
 from __future__ import annotations
 
-import jax
+from pallas_kernels import platform
 
 # (scalar-decay chunk, channel-decay chunk, chunks per segment)
 TABLE = {
@@ -22,11 +22,8 @@ TABLE = {
 }
 
 
-def block_sizes(channel: bool, device_kind: str | None = None) -> tuple[int, int]:
-  """(chunk, chunks per segment) for the current (or named) device."""
-  kind = (device_kind or jax.devices()[0].device_kind).lower()
-  key = next((k for k in TABLE if kind.startswith(k)), None)
-  if key is None:
-    key = 'gpu' if jax.default_backend() == 'gpu' else 'cpu'
+def block_sizes(channel: bool, lowering: str, interpret: bool) -> tuple[int, int]:
+  """(chunk, chunks per segment) for a call (platform.resolve's lowering / interpret)."""
+  key = platform.table_key(TABLE, lowering, interpret)
   scalar_c, channel_c, R = TABLE[key]
   return (channel_c if channel else scalar_c), R
