@@ -30,6 +30,7 @@ def linear_memory(
   seg_chunks: int | None = None,
   backend: str = 'auto',
   interpret: bool | None = None,
+  state_passing: str = 'sequential',
 ):
   """q, k [B, H, T, dk], v [B, H, T, dv]; eta [B, H, T] (None: 1); log_alpha [B, H, T] (scalar)
   or [B, H, T, dk] (channel) or None (no decay); segment_ids [B, T] or reset [B, H, T] (1 at a
@@ -37,7 +38,11 @@ def linear_memory(
   reset_state W_0 [H, dk, dv] (None: zeros).
   Returns (y [B, H, T, dv] in q's dtype, final state [B, H, dk, dv] fp32).
   Matmul operands are in q's dtype (bf16 in → bf16 MXU inputs), accumulation and state fp32.
+  ``state_passing``: 'sequential' (the Pallas kernel: state on chip, chunk after chunk) or
+  'associative' (log-depth ``jax.lax.associative_scan`` over chunk states, XLA; state_passing.py).
   """
+  if state_passing not in ('sequential', 'associative'):
+    raise ValueError(f"state_passing must be 'sequential' or 'associative', got {state_passing!r}")
   B, H, T, dk = q.shape
   dv = v.shape[-1]
   if k.shape != q.shape or v.shape[:3] != q.shape[:3]:
@@ -63,7 +68,11 @@ def linear_memory(
   w0 = jnp.broadcast_to(w0[None], (B, H, dk, dv))
   toks = [pad(q), pad(k).astype(q.dtype), pad(vh).astype(q.dtype), G, E, seg]
   toks = [layout.flat(x) for x in toks]
-  if lowering == 'gpu':
+  if state_passing == 'associative':
+    from pallas_kernels.linear_memory.state_passing import chunk_scan
+
+    core = lambda *a, R, interpret, **kw: chunk_scan(*a, **kw)
+  elif lowering == 'gpu':
     from pallas_kernels.linear_memory.pallas_gpu import linear_memory_gpu as core
   else:
     from pallas_kernels.linear_memory.pallas_tpu import linear_memory_tpu as core
