@@ -6,9 +6,14 @@ Needs libtpu (``pip install -e ".[tpu]"``, e.g. in a separate environment); skip
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 pytest.importorskip('libtpu', reason='libtpu not installed (pip install -e ".[tpu]")')
+# Two pytest-xdist workers may both open libtpu for a topology; without this, the second fails
+# with "Internal error when accessing libtpu multi-process lockfile" (measured here).
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
