@@ -30,9 +30,11 @@ CASES = [
 ]
 
 
-def _setup(name, dtype, T=37):
+def _setup(name, dtype, T=37, gate_range='normal'):
   rule = get_rule(name)
-  inp = random_inputs(rule, jax.random.PRNGKey(1), B=2, H=2, T=T, dk=8, dv=8, segments=3)
+  inp = random_inputs(
+    rule, jax.random.PRNGKey(1), B=2, H=2, T=T, dk=8, dv=8, segments=3, gate_range=gate_range
+  )
   st = init_state(rule, inp['w0'], 2)
   a0 = st['A'][0] + 0.3 * jax.random.normal(jax.random.PRNGKey(2), st['A'][0].shape)
   cast = lambda x: x.astype(dtype)
@@ -77,8 +79,8 @@ def _out_and_grads(fn, args):
 
 
 @pytest.mark.parametrize('name,dtype,tol', CASES)
-def test_kernel_equals_xla_chunked(name, dtype, tol):
-  rule, inp, st, args = _setup(name, dtype)
+def test_kernel_equals_xla_chunked(name, dtype, tol, gate_range='normal'):
+  rule, inp, st, args = _setup(name, dtype, gate_range=gate_range)
   assert kernel_for(rule) is not None
   seg = inp['segment_ids']
   y_p, s_p, g_p = _out_and_grads(_run(rule, st, seg, 'pallas'), args)
@@ -89,6 +91,13 @@ def test_kernel_equals_xla_chunked(name, dtype, tol):
   names = ('dq', 'dk', 'dv', 'dgates', 'dw0 (reset target)', 'da0 (initial state)')
   for n, a, b in zip(names, g_p, g_x):
     assert_tree_close(a, b, 2 * tol, f'{name} {n}')
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', ['gla', 'gated_deltanet', 'mamba2'])
+def test_kernel_equals_xla_chunked_at_extreme_gates(name):
+  """α ≈ 1 − 1e-6 or e^−30 per token, η from 1e-3 to 1: no overflow, no clipping needed."""
+  test_kernel_equals_xla_chunked(name, jnp.float32, 1e-5, gate_range='extreme')
 
 
 @pytest.mark.slow
