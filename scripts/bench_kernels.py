@@ -3,6 +3,9 @@
     python scripts/bench_kernels.py [--ops=gla,mamba2,gated_deltanet] [--lengths=1024,...,16384]
         [--shapes=340m,b4h6d128] [--batch=0] [--repeats=5] [--out=benchmarks/results/kernels]
     python scripts/bench_kernels.py --tiny        # CPU smoke run (interpret mode; seconds)
+    python scripts/bench_kernels.py --aot=v5p:2x2x1 --lengths=4096 --shapes=b4h6d128
+        # from a CPU machine with libtpu: compile for a TPU topology (Mosaic, shard_map over
+        # batch) and record only the compiler's peak memory per chip, pallas vs xla
 
 For each op, shape and T: first a correctness check of the Pallas kernel against the XLA chunked
 path (outputs, final state, every input gradient; printed as max relative error), then the best
@@ -110,6 +113,34 @@ def measure(f, args, repeats):
   return best * 1e3, mib
 
 
+def aot_memory(rule, w0, args, topology):
+  """Peak MiB per chip (temp, args + outputs) of fwd+bwd compiled for a TPU topology, pallas
+  vs xla, batch sharded over the chips with shard_map (DESIGN §8)."""
+  from jax.experimental import topologies
+  from jax.sharding import Mesh, NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  from pallas_kernels.platform import compile_pallas_for_tpu
+
+  mesh = Mesh(list(topologies.get_topology_desc(topology, 'tpu').devices), ('x',))
+  spec = jax.tree.map(lambda _: P('x'), args)
+  shaped = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, P('x'))), args
+  )
+  out = {}
+  for impl in ('pallas', 'xla'):
+    _, grad = steps(rule, impl, w0)
+    g = lambda *a, grad=grad: grad(*a)[1]
+    f = jax.shard_map(g, mesh=mesh, in_specs=spec, out_specs=spec, check_vma=False)
+    with compile_pallas_for_tpu():
+      ma = jax.jit(f).lower(*shaped).compile().memory_analysis()
+    out[f'{impl}_fwd_bwd_temp_mib'] = ma.temp_size_in_bytes / 2**20
+    out[f'{impl}_fwd_bwd_args_out_mib'] = (
+      ma.argument_size_in_bytes + ma.output_size_in_bytes
+    ) / 2**20
+  return out
+
+
 def check(rule, w0, args):
   """Max relative error of the Pallas path against XLA: outputs, final state, gradients."""
   outs = {}
@@ -164,6 +195,7 @@ def main(argv=None):
   p.add_argument('--dtype', default='bfloat16')
   p.add_argument('--out', default='benchmarks/results/kernels')
   p.add_argument('--tiny', action='store_true', help='CPU smoke run: T=64, B=1, H=2, D=16')
+  p.add_argument('--aot', default='', help='TPU topology: compile only, record memory')
   a = p.parse_args(argv)
   for op in a.ops.split(','):
     if op not in OPS:
@@ -182,6 +214,11 @@ def main(argv=None):
       for T in (int(x) for x in a.lengths.split(',')):
         q, k, v, gates, w0 = inputs(rule, B, H, T, D, dtype)
         row = dict(op=op, shape=shape, B=B, H=H, D=D, T=T, dtype=a.dtype, device=device)
+        if a.aot:
+          row.update(device=a.aot, **aot_memory(rule, w0, (q, k, v, gates), a.aot))
+          rows.append(row)
+          print(json.dumps(row), flush=True)
+          continue
         if not checked:  # correctness on this device before any timing
           row['max_rel_err_vs_xla'] = check(rule, w0, (q, k, v, gates))
           checked = True
@@ -204,12 +241,13 @@ def main(argv=None):
           row['time_vs_attention'] = row['pallas_fwd_bwd_ms'] / row['attn_fwd_bwd_ms']
         rows.append(row)
         print(json.dumps(row), flush=True)
+  if a.aot:
+    device = 'aot_' + a.aot.replace(':', '_')
   path = f'{a.out}_{"tiny_" if a.tiny else ""}{device}'
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   with open(path + '.json', 'w') as f:
     json.dump(rows, f, indent=1)
-  plot(rows, path + '.png')
-  print(f'wrote {path}.json and .png')
+  print(f'wrote {path}.json' + (f' and {path}.png' if plot(rows, path + '.png') else ''))
 
 
 def plot(rows, path):
@@ -219,8 +257,10 @@ def plot(rows, path):
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
   except ImportError:
-    return
+    return False
   groups = sorted({(r['op'], r['shape']) for r in rows})
+  if not groups or 'pallas_fwd_bwd_ms' not in rows[0]:
+    return False
   fig, axes = plt.subplots(1, len(groups), figsize=(4.5 * len(groups), 3.6), squeeze=False)
   for ax, (op, shape) in zip(axes[0], groups):
     rs = [r for r in rows if r['op'] == op and r['shape'] == shape]
@@ -238,6 +278,7 @@ def plot(rows, path):
     ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
+  return True
 
 
 if __name__ == '__main__':
