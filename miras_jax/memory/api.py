@@ -1,11 +1,13 @@
 """One entry point for every memory: ``memory_forward`` picks an implementation.
 
-implementation = 'auto' | 'reference' | 'xla'
+implementation = 'auto' | 'reference' | 'xla' | 'pallas'
   'reference'  token-by-token lax.scan (reference.py) — the spec, slow.
   'xla'        chunk-parallel dual form (chunked.py) — the default on every platform.
-  'auto'       'xla'. (No Pallas kernel exists yet; 'pallas' is an error rather than a
-               silent fallback.)
-Both give the same outputs, final state and gradients for the same chunk size
+  'pallas'     the Pallas TPU / GPU kernels (pallas_kernels/, interpret mode on CPU) for the
+               linear-memory and delta rules; a one-line error for other rules.
+  'auto'       'xla' (the kernels are picked on TPU / GPU only once benchmarks show them faster;
+               not yet measured, so 'auto' stays on 'xla' everywhere).
+All give the same outputs, final state and gradients for the same chunk size
 (tests/memory/test_equivalence.py).
 """
 
@@ -15,7 +17,7 @@ from miras_jax.memory.chunked import chunked
 from miras_jax.memory.reference import memory_step, reference
 from miras_jax.memory.rules import MemoryRule
 
-IMPLEMENTATIONS = ('auto', 'reference', 'xla')
+IMPLEMENTATIONS = ('auto', 'reference', 'xla', 'pallas')
 
 
 def memory_forward(
@@ -58,6 +60,11 @@ def memory_forward(
       chunk_size=chunk_size,
       grad_horizon=grad_horizon,
     )
+  if implementation == 'pallas':
+    from pallas_kernels.memory_dispatch import memory_pallas  # lazy: pallas_kernels imports us
+
+    kw = dict(outer=outer, state=state, segment_ids=segment_ids, chunk_size=chunk_size)
+    return memory_pallas(rule, q, k, v, gates, w0=w0, grad_horizon=grad_horizon, **kw)
   return chunked(
     rule,
     q,

@@ -398,6 +398,10 @@ def test_errors_are_clear():
     )
   with pytest.raises(ValueError, match='unknown memory implementation'):
     memory_forward(
+      rule, inp['q'], inp['k'], inp['v'], inp['gates'], w0=inp['w0'], implementation='triton'
+    )
+  with pytest.raises(ValueError, match='rule titans: no Pallas kernel'):
+    memory_forward(
       rule, inp['q'], inp['k'], inp['v'], inp['gates'], w0=inp['w0'], implementation='pallas'
     )
   with pytest.raises(ValueError, match='WY form needs'):
