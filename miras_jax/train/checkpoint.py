@@ -245,7 +245,7 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         self._unreadable(step, e)
         continue
-      mismatch = _describe_mismatch(want, have)
+      mismatch = _describe_mismatch(want, have) or self._data_process_mismatch(step)
       if mismatch:
         raise CheckpointMismatchError(
           f'checkpoint step {step} in {self.directory} does not fit the requested model / '
@@ -263,6 +263,22 @@ class Checkpointer:
         f'none of the checkpoints {steps} in {self.directory} could be restored'
       )
     return None
+
+  def _data_process_mismatch(self, step: int) -> str:
+    """Why ``step``'s data position cannot be read by this process layout ('' if it can).
+
+    grain saves one ``process_<i>-of-<n>.json`` per process, so a step saved by n processes is
+    readable, but not restorable, by another process count: that is a mismatch, never corruption
+    (the step must not be moved aside).
+    """
+    data_dir = self.directory / str(step) / 'data'
+    saved = (
+      sorted(p.name for p in data_dir.glob('process_*-of-*.json')) if data_dir.is_dir() else []
+    )
+    mine = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
+    if not saved or mine in saved:
+      return ''
+    return f'data position saved as {saved[0]}…, this run has {jax.process_count()} process(es)'
 
   def _unreadable(self, step: int, e: BaseException) -> None:
     reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]

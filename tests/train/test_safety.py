@@ -365,6 +365,19 @@ def test_restore_refuses_a_readable_checkpoint_of_another_shape(tmp_path):
   with pytest.raises(CheckpointMismatchError, match=r'w \(2, 3\) vs requested \(4, 3\)'):
     ck.restore_latest(abstract(4))
   assert sorted(int(p.name) for p in tmp_path.iterdir()) == [1, 2]
+  # a data position saved by another process count is a mismatch too, never corruption
+  ck.save(3, state(2), data, {}, force=True)
+  ck.wait()
+  data_dir = tmp_path / '3' / 'data'
+  data_dir.mkdir(exist_ok=True)
+  for p in data_dir.glob('process_*-of-*.json'):
+    p.unlink()
+  (data_dir / 'process_0-of-2.json').write_text('{}')
+  with pytest.raises(CheckpointMismatchError, match=r'process_0-of-2\.json'):
+    ck.restore_latest(abstract(2))
+  assert (tmp_path / '3').is_dir() and not list(tmp_path.glob('corrupt-3-*'))
+  shutil.rmtree(tmp_path / '3')
+  ck.manager.reload()
   # truncate the arrays of step 2: unreadable -> quarantined, step 1 is used
   for p in (tmp_path / '2' / 'state').rglob('*'):
     if p.is_file() and 'ocdbt' in str(p) and p.stat().st_size > 0:
