@@ -162,10 +162,21 @@ def _compare(rule_name, case, dtype, tol_y, tol_g, with_state):
     assert_tree_close(c, a, tol_g, f'{rule_name} b={b} grad[{n}]')
 
 
-@pytest.mark.parametrize(
-  'rule_name,b',
-  [(r, b) for r in list_rules() for b in (1, 16, 64)] + [(r, 16) for r in sorted(VARIANTS)],
-)
+def _fp64_grid():
+  """Every rule and variant at b = 16 (state, extreme gates); b = 1 and b = 64 for every linear
+  rule and for Titans as the deep-memory representative. The other deep memories at b = 1 / 64
+  run the same chunk code with another bias or map and cost ~25 s each on 2 cores, so they are
+  behind ``slow`` (``python -m pytest -m slow``)."""
+  cases = []
+  for r in list_rules():
+    deep = not get_rule(r).arch.is_linear
+    for b in (1, 16, 64):
+      slow = deep and b != 16 and r != 'titans'
+      cases.append(pytest.param(r, b, marks=pytest.mark.slow) if slow else (r, b))
+  return cases + [(r, 16) for r in sorted(VARIANTS)]
+
+
+@pytest.mark.parametrize('rule_name,b', _fp64_grid())
 def test_chunked_equals_reference_fp64(rule_name, b):
   # Agreement to rounding. The extreme-gate case (b = 16) is looser: there a memory can
   # forget everything, and Moneta's read scale 1/‖A‖² then reaches its 1e4 guard, which
