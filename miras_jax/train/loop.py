@@ -311,6 +311,18 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+def _from_process_0(message: str | None, size: int = 1024) -> str | None:
+  """Process 0's ``message`` (None: nothing to say) on every process, as one broadcast."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  buf = np.zeros(size + 1, np.uint8)
+  if message is not None:
+    raw = message.encode()[:size]
+    buf[0], buf[1 : 1 + len(raw)] = 1, np.frombuffer(raw, np.uint8)
+  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  return bytes(buf[1:]).rstrip(b'\0').decode(errors='replace') if buf[0] else None
+
+
 class _RunDirectory:
   """The run directory, checked, created and locked before anything is written into it.
 
@@ -342,8 +354,17 @@ class _RunDirectory:
       self.created = top
     if not os.access(path, os.W_OK | os.X_OK):
       raise config_lib.ConfigError(f'--workdir {str(path)!r} is not writable')
+    refusal = None
     if jax.process_index() == 0:
-      self.lock.acquire()
+      try:
+        self.lock.acquire()
+      except lock_lib.WorkdirLockedError as e:
+        refusal = str(e)
+    if jax.process_count() > 1:  # the others stop too, at once, instead of at the first barrier
+      refusal = _from_process_0(refusal)
+    if refusal is not None:
+      raise lock_lib.WorkdirLockedError(refusal)
+    if jax.process_index() == 0:
       if self.lock.took_over:
         _print(
           f'lock: the previous run ({self.lock.took_over}) ended without releasing '

@@ -98,7 +98,8 @@ def test_two_processes_jax_distributed(tmp_path, dataset):
     'process_1-of-2.json',
   ]
   states = [json.loads((data / f'process_{i}-of-2.json').read_text()) for i in range(2)]
-  assert [s['pipeline']['process_index'] for s in states] == [0, 1]
+  assert [list(s['shards']) for s in states] == [['0'], ['1']]  # 2 data shards, one each
+  assert [s['shards'][str(i)]['pipeline']['process_index'] for i, s in enumerate(states)] == [0, 1]
 
 
 # -------------------------------------------------------------------- resume
