@@ -8,7 +8,6 @@ its own simulated CPU devices.
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import time
 
@@ -18,7 +17,15 @@ from ml_collections import ConfigDict
 
 from miras_jax.data.errors import DataError
 from miras_jax.train import data as data_lib
-from tests.train.conftest import REPO_ROOT, base_args, losses, run_train, train_cmd, train_env
+from tests.train.conftest import (
+  REPO_ROOT,
+  base_args,
+  losses,
+  run_train,
+  train_cmd,
+  train_env,
+  two_processes,
+)
 
 
 def _config(batch_size: int, shards: int) -> ConfigDict:
@@ -63,38 +70,11 @@ def test_data_shards_give_one_global_stream_on_any_process_count(dataset):
     data_lib.shard_plan(2, 0, 3)
 
 
-def _port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def _two_processes(workdir, args, devices: int = 1, **env) -> list[subprocess.Popen]:
-  port = _port()
-  return [
-    subprocess.Popen(
-      train_cmd(
-        workdir,
-        [
-          *args,
-          f'--coordinator_address=127.0.0.1:{port}',
-          '--num_processes=2',
-          f'--process_id={i}',
-        ],
-      ),
-      cwd=REPO_ROOT,
-      env=train_env(devices, **env),
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
-
-
-def test_preempted_two_process_run_resumes_on_one_process_with_4_devices(tmp_path, dataset):
-  """SIGTERM to one of two hosts: both save the same step and exit 0; the run then resumes on
-  one process with 4 devices (same 2 data shards) and its losses equal an uninterrupted run."""
+@pytest.mark.slow
+def test_preempted_default_layout_resumes_on_one_process_with_4_devices(tmp_path, dataset):
+  """As test_training's two-process test, in the default layout (one data shard per process,
+  each host reading only its documents), against an uninterrupted one-process run of the same 2
+  shards (slow: three runs, ~2 min on 2 busy cores)."""
   steps = 6
   args = base_args(dataset, train__steps=steps, checkpoint__every_steps=0)
   straight = subprocess.Popen(  # the uninterrupted run: one process, one device, 2 data shards
@@ -106,7 +86,7 @@ def test_preempted_two_process_run_resumes_on_one_process_with_4_devices(tmp_pat
     text=True,
   )
   run = tmp_path / 'run'
-  procs = _two_processes(run, args, MIRAS_TRAIN_STEP_DELAY_S='0.5')
+  procs = two_processes(run, args, MIRAS_TRAIN_STEP_DELAY_S='0.5')
   deadline = time.monotonic() + 240
   while 2 not in losses(run) if (run / 'metrics.jsonl').exists() else True:
     assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
@@ -139,7 +119,7 @@ def test_locked_workdir_stops_every_process_at_once(tmp_path, dataset):
 
   with WorkdirLock(tmp_path):
     t0 = time.monotonic()
-    procs = _two_processes(tmp_path, base_args(dataset, train__steps=1))
+    procs = two_processes(tmp_path, base_args(dataset, train__steps=1))
     outs = [p.communicate(timeout=120) for p in procs]
     elapsed = time.monotonic() - t0
   errors = []
