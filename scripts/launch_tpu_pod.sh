@@ -17,13 +17,14 @@
 # Each worker runs `python -m miras_jax.train --distributed=true`, so jax.distributed finds
 # the slice from the TPU metadata itself; process 0 alone prints, writes TensorBoard and plots.
 # Before launching a long run, check it fits: `python -m miras_jax.aot` with the same config
-# and --topology (README, "Cloud TPU pods").
+# and --topology (README, "Cloud TPU pods"). Tested offline against a fake gcloud:
+# tests/train/test_launch_tpu_pod.py.
 set -euo pipefail
 
 NAME= ZONE= TYPE= PROJECT= BUCKET= WORKDIR= SPOT=0 RETRIES=20 SKIP_INSTALL=0
 VERSION=${TPU_RUNTIME_VERSION:-}
 REMOTE_DIR=miras-jax
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 die() { echo "launch_tpu_pod.sh: error: $*" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
@@ -46,6 +47,7 @@ while [[ $# -gt 0 ]]; do
 done
 TRAIN_ARGS=("$@")
 [[ -n $NAME && -n $ZONE && -n $TYPE ]] || die '--name, --zone and --type are required'
+command -v gcloud > /dev/null || die 'gcloud not found on PATH (install the Google Cloud CLI)'
 [[ ${#TRAIN_ARGS[@]} -gt 0 ]] || die 'no training arguments after -- (at least --config=...)'
 for a in "${TRAIN_ARGS[@]}"; do [[ $a == --workdir=* ]] && die 'give --workdir before --'; done
 [[ -n $WORKDIR || -n $BUCKET ]] || die 'give --bucket (mounted on every worker) or a shared --workdir'
