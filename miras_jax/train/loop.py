@@ -7,16 +7,20 @@
    count fails here), the model from ``miras_jax.models.build_model(config.model)``
    and its abstract init (so e.g. an unknown ``model.rule`` fails here);
 2. the run directory: refused when it is a file or not writable, created,
-   and locked for the whole run (``train/lock.py``); a directory created by a
-   command that then fails before training is removed again when empty;
+   and locked for the whole run (``train/lock.py``; process 0 takes the lock and
+   broadcasts a refusal, so on several hosts every process stops at once with
+   the same line); a directory created by a command that then fails before
+   training is removed again when empty;
 3. a resume check: the config stored with the newest checkpoint must agree on
    the model and the optimiser's structure (``config.resume_mismatch``), else a
    one-line refusal that changes nothing;
 4. the dataset resolved / prepared from ``config.data``;
 5. the train state (step, float32 params, AdamW state) created directly in its
    shardings (``jax.jit(init, out_shardings=...)``), or restored from the
-   newest readable checkpoint together with the data position (a readable
-   checkpoint of another structure is refused, never moved aside); only now is
+   newest readable checkpoint together with the data position of every data
+   shard (train/data.py: exact on another process count whose count divides or
+   is divided by the shards'; a readable checkpoint of another structure or
+   shard layout is refused, never moved aside); only now is
    ``<workdir>/config.json`` written;
 6. ``steps`` iterations of a ``jax.jit`` step with explicit in/out shardings
    and the state donated: ``grad_accum_steps`` micro-batches under
