@@ -247,8 +247,8 @@ class Checkpointer:
       if mismatch:
         raise CheckpointMismatchError(
           f'checkpoint step {step} in {self.directory} does not fit the requested model / '
-          f'optimiser ({mismatch}); resume with the config it was trained with, or use a new '
-          '--workdir (nothing was changed)'
+          f'optimiser / process layout ({mismatch}); resume with the config and a process '
+          'count it can take, or use a new --workdir (nothing was changed)'
         )
       try:
         state, data_state = self.restore(step, abstract_state)

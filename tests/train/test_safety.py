@@ -345,8 +345,9 @@ def test_resume_mismatch_names_model_and_optimiser_keys_only():
   ]
 
 
-def test_restore_refuses_a_readable_checkpoint_of_another_shape(tmp_path):
+def test_restore_refuses_a_readable_checkpoint_of_another_shape(tmp_path, monkeypatch):
   """Structure mismatch (readable files) raises and touches nothing; unreadable data is moved."""
+  from miras_jax.train import checkpoint as ckpt_lib
   from miras_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
   from miras_jax.train.loop import TrainState
 
@@ -379,6 +380,13 @@ def test_restore_refuses_a_readable_checkpoint_of_another_shape(tmp_path):
     ck.restore_latest(abstract(2))
   assert '\n' not in str(e.value)
   assert (tmp_path / '3').is_dir() and not list(tmp_path.glob('corrupt-3-*'))
+  # with both files, 2 shards cannot be split over 3 processes (the layout check, as process 0)
+  two['shards']['1'] = two['shards']['0']
+  (data_dir / 'process_1-of-2.json').write_text(json.dumps(two))
+  assert ck._data_layout_mismatch(3) == ''  # one process takes both shards
+  monkeypatch.setattr(ckpt_lib.jax, 'process_count', lambda: 3)
+  assert 'cannot be split exactly over 3 processes' in ck._data_layout_mismatch(3)
+  monkeypatch.undo()
   shutil.rmtree(tmp_path / '3')
   ck.manager.reload()
   # truncate the arrays of step 2: unreadable -> quarantined, step 1 is used
