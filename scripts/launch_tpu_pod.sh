@@ -10,6 +10,7 @@
 #       --config.train.mesh.data=1 --config.train.mesh.fsdp=-1 --config.train.grad_accum_steps=2 \
 #       --config.data.corpus=/mnt/miras/data/fineweb_edu --config.data.tokenizer=/mnt/miras/tok.model
 #
+# --git=<url>[@<ref>] has every worker clone the code instead (e.g. a pushed branch).
 # Everything after `--` goes to `python -m miras_jax.train`; --workdir defaults to
 # /mnt/miras/runs/<name> (the bucket mounted with gcsfuse on every worker). The workdir must be
 # one directory every host sees: Orbax commits a checkpoint only after every host wrote its
@@ -21,10 +22,10 @@
 # tests/train/test_launch_tpu_pod.py.
 set -euo pipefail
 
-NAME= ZONE= TYPE= PROJECT= BUCKET= WORKDIR= SPOT=0 RETRIES=20 SKIP_INSTALL=0
+NAME= ZONE= TYPE= PROJECT= BUCKET= WORKDIR= GIT= SPOT=0 RETRIES=20 SKIP_INSTALL=0
 VERSION=${TPU_RUNTIME_VERSION:-}
 REMOTE_DIR=miras-jax
-usage() { sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2; }
 die() { echo "launch_tpu_pod.sh: error: $*" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
@@ -36,6 +37,7 @@ while [[ $# -gt 0 ]]; do
     --project=*) PROJECT=${1#*=} ;;
     --bucket=*) BUCKET=${1#*=} ;;        # GCS bucket mounted at /mnt/miras on every worker
     --workdir=*) WORKDIR=${1#*=} ;;
+    --git=*) GIT=${1#*=} ;;              # clone <url>[@<ref>] on every worker instead of copying
     --spot) SPOT=1 ;;
     --retries=*) RETRIES=${1#*=} ;;      # re-launches after preemption
     --skip_install) SKIP_INSTALL=1 ;;
@@ -83,11 +85,19 @@ create_or_reuse() {
 }
 
 install() {
-  local tgz; tgz=$(mktemp -t miras-XXXX.tgz)
-  git -C "$(dirname "$0")/.." archive --format=tar.gz -o "$tgz" HEAD  # committed code only
-  "${GC[@]}" scp "$tgz" "$NAME:miras-jax.tgz" "${LOC[@]}" --worker=all
-  rm -f "$tgz"
-  on_all "set -e; rm -rf $REMOTE_DIR && mkdir $REMOTE_DIR && tar xzf miras-jax.tgz -C $REMOTE_DIR
+  local fetch
+  if [[ -n $GIT ]]; then  # every worker pulls the same commit
+    local url=$GIT ref=  # <url>@<ref>: a branch or tag after the last @ (no ':' or '/' in it)
+    if [[ $GIT == *@* && ${GIT##*@} != *[:/]* ]]; then url=${GIT%@*} ref=${GIT##*@}; fi
+    fetch="git clone --quiet ${ref:+--branch=$(printf %q "$ref")} $(printf %q "$url") $REMOTE_DIR"
+  else  # copy this checkout's committed code
+    local tgz; tgz=$(mktemp -t miras-XXXX.tgz)
+    git -C "$(dirname "$0")/.." archive --format=tar.gz -o "$tgz" HEAD
+    "${GC[@]}" scp "$tgz" "$NAME:miras-jax.tgz" "${LOC[@]}" --worker=all
+    rm -f "$tgz"
+    fetch="mkdir $REMOTE_DIR && tar xzf miras-jax.tgz -C $REMOTE_DIR"
+  fi
+  on_all "set -e; rm -rf $REMOTE_DIR && $fetch
     cd $REMOTE_DIR && python3 -m venv ~/venv && ~/venv/bin/pip -q install -U pip
     ~/venv/bin/pip -q install -e '.[tpu]'"
   if [[ -n $BUCKET ]]; then

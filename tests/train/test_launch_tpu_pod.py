@@ -37,6 +37,7 @@ exit 0
 
 
 def _launch(tmp_path: Path, args: list[str], *, state: str | None = None, preemptions: int = 0):
+  tmp_path.mkdir(exist_ok=True)
   fake = tmp_path / 'bin'
   fake.mkdir(exist_ok=True)
   (fake / 'gcloud').write_text(FAKE)
@@ -128,11 +129,24 @@ def test_reuses_a_ready_slice_and_relaunches_after_spot_preemption(tmp_path):
   assert 're-launching (attempt 1 of 20)' in proc.stdout
 
 
+def test_git_source_is_cloned_on_every_worker_instead_of_copied(tmp_path):
+  url = 'git@github.com:me/miras-jax.git'
+  proc, calls = _launch(tmp_path, [*ARGS, f'--git={url}@v1.2', *TRAIN], state='READY')
+  assert proc.returncode == 0, proc.stderr
+  assert _verbs(calls)[:4] == ['describe', 'ssh:install', 'ssh:mount', 'ssh:clear']  # no scp
+  install = ' '.join(next(a for a in calls[1] if a.startswith('--command=')).split())
+  assert (
+    f'git clone --quiet --branch=v1.2 {url} miras-jax' in install and '--worker=all' in calls[1]
+  )
+  proc, calls = _launch(tmp_path / 'no_ref', [*ARGS, f'--git={url}', *TRAIN], state='READY')
+  install = ' '.join(next(a for a in calls[1] if a.startswith('--command=')).split())
+  assert f'git clone --quiet {url} miras-jax' in install
+
+
 def test_preemption_without_spot_stops_and_bad_options_are_one_line(tmp_path):
   proc, calls = _launch(tmp_path, ARGS[:-1] + TRAIN, state='READY', preemptions=1)
   assert proc.returncode == 1 and 'not re-launching' in proc.stderr
   assert _verbs(calls).count('ssh:train') == 1
-  (tmp_path / 'bad').mkdir()
   for args, msg in (
     (['--zone=z', '--type=v5p-128', '--bucket=b', *TRAIN], '--name, --zone and --type'),
     (ARGS, 'no training arguments'),
