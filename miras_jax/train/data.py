@@ -320,6 +320,13 @@ class ShardedTrainIterator:
   def set_state(self, state: dict[str, Any]) -> None:
     """Resume from :func:`merge_saved_states` of a checkpoint's files (or one ``get_state``)."""
     state = merge_saved_states([state])
+    asked = int(self.config.data.get('shards', 0) or 0)
+    if asked and asked != state['num_shards'] and self.process_index == 0:
+      print(
+        f"data: data.shards={asked} ignored: the checkpoint's data position has "
+        f'{state["num_shards"]} shards, which this run keeps',
+        flush=True,
+      )
     self._build(state['num_shards'])
     missing = [s for s in self.shards if s not in state['shards']]
     if missing:
