@@ -86,7 +86,7 @@ def test_preempted_default_layout_resumes_on_one_process_with_4_devices(tmp_path
     text=True,
   )
   run = tmp_path / 'run'
-  procs = two_processes(run, args, MIRAS_TRAIN_STEP_DELAY_S='0.5')
+  procs = two_processes(run, args, MIRAS_TRAIN_STEP_DELAY_S='1')
   deadline = time.monotonic() + 240
   while 2 not in losses(run) if (run / 'metrics.jsonl').exists() else True:
     assert time.monotonic() < deadline and all(p.poll() is None for p in procs), [
@@ -97,7 +97,9 @@ def test_preempted_default_layout_resumes_on_one_process_with_4_devices(tmp_path
   outs = [p.communicate(timeout=240) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, f'{out[-2000:]}\n{err[-3000:]}'
-  saved = int(outs[0][0].split('preempted (SIGTERM): saved checkpoint at step ')[1].split(';')[0])
+  marker = 'preempted (SIGTERM): saved checkpoint at step '
+  assert marker in outs[0][0], outs[0][0][-2000:]  # the run was stopped, not finished
+  saved = int(outs[0][0].split(marker)[1].split(';')[0])
   assert 2 <= saved < steps
   assert sorted(p.name for p in (run / 'checkpoints' / str(saved) / 'data').glob('*.json')) == [
     'process_0-of-2.json',

@@ -78,7 +78,7 @@ def test_two_processes_preempted_resume_on_one_process_with_4_devices(
   shard per process) is the slow test in test_multihost.py.
   """
   args = base_args(dataset, train__steps=STEPS, checkpoint__every_steps=HALF)
-  procs = two_processes(tmp_path, [*args, '--config.data.shards=1'], MIRAS_TRAIN_STEP_DELAY_S='0.5')
+  procs = two_processes(tmp_path, [*args, '--config.data.shards=1'], MIRAS_TRAIN_STEP_DELAY_S='1')
   _wait_for(
     lambda: 2 in (losses(tmp_path) if (tmp_path / 'metrics.jsonl').exists() else {}), procs[0]
   )
@@ -88,7 +88,9 @@ def test_two_processes_preempted_resume_on_one_process_with_4_devices(
     assert p.returncode == 0, f'{out[-2000:]}\n{err[-4000:]}'
   assert '2 x cpu on 2 process(es)' in outs[0][0]
   assert 'step 2/' in outs[0][0] and 'step ' not in outs[1][0]  # only process 0 prints progress
-  saved = int(outs[0][0].split('preempted (SIGTERM): saved checkpoint at step ')[1].split(';')[0])
+  marker = 'preempted (SIGTERM): saved checkpoint at step '
+  assert marker in outs[0][0], outs[0][0][-2000:]  # the run was stopped, not finished
+  saved = int(outs[0][0].split(marker)[1].split(';')[0])
   assert 2 <= saved < STEPS
   data = tmp_path / 'checkpoints' / str(saved) / 'data'
   states = [json.loads((data / f'process_{i}-of-2.json').read_text()) for i in range(2)]
