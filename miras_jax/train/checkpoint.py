@@ -28,7 +28,10 @@ Restoring tells two failures apart (:meth:`Checkpointer.restore_latest`):
 
 Saving policy: every ``every_steps`` steps (Orbax's ``save_interval_steps``),
 keep the last ``keep_last`` plus every ``keep_every``-th step
-(``keep_period``); forced saves at the end of training and on preemption.
+(``keep_period``); forced saves at the end of training and on preemption. Old steps
+are deleted only once the newer step has committed (Orbax's ``CheckpointManager._finalize``
+deletes after ``_finalize_checkpoint``), so the last durable checkpoint is never deleted
+before a newer one exists, even when a preemption cuts an asynchronous save.
 
 Preemption: :class:`PreemptionWatcher` turns SIGTERM into "save at the
 current step and exit cleanly". With one process it installs a Python SIGTERM
