@@ -10,6 +10,7 @@
 #       --config.train.mesh.data=1 --config.train.mesh.fsdp=-1 --config.train.grad_accum_steps=2 \
 #       --config.data.corpus=/mnt/miras/data/fineweb_edu --config.data.tokenizer=/mnt/miras/tok.model
 #
+# --git=<url>[@<ref>] has every worker clone the code instead (e.g. a pushed branch).
 # Everything after `--` goes to `python -m miras_jax.train`; --workdir defaults to
 # /mnt/miras/runs/<name> (the bucket mounted with gcsfuse on every worker). The workdir must be
 # one directory every host sees: Orbax commits a checkpoint only after every host wrote its
@@ -17,13 +18,14 @@
 # Each worker runs `python -m miras_jax.train --distributed=true`, so jax.distributed finds
 # the slice from the TPU metadata itself; process 0 alone prints, writes TensorBoard and plots.
 # Before launching a long run, check it fits: `python -m miras_jax.aot` with the same config
-# and --topology (README, "Cloud TPU pods").
+# and --topology (README, "Cloud TPU pods"). Tested offline against a fake gcloud:
+# tests/train/test_launch_tpu_pod.py.
 set -euo pipefail
 
-NAME= ZONE= TYPE= PROJECT= BUCKET= WORKDIR= SPOT=0 RETRIES=20 SKIP_INSTALL=0
+NAME= ZONE= TYPE= PROJECT= BUCKET= WORKDIR= GIT= SPOT=0 RETRIES=20 SKIP_INSTALL=0
 VERSION=${TPU_RUNTIME_VERSION:-}
 REMOTE_DIR=miras-jax
-usage() { sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 2; }
 die() { echo "launch_tpu_pod.sh: error: $*" >&2; exit 2; }
 
 while [[ $# -gt 0 ]]; do
@@ -35,6 +37,7 @@ while [[ $# -gt 0 ]]; do
     --project=*) PROJECT=${1#*=} ;;
     --bucket=*) BUCKET=${1#*=} ;;        # GCS bucket mounted at /mnt/miras on every worker
     --workdir=*) WORKDIR=${1#*=} ;;
+    --git=*) GIT=${1#*=} ;;              # clone <url>[@<ref>] on every worker instead of copying
     --spot) SPOT=1 ;;
     --retries=*) RETRIES=${1#*=} ;;      # re-launches after preemption
     --skip_install) SKIP_INSTALL=1 ;;
@@ -46,6 +49,7 @@ while [[ $# -gt 0 ]]; do
 done
 TRAIN_ARGS=("$@")
 [[ -n $NAME && -n $ZONE && -n $TYPE ]] || die '--name, --zone and --type are required'
+command -v gcloud > /dev/null || die 'gcloud not found on PATH (install the Google Cloud CLI)'
 [[ ${#TRAIN_ARGS[@]} -gt 0 ]] || die 'no training arguments after -- (at least --config=...)'
 for a in "${TRAIN_ARGS[@]}"; do [[ $a == --workdir=* ]] && die 'give --workdir before --'; done
 [[ -n $WORKDIR || -n $BUCKET ]] || die 'give --bucket (mounted on every worker) or a shared --workdir'
@@ -81,11 +85,19 @@ create_or_reuse() {
 }
 
 install() {
-  local tgz; tgz=$(mktemp -t miras-XXXX.tgz)
-  git -C "$(dirname "$0")/.." archive --format=tar.gz -o "$tgz" HEAD  # committed code only
-  "${GC[@]}" scp "$tgz" "$NAME:miras-jax.tgz" "${LOC[@]}" --worker=all
-  rm -f "$tgz"
-  on_all "set -e; rm -rf $REMOTE_DIR && mkdir $REMOTE_DIR && tar xzf miras-jax.tgz -C $REMOTE_DIR
+  local fetch
+  if [[ -n $GIT ]]; then  # every worker pulls the same commit
+    local url=$GIT ref=  # <url>@<ref>: a branch or tag after the last @ (no ':' or '/' in it)
+    if [[ $GIT == *@* && ${GIT##*@} != *[:/]* ]]; then url=${GIT%@*} ref=${GIT##*@}; fi
+    fetch="git clone --quiet ${ref:+--branch=$(printf %q "$ref")} $(printf %q "$url") $REMOTE_DIR"
+  else  # copy this checkout's committed code
+    local tgz; tgz=$(mktemp -t miras-XXXX.tgz)
+    git -C "$(dirname "$0")/.." archive --format=tar.gz -o "$tgz" HEAD
+    "${GC[@]}" scp "$tgz" "$NAME:miras-jax.tgz" "${LOC[@]}" --worker=all
+    rm -f "$tgz"
+    fetch="mkdir $REMOTE_DIR && tar xzf miras-jax.tgz -C $REMOTE_DIR"
+  fi
+  on_all "set -e; rm -rf $REMOTE_DIR && $fetch
     cd $REMOTE_DIR && python3 -m venv ~/venv && ~/venv/bin/pip -q install -U pip
     ~/venv/bin/pip -q install -e '.[tpu]'"
   if [[ -n $BUCKET ]]; then

@@ -65,6 +65,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from miras_jax.layers import partitioning
 from miras_jax.layers.conv import CausalDepthwiseConv1D
 from miras_jax.layers.dense import DenseND
 from miras_jax.layers.norms import RMSNorm, l2_normalize
@@ -89,6 +90,10 @@ def retnet_log_gamma(num_heads: int) -> jax.Array:
   """RetNet's fixed per-head decay, log(1 − 2^(−5−h)) for h = 0..H−1 (float32 [H])."""
   h = jnp.arange(num_heads, dtype=jnp.float32)
   return jnp.log1p(-jnp.exp2(-5.0 - h))
+
+
+# Logical names of the memory's leading [B, H, ...] dimensions (train/sharding.py's rules table).
+_BATCH_HEADS = ('activation_batch', 'activation_heads')
 
 
 def _to_bht(g: jax.Array) -> jax.Array:
@@ -346,7 +351,15 @@ class MirasLayer(nn.Module):
   def _memory(self, q, k, v, gates, state=None, segment_ids=None):
     rule = self.memory_rule
     w0, outer = self._memory_params()
-    return memory_forward(
+    # Each (row, head) memory is independent, so its inputs, its state (W_0 broadcast to
+    # [B, H, ...], every chunk's state in the scan carry, the final state) and its output stay
+    # split over batch x heads on a mesh: pinned here rather than left to propagation, which
+    # could otherwise gather a state per chunk (tests/layers/test_miras_mesh.py).
+    q, k, v = (partitioning.constrain(z, _BATCH_HEADS) for z in (q, k, v))
+    gates = {n: partitioning.constrain(g, _BATCH_HEADS) for n, g in gates.items()}
+    if state is not None:
+      state = jax.tree.map(lambda s: partitioning.constrain(s, _BATCH_HEADS), state)
+    y, state = memory_forward(
       rule,
       q,
       k,
@@ -362,6 +375,8 @@ class MirasLayer(nn.Module):
       # decoding continues a carried state: no gradients wanted there
       grad_horizon=self.grad_horizon if state is None else None,
     )
+    state = jax.tree.map(lambda s: partitioning.constrain(s, _BATCH_HEADS), state)
+    return partitioning.constrain(y, _BATCH_HEADS), state
 
   def _sow_inner_loss(self, k, v, state):
     """Sow the ℓ2 inner-loss proxy (module docstring) on the last ≤ chunk_size tokens."""

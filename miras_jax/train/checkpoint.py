@@ -5,8 +5,11 @@ Layout of ``<workdir>/checkpoints/<step>/``:
     state/    the train state (step, fp32 params, optimiser state), Orbax
               StandardSave (OCDBT), written asynchronously and sharded:
               every process writes its own shards
-    data/     the grain iterator position, ``process_<i>-of-<n>.json`` (grain's
-              Orbax handler; one file per process, since each reads its own slice)
+    data/     the data position, ``process_<i>-of-<n>.json`` (grain's Orbax handler;
+              one file per process, holding the grain states of the data shards that
+              process reads, train/data.py). Restoring reads every process's file and
+              hands each process its shards, so a run saved by n processes resumes on
+              another process count when the data shards split exactly over it
     config/   the resolved config (JSON)
 
 A step is only listed once Orbax has committed it (written under a temporary
@@ -25,7 +28,10 @@ Restoring tells two failures apart (:meth:`Checkpointer.restore_latest`):
 
 Saving policy: every ``every_steps`` steps (Orbax's ``save_interval_steps``),
 keep the last ``keep_last`` plus every ``keep_every``-th step
-(``keep_period``); forced saves at the end of training and on preemption.
+(``keep_period``); forced saves at the end of training and on preemption. Old steps
+are deleted only once the newer step has committed (Orbax's ``CheckpointManager._finalize``
+deletes after ``_finalize_checkpoint``), so the last durable checkpoint is never deleted
+before a newer one exists, even when a preemption cuts an asynchronous save.
 
 Preemption: :class:`PreemptionWatcher` turns SIGTERM into "save at the
 current step and exit cleanly". With one process it installs a Python SIGTERM
@@ -50,6 +56,8 @@ from grain import checkpoint as grain_checkpoint
 from jax.experimental import multihost_utils
 
 from miras_jax import workdir as workdir_lib
+from miras_jax.data.errors import DataError
+from miras_jax.train import data as data_lib
 
 __all__ = [
   'CHECKPOINT_DIR',
@@ -129,18 +137,6 @@ class _FrozenIteratorState:
     return self._json
 
 
-class _CapturedIteratorState:
-  """Receives the state grain's restore handler reads (as JSON bytes)."""
-
-  state: dict[str, Any] | None = None
-
-  def set_state(self, state: bytes) -> None:
-    self.state = json.loads(state.decode() if isinstance(state, bytes) else state)
-
-  def start_prefetch(self) -> None:
-    pass
-
-
 class Checkpointer:
   """Save / restore the train state and data position of one run directory."""
 
@@ -199,18 +195,23 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
-    """(state, data iterator state) of ``step``; ``abstract_state`` gives shapes and shardings."""
-    captured = _CapturedIteratorState()
+    """(state, data state of every shard) of ``step``; ``abstract_state`` gives shapes and shardings.
+
+    The data state is :func:`~miras_jax.train.data.merge_saved_states` of all processes' files.
+    """
     restored = self.manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain_checkpoint.CheckpointRestore(captured),
-      ),
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
     )
-    if captured.state is None:
+    files = self._data_files(step)
+    if not files:
       raise ValueError(f'checkpoint step {step} has no data-iterator state')
-    return restored['state'], captured.state
+    return restored['state'], data_lib.merge_saved_states(
+      [json.loads(p.read_text()) for p in files]
+    )
+
+  def _data_files(self, step: int) -> list[Path]:
+    data_dir = self.directory / str(step) / 'data'
+    return sorted(data_dir.glob('process_*-of-*.json')) if data_dir.is_dir() else []
 
   def all_steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
@@ -245,12 +246,12 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         self._unreadable(step, e)
         continue
-      mismatch = _describe_mismatch(want, have) or self._data_process_mismatch(step)
+      mismatch = _describe_mismatch(want, have) or self._data_layout_mismatch(step)
       if mismatch:
         raise CheckpointMismatchError(
           f'checkpoint step {step} in {self.directory} does not fit the requested model / '
-          f'optimiser ({mismatch}); resume with the config it was trained with, or use a new '
-          '--workdir (nothing was changed)'
+          f'optimiser / process layout ({mismatch}); resume with the config and a process '
+          'count it can take, or use a new --workdir (nothing was changed)'
         )
       try:
         state, data_state = self.restore(step, abstract_state)
@@ -264,21 +265,34 @@ class Checkpointer:
       )
     return None
 
-  def _data_process_mismatch(self, step: int) -> str:
-    """Why ``step``'s data position cannot be read by this process layout ('' if it can).
+  def _data_layout_mismatch(self, step: int) -> str:
+    """Why ``step``'s data position cannot be taken up by this process layout ('' if it can).
 
-    grain saves one ``process_<i>-of-<n>.json`` per process, so a step saved by n processes is
-    readable, but not restorable, by another process count: that is a mismatch, never corruption
-    (the step must not be moved aside).
+    A step saved by n processes resumes on P processes when its S data shards split exactly over
+    P and every shard this process reads has its saved state here (train/data.py). Otherwise it
+    is a mismatch, never corruption (the step must not be moved aside). Unparsable files are
+    left to :meth:`restore` (corruption).
     """
-    data_dir = self.directory / str(step) / 'data'
-    saved = (
-      sorted(p.name for p in data_dir.glob('process_*-of-*.json')) if data_dir.is_dir() else []
-    )
-    mine = f'process_{jax.process_index()}-of-{jax.process_count()}.json'
-    if not saved or mine in saved:
+    try:
+      saved = data_lib.merge_saved_states(
+        [json.loads(p.read_text()) for p in self._data_files(step)]
+      )
+    except (ValueError, KeyError, TypeError, OSError):
       return ''
-    return f'data position saved as {saved[0]}…, this run has {jax.process_count()} process(es)'
+    try:
+      shards, _, _ = data_lib.shard_plan(
+        saved['num_shards'], jax.process_index(), jax.process_count()
+      )
+    except DataError as e:
+      return str(e)
+    missing = [s for s in shards if s not in saved['shards']]
+    if missing:
+      return (
+        f'the data position of shard(s) {missing} of {saved["num_shards"]} is not in '
+        f"{self.directory / str(step) / 'data'} (each host must see every host's files to "
+        'resume on another process count)'
+      )
+    return ''
 
   def _unreadable(self, step: int, e: BaseException) -> None:
     reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]

@@ -135,6 +135,16 @@ def validate(config: ConfigDict, *, process_count: int | None = None) -> None:
       f'per-process batch {per_process} (train.batch_size / processes) is not divisible by '
       f'train.grad_accum_steps={t.grad_accum_steps}'
     )
+  shards = int(config.data.get('shards', 0) or 0)
+  if shards < 0 or (shards and int(t.batch_size) % shards):
+    raise ConfigError(
+      f'data.shards={shards} must be 0 (the process count) or a positive divisor of '
+      f'train.batch_size={t.batch_size}'
+    )
+  if shards and shards % process_count and process_count % shards:
+    raise ConfigError(
+      f'data.shards={shards} and the {process_count} processes must divide one another'
+    )
   if eval_batch_size(config) % process_count:
     raise ConfigError(
       f'eval batch size {eval_batch_size(config)} is not divisible by the {process_count} processes'

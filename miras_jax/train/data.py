@@ -17,6 +17,29 @@ SentencePiece BPE model of ``data.tokenizer_vocab_size`` (0: the model's
 With several processes, process 0 prepares while the others wait at a
 barrier; the cache must then be on a filesystem all processes see (or point
 ``data.corpus`` at a dataset prepared beforehand).
+
+Data shards (:class:`ShardedTrainIterator`). The training stream is defined by
+a number of *data shards* S, fixed when a run starts (``data.shards``; 0: the
+process count) and kept by its checkpoints: shard s is the grain pipeline of
+:func:`~miras_jax.data.pipeline.build_train_dataset` with process slot s of S
+and ``batch_size / S`` rows, and the global batch of a step is shard 0's rows,
+then shard 1's, ... So the global batch sequence depends on S and the seed
+only, never on how many processes read it. A run resumed on P processes reads:
+
+* S divisible by P: shards ``[p*S/P, (p+1)*S/P)`` on process p, whole (each
+  host still reads only its own documents);
+* P divisible by S: shard ``p // (P/S)`` on process p, of which it keeps its
+  ``1/(P/S)`` slice of rows (the P/S processes of one shard each read it whole:
+  the cost of an exact position);
+* otherwise the position cannot be split exactly and the resume is refused
+  (:func:`shard_plan`).
+
+Each shard's grain state is saved (every process saves the states of the
+shards it reads) and restored into the same shard, so a resume on another
+process count continues with exactly the batches the saved run would have
+read next. This was chosen over re-deriving a position from the step: grain's
+concat-and-split packing has no random access (a row's content depends on
+every earlier document's length), so only its own saved state is exact.
 """
 
 from __future__ import annotations
@@ -31,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from ml_collections import ConfigDict
 
 from miras_jax.data.errors import DataError
@@ -38,7 +62,15 @@ from miras_jax.data.pipeline import load_index, make_train_iterator, make_val_it
 from miras_jax.data.prepare import INDEX_FILE, prepare
 from miras_jax.data.sources import DEFAULT_EXTENSIONS, list_files
 
-__all__ = ['resolve_dataset', 'train_iterator', 'val_iterator', 'corpus_source']
+__all__ = [
+  'resolve_dataset',
+  'train_iterator',
+  'val_iterator',
+  'corpus_source',
+  'shard_plan',
+  'merge_saved_states',
+  'ShardedTrainIterator',
+]
 
 log = logging.getLogger(__name__)
 
@@ -179,19 +211,135 @@ def resolve_dataset(
   return path
 
 
-def train_iterator(path: Path, config: ConfigDict):
-  """This process's checkpointable training iterator (per-process batch)."""
-  t = config.train
-  return make_train_iterator(
-    path,
-    seq_len=int(t.seq_len),
-    batch_size=int(t.batch_size) // jax.process_count(),
-    seed=int(config.data.seed),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    num_threads=int(config.data.num_threads),
-    prefetch_buffer_size=max(8, 2 * int(t.batch_size)),
+def shard_plan(
+  num_shards: int, process_index: int, process_count: int
+) -> tuple[list[int], int, int]:
+  """(shards process ``process_index`` reads, its slice j of each shard batch, slices per shard m).
+
+  Raises :class:`DataError` (one line) when neither of S and P divides the other.
+  """
+  if num_shards % process_count == 0:
+    per = num_shards // process_count
+    return list(range(process_index * per, (process_index + 1) * per)), 0, 1
+  if process_count % num_shards == 0:
+    m = process_count // num_shards
+    return [process_index // m], process_index % m, m
+  raise DataError(
+    f'the data position was saved for {num_shards} data shard(s), which cannot be split exactly '
+    f'over {process_count} processes (one of the two must divide the other)'
   )
+
+
+def merge_saved_states(states: list[dict[str, Any]]) -> dict[str, Any]:
+  """The saved per-process data states of one step as ``{'num_shards': S, 'shards': {s: state}}``.
+
+  Accepts :meth:`ShardedTrainIterator.get_state` dicts and, from checkpoints written before data
+  shards existed, a bare pipeline state (its process slot is its shard).
+  """
+  num_shards, shards = None, {}
+  for state in states:
+    if isinstance(state, dict) and 'shards' in state and 'num_shards' in state:
+      n, items = int(state['num_shards']), {int(k): v for k, v in state['shards'].items()}
+    elif isinstance(state, dict) and isinstance(state.get('pipeline'), dict):
+      n = int(state['pipeline']['process_count'])
+      items = {int(state['pipeline']['process_index']): state}
+    else:
+      raise DataError('not a miras_jax data-iterator state')
+    if num_shards not in (None, n):
+      raise DataError(f'data states of {num_shards} and of {n} shards in one checkpoint')
+    num_shards = n
+    shards.update(items)
+  if num_shards is None:
+    raise DataError('no data-iterator state')
+  return {'num_shards': num_shards, 'shards': shards}
+
+
+class ShardedTrainIterator:
+  """This process's batches of the S-shard training stream (see the module docstring).
+
+  ``next()`` gives ``{key: [batch_size / P, T]}``; :meth:`get_state` / :meth:`set_state`
+  save and restore the position of every shard read here. The grain pipelines are built on
+  the first ``next`` or ``set_state`` (a restored state brings its own S). The process slot
+  defaults to JAX's (``process_index`` / ``process_count`` are for tests).
+  """
+
+  def __init__(
+    self,
+    path: Path,
+    config: ConfigDict,
+    process_index: int | None = None,
+    process_count: int | None = None,
+  ):
+    self.path, self.config = path, config
+    self.process_index = jax.process_index() if process_index is None else int(process_index)
+    self.process_count = jax.process_count() if process_count is None else int(process_count)
+    self.num_shards = int(config.data.get('shards', 0) or 0) or self.process_count
+    self._iters: dict[int, Any] | None = None
+
+  def _build(self, num_shards: int) -> None:
+    t = self.config.train
+    self.num_shards = num_shards
+    self.shards, self.slice, self.slices = shard_plan(
+      num_shards, self.process_index, self.process_count
+    )
+    self._iters = {
+      s: make_train_iterator(
+        self.path,
+        seq_len=int(t.seq_len),
+        batch_size=int(t.batch_size) // num_shards,
+        seed=int(self.config.data.seed),
+        process_index=s,
+        process_count=num_shards,
+        num_threads=int(self.config.data.num_threads),
+        prefetch_buffer_size=max(8, 2 * int(t.batch_size)),
+      )
+      for s in self.shards
+    }
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._iters is None:
+      self._build(self.num_shards)
+    parts = [next(self._iters[s]) for s in self.shards]
+    batch = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
+    if self.slices > 1:
+      rows = batch['inputs'].shape[0] // self.slices
+      batch = {k: v[self.slice * rows : (self.slice + 1) * rows] for k, v in batch.items()}
+    return batch
+
+  def get_state(self) -> dict[str, Any]:
+    if self._iters is None:
+      self._build(self.num_shards)
+    return {
+      'num_shards': self.num_shards,
+      'shards': {str(s): it.get_state() for s, it in self._iters.items()},
+    }
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    """Resume from :func:`merge_saved_states` of a checkpoint's files (or one ``get_state``)."""
+    state = merge_saved_states([state])
+    asked = int(self.config.data.get('shards', 0) or 0)
+    if asked and asked != state['num_shards'] and self.process_index == 0:
+      print(
+        f"data: data.shards={asked} ignored: the checkpoint's data position has "
+        f'{state["num_shards"]} shards, which this run keeps',
+        flush=True,
+      )
+    self._build(state['num_shards'])
+    missing = [s for s in self.shards if s not in state['shards']]
+    if missing:
+      raise DataError(
+        f'the checkpoint has no data position for shard(s) {missing} of {state["num_shards"]}'
+      )
+    for s, it in self._iters.items():
+      it.set_state(state['shards'][s])
+
+
+def train_iterator(path: Path, config: ConfigDict) -> ShardedTrainIterator:
+  """This process's checkpointable training iterator (``batch_size / processes`` rows a step)."""
+  return ShardedTrainIterator(path, config)
 
 
 def val_iterator(path: Path, config: ConfigDict, batch_size: int):

@@ -18,6 +18,9 @@ Sections (keys users type most are marked *):
                 ``tokenizer``: a SentencePiece ``.model``; empty trains one
                 of ``tokenizer_vocab_size`` (0: the model's vocab) on the corpus;
                 ``cache_dir``: where prepared data lives (empty: ``<workdir>/data``).
+                ``shards``: data shards of a new run (0: the process count); a
+                resume keeps its checkpoint's, on any process count that divides
+                or is divided by it (train/data.py).
 ``train``       ``steps``\\*, ``batch_size``\\* (global, rows), ``seq_len``\\*, ``lr``\\*,
                 warmup + cosine (``warmup_steps``, ``min_lr_ratio``), AdamW
                 (``b1``, ``b2``, ``eps``, ``weight_decay``), ``grad_clip``,
@@ -64,6 +67,7 @@ def defaults() -> ConfigDict:
   d.cache_dir = ''
   d.seed = 0
   d.num_threads = 4
+  d.shards = 0
 
   c.train = t = ConfigDict()
   t.steps = 1000

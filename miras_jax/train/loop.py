@@ -7,16 +7,20 @@
    count fails here), the model from ``miras_jax.models.build_model(config.model)``
    and its abstract init (so e.g. an unknown ``model.rule`` fails here);
 2. the run directory: refused when it is a file or not writable, created,
-   and locked for the whole run (``train/lock.py``); a directory created by a
-   command that then fails before training is removed again when empty;
+   and locked for the whole run (``train/lock.py``; process 0 takes the lock and
+   broadcasts a refusal, so on several hosts every process stops at once with
+   the same line); a directory created by a command that then fails before
+   training is removed again when empty;
 3. a resume check: the config stored with the newest checkpoint must agree on
    the model and the optimiser's structure (``config.resume_mismatch``), else a
    one-line refusal that changes nothing;
 4. the dataset resolved / prepared from ``config.data``;
 5. the train state (step, float32 params, AdamW state) created directly in its
    shardings (``jax.jit(init, out_shardings=...)``), or restored from the
-   newest readable checkpoint together with the data position (a readable
-   checkpoint of another structure is refused, never moved aside); only now is
+   newest readable checkpoint together with the data position of every data
+   shard (train/data.py: exact on another process count whose count divides or
+   is divided by the shards'; a readable checkpoint of another structure or
+   shard layout is refused, never moved aside); only now is
    ``<workdir>/config.json`` written;
 6. ``steps`` iterations of a ``jax.jit`` step with explicit in/out shardings
    and the state donated: ``grad_accum_steps`` micro-batches under
@@ -311,6 +315,18 @@ def _all_finite(tree: Any) -> jax.Array:
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
+def _from_process_0(message: str | None, size: int = 1024) -> str | None:
+  """Process 0's ``message`` (None: nothing to say) on every process, as one broadcast."""
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  buf = np.zeros(size + 1, np.uint8)
+  if message is not None:
+    raw = message.encode()[:size]
+    buf[0], buf[1 : 1 + len(raw)] = 1, np.frombuffer(raw, np.uint8)
+  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+  return bytes(buf[1:]).rstrip(b'\0').decode(errors='replace') if buf[0] else None
+
+
 class _RunDirectory:
   """The run directory, checked, created and locked before anything is written into it.
 
@@ -342,8 +358,17 @@ class _RunDirectory:
       self.created = top
     if not os.access(path, os.W_OK | os.X_OK):
       raise config_lib.ConfigError(f'--workdir {str(path)!r} is not writable')
+    refusal = None
     if jax.process_index() == 0:
-      self.lock.acquire()
+      try:
+        self.lock.acquire()
+      except lock_lib.WorkdirLockedError as e:
+        refusal = str(e)
+    if jax.process_count() > 1:  # the others stop too, at once, instead of at the first barrier
+      refusal = _from_process_0(refusal)
+    if refusal is not None:
+      raise lock_lib.WorkdirLockedError(refusal)
+    if jax.process_index() == 0:
       if self.lock.took_over:
         _print(
           f'lock: the previous run ({self.lock.took_over}) ended without releasing '

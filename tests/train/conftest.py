@@ -10,6 +10,7 @@ is absent. Training runs go through the real command line
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -134,3 +135,24 @@ def losses(workdir: Path) -> dict[int, float]:
   from miras_jax.train.metrics import read_metrics
 
   return {r['step']: r['loss'] for r in read_metrics(workdir) if 'loss' in r}
+
+
+def two_processes(
+  workdir: Path, args: list[str], devices: int = 1, **env
+) -> list[subprocess.Popen]:
+  """Two training processes joined by ``jax.distributed`` on a free 127.0.0.1 port."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  flags = [f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2']
+  return [
+    subprocess.Popen(
+      train_cmd(workdir, [*args, *flags, f'--process_id={i}']),
+      cwd=REPO_ROOT,
+      env=train_env(devices, **env),
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for i in range(2)
+  ]

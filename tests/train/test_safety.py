@@ -345,8 +345,9 @@ def test_resume_mismatch_names_model_and_optimiser_keys_only():
   ]
 
 
-def test_restore_refuses_a_readable_checkpoint_of_another_shape(tmp_path):
+def test_restore_refuses_a_readable_checkpoint_of_another_shape(tmp_path, monkeypatch):
   """Structure mismatch (readable files) raises and touches nothing; unreadable data is moved."""
+  from miras_jax.train import checkpoint as ckpt_lib
   from miras_jax.train.checkpoint import Checkpointer, CheckpointMismatchError
   from miras_jax.train.loop import TrainState
 
@@ -358,24 +359,34 @@ def test_restore_refuses_a_readable_checkpoint_of_another_shape(tmp_path):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state(n))
 
   ck = Checkpointer(tmp_path, every_steps=1, keep_last=5, async_save=False)
-  data = {'pipeline': {}, 'iterator': {}}
+  data = {'num_shards': 1, 'shards': {'0': {'pipeline': {}, 'iterator': {}}}}
   ck.save(1, state(2), data, {}, force=True)
   ck.save(2, state(2), data, {}, force=True)
   ck.wait()
   with pytest.raises(CheckpointMismatchError, match=r'w \(2, 3\) vs requested \(4, 3\)'):
     ck.restore_latest(abstract(4))
   assert sorted(int(p.name) for p in tmp_path.iterdir()) == [1, 2]
-  # a data position saved by another process count is a mismatch too, never corruption
+  # saved by 2 processes, 2 data shards, but only process 0's file is here (a host-local disk):
+  # shard 1's position is missing, which is a mismatch (one line), never corruption
   ck.save(3, state(2), data, {}, force=True)
   ck.wait()
   data_dir = tmp_path / '3' / 'data'
   data_dir.mkdir(exist_ok=True)
   for p in data_dir.glob('process_*-of-*.json'):
     p.unlink()
-  (data_dir / 'process_0-of-2.json').write_text('{}')
-  with pytest.raises(CheckpointMismatchError, match=r'process_0-of-2\.json'):
+  two = {'num_shards': 2, 'shards': {'0': {'pipeline': {}, 'iterator': {}}}}
+  (data_dir / 'process_0-of-2.json').write_text(json.dumps(two))
+  with pytest.raises(CheckpointMismatchError, match=r'shard\(s\) \[1\] of 2 is not in') as e:
     ck.restore_latest(abstract(2))
+  assert '\n' not in str(e.value)
   assert (tmp_path / '3').is_dir() and not list(tmp_path.glob('corrupt-3-*'))
+  # with both files, 2 shards cannot be split over 3 processes (the layout check, as process 0)
+  two['shards']['1'] = two['shards']['0']
+  (data_dir / 'process_1-of-2.json').write_text(json.dumps(two))
+  assert ck._data_layout_mismatch(3) == ''  # one process takes both shards
+  monkeypatch.setattr(ckpt_lib.jax, 'process_count', lambda: 3)
+  assert 'cannot be split exactly over 3 processes' in ck._data_layout_mismatch(3)
+  monkeypatch.undo()
   shutil.rmtree(tmp_path / '3')
   ck.manager.reload()
   # truncate the arrays of step 2: unreadable -> quarantined, step 1 is used

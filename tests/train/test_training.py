@@ -7,17 +7,23 @@ that should agree can be compared to tight tolerances, and resumed runs exactly.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
-import socket
 import subprocess
 import time
 
 import numpy as np
 import pytest
 
-from tests.train.conftest import REPO_ROOT, base_args, losses, run_train, train_cmd, train_env
+from tests.train.conftest import (
+  REPO_ROOT,
+  base_args,
+  losses,
+  run_train,
+  train_cmd,
+  train_env,
+  two_processes,
+)
 
 STEPS = 6
 HALF = 3
@@ -60,45 +66,44 @@ def test_sharded_8_devices_with_accumulation_matches_1_device(tmp_path, dataset)
   assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in proc.stdout
 
 
-def test_two_processes_jax_distributed(tmp_path, dataset):
-  """Two local processes, one CPU device each, joined by jax.distributed on 127.0.0.1."""
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
-  args = base_args(dataset, train__steps=3, checkpoint__every_steps=3, eval__num_batches=1)
-  procs = [
-    subprocess.Popen(
-      train_cmd(
-        tmp_path,
-        [
-          *args,
-          f'--coordinator_address=127.0.0.1:{port}',
-          '--num_processes=2',
-          f'--process_id={i}',
-        ],
-      ),
-      cwd=REPO_ROOT,
-      env=train_env(1),
-      stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE,
-      text=True,
-    )
-    for i in range(2)
-  ]
+def test_two_processes_preempted_resume_on_one_process_with_4_devices(
+  tmp_path, dataset, straight_run
+):
+  """Two local processes (jax.distributed on 127.0.0.1, one CPU device each) train; SIGTERM to
+  one of them stops both at the same step with a checkpoint and exit 0; one process with 4
+  devices resumes, and its losses equal the uninterrupted one-process run.
+
+  ``data.shards=1`` makes the two processes read the one-process data stream (each keeps its
+  half of every batch), so ``straight_run`` is the uninterrupted run; the default layout (one
+  shard per process) is the slow test in test_multihost.py.
+  """
+  args = base_args(dataset, train__steps=STEPS, checkpoint__every_steps=HALF)
+  procs = two_processes(tmp_path, [*args, '--config.data.shards=1'], MIRAS_TRAIN_STEP_DELAY_S='1')
+  _wait_for(
+    lambda: 2 in (losses(tmp_path) if (tmp_path / 'metrics.jsonl').exists() else {}), procs[0]
+  )
+  procs[1].send_signal(signal.SIGTERM)  # the preemption notice reaches one host
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, f'{out[-2000:]}\n{err[-4000:]}'
   assert '2 x cpu on 2 process(es)' in outs[0][0]
-  assert 'step 3/3' in outs[0][0] and 'step ' not in outs[1][0]  # only process 0 prints progress
-  got = losses(tmp_path)
-  assert sorted(got) == [1, 2, 3] and all(math.isfinite(v) for v in got.values())
-  data = tmp_path / 'checkpoints' / '3' / 'data'
-  assert sorted(p.name for p in data.glob('process_*.json')) == [
-    'process_0-of-2.json',
-    'process_1-of-2.json',
-  ]
+  assert 'step 2/' in outs[0][0] and 'step ' not in outs[1][0]  # only process 0 prints progress
+  marker = 'preempted (SIGTERM): saved checkpoint at step '
+  assert marker in outs[0][0], outs[0][0][-2000:]  # the run was stopped, not finished
+  saved = int(outs[0][0].split(marker)[1].split(';')[0])
+  assert 2 <= saved < STEPS
+  data = tmp_path / 'checkpoints' / str(saved) / 'data'
   states = [json.loads((data / f'process_{i}-of-2.json').read_text()) for i in range(2)]
-  assert [s['pipeline']['process_index'] for s in states] == [0, 1]
+  assert [s['num_shards'] for s in states] == [1, 1] and all(
+    list(s['shards']) == ['0'] for s in states
+  )
+
+  resumed = run_train(tmp_path, [*args, '--config.data.shards=1'], devices=4)
+  assert f'resume: restored step {saved}' in resumed.stdout
+  assert '4 x cpu on 1 process(es)' in resumed.stdout
+  want, got = losses(straight_run), losses(tmp_path)
+  assert sorted(got) == sorted(want) == list(range(1, STEPS + 1))
+  np.testing.assert_allclose([got[s] for s in want], [want[s] for s in want], rtol=1e-6)
 
 
 # -------------------------------------------------------------------- resume

@@ -150,6 +150,16 @@ def test_validate_catches_inconsistent_values():
   c.train.grad_accum_steps = 1
   with pytest.raises(config_lib.ConfigError, match='3 processes'):
     config_lib.validate(c, process_count=3)
+  c.data.shards = 2  # 2 data shards: read by 1, 2 or 4 processes, not by 3
+  for n in (1, 2, 4):
+    config_lib.validate(c, process_count=n)
+  c.train.batch_size = 48  # divisible by 3 processes, so the shard layout is what fails
+  with pytest.raises(config_lib.ConfigError, match='data.shards=2 and the 3 processes'):
+    config_lib.validate(c, process_count=3)
+  c.data.shards = 5
+  with pytest.raises(config_lib.ConfigError, match='divisor of train.batch_size'):
+    config_lib.validate(c, process_count=1)
+  c.data.shards, c.train.batch_size = 0, 32
   c.train.compute_dtype = 'fp8'
   with pytest.raises(config_lib.ConfigError, match='compute_dtype'):
     config_lib.validate(c, process_count=1)
