@@ -264,17 +264,21 @@ def _prebuild_splash(model_cfg, mesh, seq_len: int) -> None:
   """Build the splash-attention kernel before entering a mesh of topology-only devices.
 
   The kernel's mask tables are host arrays placed on a device when built; under such a mesh
-  that placement fails, so they are built here (heads per device as ``_on_mesh`` splits
+  that placement fails, so they are built here (heads per device as ``attention_backends.mesh.on_mesh`` splits
   them) and the kernel cache serves the traced call.
   """
   if model_cfg.get('attention_backend') != 'pallas_tpu_splash':
     return
-  from miras_jax.layers import attention_backends as ab  # pylint: disable=import-outside-toplevel
+  from miras_jax.layers.attention_backends.pallas_tpu.padding import (  # pylint: disable=import-outside-toplevel
+    PALLAS_BLOCK,
+    pick_block,
+  )
+  from miras_jax.layers.attention_backends.pallas_tpu.splash import splash_kernel  # pylint: disable=import-outside-toplevel
 
-  t_pad = -(-seq_len // ab.PALLAS_BLOCK) * ab.PALLAS_BLOCK
+  t_pad = -(-seq_len // PALLAS_BLOCK) * PALLAS_BLOCK
   heads, tensor = int(model_cfg.n_heads), mesh.shape['tensor']
   per_device = heads // tensor if heads % tensor == 0 else heads
-  ab._splash_kernel(t_pad, per_device, model_cfg.get('window'), ab._pick_block(t_pad), False)  # pylint: disable=protected-access
+  splash_kernel(t_pad, per_device, model_cfg.get('window'), pick_block(t_pad), False)
 
 
 def compile_for_topology(
