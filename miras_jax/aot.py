@@ -295,6 +295,7 @@ def compile_for_topology(
 
   from miras_jax.data.pipeline import BATCH_KEYS  # pylint: disable=import-outside-toplevel
   from miras_jax.layers.attention_backends import compile_pallas_for_tpu  # pylint: disable=import-outside-toplevel
+  from miras_jax.models.lm import count_params  # pylint: disable=import-outside-toplevel
   from miras_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
   from miras_jax.train import loop  # pylint: disable=import-outside-toplevel
   from miras_jax.train import metrics as metrics_lib  # pylint: disable=import-outside-toplevel
@@ -353,8 +354,8 @@ def compile_for_topology(
       for k in BATCH_KEYS
     }
 
-  num_params = metrics_lib.param_count(params)
-  flops_tok, flops_src = metrics_lib.flops_per_token(config.model, seq_len, num_params)
+  num_params = count_params(params)
+  flops_tok, flops_src = metrics_lib.flops_per_token(config.model, seq_len)
   _prebuild_splash(config.model, mesh, seq_len)
   cast = 'dtype' not in config.model
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules), compile_pallas_for_tpu():

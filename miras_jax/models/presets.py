@@ -153,7 +153,14 @@ def model_config(family: str, size: str) -> ConfigDict:
   return c
 
 
+def parse_arg(arg: str | None, default_size: str = 'tiny') -> tuple[str, str]:
+  """``"moneta,170m"`` -> ("moneta", "170m"); ``"moneta"`` -> ("moneta", default_size)."""
+  parts = [p.strip() for p in (arg or 'moneta').split(',') if p.strip()]
+  if not 1 <= len(parts) <= 2:
+    raise ValueError(f"config arg {arg!r}: expected '<family>[,<size>]'")
+  return parts[0], parts[1] if len(parts) == 2 else default_size
+
+
 def get_config(arg: str | None = None) -> ConfigDict:
   """``miras_jax/models/presets.py:moneta,340m`` → the model section alone."""
-  parts = [p.strip() for p in (arg or 'moneta,tiny').split(',')]
-  return model_config(parts[0], parts[1] if len(parts) > 1 else 'tiny')
+  return model_config(*parse_arg(arg))

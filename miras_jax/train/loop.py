@@ -69,6 +69,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from miras_jax import workdir as workdir_lib
+from miras_jax.models.lm import count_params
 from miras_jax.train import checkpoint as ckpt_lib
 from miras_jax.train import config as config_lib
 from miras_jax.train import data as data_lib
@@ -458,7 +459,7 @@ def _plan(config: ConfigDict) -> _Plan:
       jax.eval_shape(init_state, jax.random.key(0)),
       state_shardings,
     )
-  num_params = metrics_lib.param_count(abstract_params)
+  num_params = count_params(abstract_params)
   loss_fn = make_loss_fn(model, config_lib.compute_dtype(config), 'dtype' not in config.model)
   schedule = optimizer_lib.learning_rate_schedule(t)
   return _Plan(
@@ -483,7 +484,7 @@ def _plan(config: ConfigDict) -> _Plan:
     ),
     all_finite=jax.jit(_all_finite, in_shardings=(param_shardings,), out_shardings=repl),
     num_params=num_params,
-    flops=metrics_lib.flops_per_token(config.model, int(t.seq_len), num_params),
+    flops=metrics_lib.flops_per_token(config.model, int(t.seq_len)),
     peak=metrics_lib.device_peak_flops(),
   )
 

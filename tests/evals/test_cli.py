@@ -108,8 +108,8 @@ def test_cli_end_to_end(run_dir, data_dir, capsys):
 
 
 def test_cli_errors(tmp_path, capsys):
-  from miras_jax.evals.__main__ import main
   from miras_jax.evals.checkpoint import CheckpointNotFoundError
+  from miras_jax.evals.cli import main
 
   with pytest.raises(CheckpointNotFoundError, match='no checkpoints under'):
     main([f'--workdir={tmp_path}'])

@@ -238,7 +238,7 @@ def test_full_disk_is_a_one_line_error(monkeypatch, capsys):
 
 # ------------------------------------------------------------------- eval (in-process)
 def _eval(capsys, *args: str) -> tuple[int, str]:
-  from miras_jax.evals.__main__ import cli
+  from miras_jax.evals.cli import cli
 
   old = sys.argv
   sys.argv = ['python -m miras_jax.eval', *args]
@@ -253,8 +253,8 @@ def _eval(capsys, *args: str) -> tuple[int, str]:
 
 
 def test_eval_errors_and_the_checkpoints_own_config(tmp_path, straight_run, capsys):
-  from miras_jax.evals.__main__ import find_tokenizer
   from miras_jax.evals.checkpoint import load_config, resolve_checkpoint
+  from miras_jax.evals.cli import find_tokenizer
 
   run = tmp_path / 'run'
   shutil.copytree(straight_run, run)

@@ -275,7 +275,3 @@ def cli() -> None:
   except (TaskDataError, CheckpointNotFoundError, OSError, ValueError) as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     raise SystemExit(2) from None
-
-
-if __name__ == '__main__':
-  cli()
