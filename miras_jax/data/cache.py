@@ -1,59 +1,54 @@
-"""From ``config.data`` to a prepared dataset directory and grain iterators.
+"""Raw corpus -> tokenizer and prepared dataset, built once into a cache directory.
 
-``data.corpus`` is one of:
+A raw corpus (a file, directory or glob; ``fmt`` text/jsonl/parquet) is tokenised once into
+``<cache>/prepared/<key>/`` (:mod:`miras_jax.data.prepare`), where the key hashes the corpus
+(paths, sizes, modification times), the preparation options and the tokenizer's sha256; later
+runs (and resumes) reuse it. Without a tokenizer, a SentencePiece BPE model of ``vocab`` pieces
+is trained on the corpus into ``<cache>/tokenizers/spm<vocab>-<key>/``
+(:mod:`miras_jax.data.train_tokenizer`). The trainer (miras_jax/train/data.py) and the
+quickstart's data recipe (data/quickstart/prepare.py) both build through here.
 
-* a prepared directory (holding ``index.json`` from :mod:`miras_jax.data.prepare`):
-  used as is;
-* ``'default'``: the quickstart corpus (:func:`~miras_jax.data.default_corpus.ensure_default_corpus`);
-* raw text (a file, directory or glob; ``data.format`` text/jsonl/parquet).
-
-Raw corpora are tokenised once into ``<cache>/prepared/<key>/`` where the key
-hashes the corpus (paths, sizes, modification times), the preparation options
-and the tokenizer's sha256; later runs (and resumes) reuse it. The cache is
-``data.cache_dir`` or ``<workdir>/data``. Without ``data.tokenizer`` a
-SentencePiece BPE model of ``data.tokenizer_vocab_size`` (0: the model's
-``vocab_size``) is trained on the corpus into ``<cache>/tokenizers/<key>/``.
-
-With several processes, process 0 prepares while the others wait at a
-barrier; the cache must then be on a filesystem all processes see (or point
-``data.corpus`` at a dataset prepared beforehand).
+``corpus_source`` names the built-in corpora: in a comma-separated list, ``default`` is the
+quickstart corpus (:mod:`miras_jax.data.default_corpus`, fetched once) and ``recall`` the
+synthetic recall corpus (:mod:`miras_jax.data.recall_corpus`, written once).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import jax
-from ml_collections import ConfigDict
-
 from miras_jax.data.errors import DataError
-from miras_jax.data.pipeline import load_index, make_train_iterator, make_val_iterator
 from miras_jax.data.prepare import INDEX_FILE, prepare
 from miras_jax.data.sources import DEFAULT_EXTENSIONS, list_files
 
-__all__ = ['resolve_dataset', 'train_iterator', 'val_iterator', 'corpus_source']
+__all__ = ['NotBuiltError', 'corpus_source', 'cached_tokenizer', 'cached_dataset', 'prepare_corpus']
 
-log = logging.getLogger(__name__)
+
+class NotBuiltError(DataError):
+  """``build=False`` and the cache does not hold ``path`` (another process should have built it)."""
+
+  def __init__(self, path: Path):
+    super().__init__(f'{path} is not built')
+    self.path = path
 
 
 def _hash(obj: Any) -> str:
   return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def corpus_source(data: ConfigDict) -> str:
-  """The raw-corpus path(s) behind ``data.corpus``: a comma-separated list in which ``default``
-  names the default corpus (downloaded once) and ``recall`` the synthetic recall corpus
-  (miras_jax/data/recall_corpus.py, written once)."""
-  parts = [p.strip() for p in str(data.corpus).split(',')]
+def corpus_source(corpus: str) -> str:
+  """The raw-corpus path(s) behind a ``data.corpus`` string: a comma-separated list in which
+  ``default`` names the default corpus (downloaded once) and ``recall`` the synthetic recall
+  corpus (miras_jax/data/recall_corpus.py, written once)."""
+  parts = [p.strip() for p in str(corpus).split(',')]
   if 'default' not in parts and 'recall' not in parts:
-    return data.corpus
+    return corpus
   from miras_jax.data.default_corpus import ensure_default_corpus  # pylint: disable=import-outside-toplevel
   from miras_jax.data.recall_corpus import ensure_recall_corpus  # pylint: disable=import-outside-toplevel
 
@@ -68,10 +63,6 @@ def _fingerprint(source: str, fmt: str) -> list[Any]:
     st = os.stat(f)
     out.append([str(Path(f).resolve()), st.st_size, int(st.st_mtime)])
   return out
-
-
-def _cache_dir(data: ConfigDict, workdir: str | os.PathLike) -> Path:
-  return Path(data.cache_dir).expanduser() if data.cache_dir else Path(workdir) / 'data'
 
 
 def _atomic_build(final: Path, build) -> None:
@@ -89,60 +80,39 @@ def _atomic_build(final: Path, build) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _not_shared(path: Path) -> DataError:
-  return DataError(
-    f'{path} (written by process 0) is not visible to process {jax.process_index()}; put '
-    'data.cache_dir on a filesystem shared by all hosts or point data.corpus at a prepared dataset'
-  )
-
-
-def _tokenizer(
-  data: ConfigDict, source: str, cache: Path, model_vocab: int | None, build: bool
-) -> str:
-  if data.tokenizer:
-    return str(Path(data.tokenizer).expanduser())
-  vocab = int(data.tokenizer_vocab_size) or int(model_vocab or 0)
-  if vocab <= 0:
-    raise DataError(
-      'data.tokenizer is empty and no vocabulary size is known (set data.tokenizer_vocab_size)'
-    )
-  key = _hash({'corpus': _fingerprint(source, data.format), 'format': data.format, 'vocab': vocab})
+def cached_tokenizer(source: str, fmt: str, vocab: int, cache: Path, build: bool = True) -> str:
+  """``<cache>/tokenizers/spm<vocab>-<key>/tokenizer.model``, trained on ``source`` if absent."""
+  key = _hash({'corpus': _fingerprint(source, fmt), 'format': fmt, 'vocab': vocab})
   final = cache / 'tokenizers' / f'spm{vocab}-{key}'
   model = final / 'tokenizer.model'
   if not model.is_file():
     if not build:
-      raise _not_shared(model)
+      raise NotBuiltError(model)
     from miras_jax.data.train_tokenizer import train_tokenizer  # pylint: disable=import-outside-toplevel
 
     print(
       f'data: training a {vocab}-piece SentencePiece tokenizer on {source} -> {model}', flush=True
     )
-    _atomic_build(
-      final, lambda tmp: train_tokenizer(source, tmp / 'tokenizer', vocab, format=data.format)
-    )
+    _atomic_build(final, lambda tmp: train_tokenizer(source, tmp / 'tokenizer', vocab, format=fmt))
   return str(model)
 
 
-def _prepare_raw(
-  data: ConfigDict, workdir: str | os.PathLike, model_vocab: int | None, build: bool = True
+def cached_dataset(
+  source: str, tokenizer: str, cache: Path, options: dict[str, Any], build: bool = True
 ) -> Path:
-  source = corpus_source(data)
-  cache = _cache_dir(data, workdir)
-  tokenizer = _tokenizer(data, source, cache, model_vocab, build)
+  """``<cache>/prepared/<key>/``: ``source`` tokenised with ``tokenizer`` by
+  :func:`miras_jax.data.prepare.prepare` with ``options`` (format, text_unit, val_fraction,
+  max_record_tokens), prepared if absent."""
   from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
 
   tok = Tokenizer(tokenizer)
-  options = {
-    'format': data.format,
-    'text_unit': data.text_unit,
-    'val_fraction': float(data.val_fraction),
-    'max_record_tokens': int(data.max_record_tokens),
-  }
-  key = _hash({'corpus': _fingerprint(source, data.format), 'tokenizer': tok.sha256, **options})
+  key = _hash(
+    {'corpus': _fingerprint(source, options['format']), 'tokenizer': tok.sha256, **options}
+  )
   final = cache / 'prepared' / key
   if not (final / INDEX_FILE).is_file():
     if not build:
-      raise _not_shared(final)
+      raise NotBuiltError(final)
     print(f'data: preparing {source} with {tokenizer} -> {final}', flush=True)
     _atomic_build(
       final,
@@ -151,57 +121,25 @@ def _prepare_raw(
   return final
 
 
-def resolve_dataset(
-  data: ConfigDict, workdir: str | os.PathLike, model_vocab: int | None = None
-) -> Path:
-  """The prepared dataset directory for ``config.data`` (preparing it on first use)."""
-  corpus = str(data.corpus)
-  if corpus != 'default' and (Path(corpus).expanduser() / INDEX_FILE).is_file():
-    path = Path(corpus).expanduser()
-  elif jax.process_count() == 1:
-    path = _prepare_raw(data, workdir, model_vocab)
+def prepare_corpus(data: Any, cache: Path, model_vocab: int | None, build: bool = True) -> Path:
+  """The prepared dataset for the raw corpus of a config's ``data`` section (``corpus``,
+  ``format``, ``text_unit``, ``val_fraction``, ``max_record_tokens``, ``tokenizer``,
+  ``tokenizer_vocab_size``): its tokenizer is ``data.tokenizer``, else one of
+  ``data.tokenizer_vocab_size`` (0: ``model_vocab``) pieces trained into the cache."""
+  source = corpus_source(data.corpus)
+  if data.tokenizer:
+    tokenizer = str(Path(data.tokenizer).expanduser())
   else:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
-    path = None
-    if jax.process_index() == 0:
-      path = _prepare_raw(data, workdir, model_vocab)
-    multihost_utils.sync_global_devices('miras_jax.train.data: prepared')
-    if path is None:
-      path = _prepare_raw(data, workdir, model_vocab, build=False)
-  index = load_index(path)
-  vocab = int(index['tokenizer']['vocab_size'])
-  if model_vocab is not None and vocab > int(model_vocab):
-    raise DataError(
-      f"tokenizer vocabulary ({vocab}) is larger than the model's vocab_size ({model_vocab}); "
-      'raise model.vocab_size or use a smaller tokenizer'
-    )
-  return path
-
-
-def train_iterator(path: Path, config: ConfigDict):
-  """This process's checkpointable training iterator (per-process batch)."""
-  t = config.train
-  return make_train_iterator(
-    path,
-    seq_len=int(t.seq_len),
-    batch_size=int(t.batch_size) // jax.process_count(),
-    seed=int(config.data.seed),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    num_threads=int(config.data.num_threads),
-    prefetch_buffer_size=max(8, 2 * int(t.batch_size)),
-  )
-
-
-def val_iterator(path: Path, config: ConfigDict, batch_size: int):
-  """A fresh pass over the val split: ``eval.num_batches`` batches of ``batch_size / processes`` rows."""
-  return make_val_iterator(
-    path,
-    seq_len=int(config.train.seq_len),
-    batch_size=batch_size // jax.process_count(),
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
-    num_batches=int(config.eval.num_batches) or None,
-    num_threads=int(config.data.num_threads),
-  )
+    vocab = int(data.tokenizer_vocab_size) or int(model_vocab or 0)
+    if vocab <= 0:
+      raise DataError(
+        'data.tokenizer is empty and no vocabulary size is known (set data.tokenizer_vocab_size)'
+      )
+    tokenizer = cached_tokenizer(source, data.format, vocab, cache, build)
+  options = {
+    'format': data.format,
+    'text_unit': data.text_unit,
+    'val_fraction': float(data.val_fraction),
+    'max_record_tokens': int(data.max_record_tokens),
+  }
+  return cached_dataset(source, tokenizer, cache, options, build)

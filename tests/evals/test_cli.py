@@ -62,8 +62,8 @@ def test_load_params_latest_and_named(run_dir):
 
 
 def test_cli_end_to_end(run_dir, data_dir, capsys):
-  from miras_jax.eval import main
   from miras_jax.evals import evaluate
+  from miras_jax.evals.cli import main
 
   run, cfg, params = run_dir
   out = main(
