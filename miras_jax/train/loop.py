@@ -69,6 +69,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from miras_jax import workdir as workdir_lib
+from miras_jax.models.config import LMConfig
 from miras_jax.models.lm import count_params
 from miras_jax.train import checkpoint as ckpt_lib
 from miras_jax.train import config as config_lib
@@ -118,22 +119,24 @@ def prepare_model_config(config: ConfigDict) -> None:
   if 'dtype' in model:
     model.dtype = jnp.dtype(dtype).name
   if config.train.remat:
-    for key in ('remat_policy', 'remat'):
-      if key in model:
-        model[key] = config.train.remat
-        break
-    else:
-      raise config_lib.ConfigError(
-        "train.remat is set but config.model has no 'remat_policy'/'remat' key"
-      )
+    model.remat = config.train.remat
+
+
+def model_config(config: ConfigDict) -> LMConfig:
+  """``config.model`` as the model's `LMConfig`: the one conversion, where it enters the
+  trainer (after `prepare_model_config`)."""
+  try:
+    return LMConfig.from_config(config.model)
+  except ValueError as e:  # bad model keys or values
+    raise config_lib.ConfigError(f'config.model: {e}') from None
 
 
 def build_model(config: ConfigDict) -> nn.Module:
   from miras_jax.models import build_model as build  # pylint: disable=import-outside-toplevel
 
   try:
-    return build(config.model)
-  except ValueError as e:  # unknown model name / bad model keys
+    return build(model_config(config))
+  except ValueError as e:  # unknown model name
     raise config_lib.ConfigError(f'config.model: {e}') from None
 
 
@@ -249,13 +252,6 @@ def _global_batch(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict
   return {
     k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()
   }
-
-
-def _model_vocab(model_cfg: ConfigDict) -> int | None:
-  for key in ('vocab_size', 'vocab'):
-    if key in model_cfg:
-      return int(model_cfg[key])
-  return None
 
 
 def _print(msg: str) -> None:
@@ -395,6 +391,7 @@ class _Plan:
   abstract_state: Any
   state_shardings: Any
   batch_sharding: Any
+  model: nn.Module  # the LM; its `cfg` is the run's LMConfig
   train_step: Any  # jitted (state, batch) -> (state, metrics), the state donated
   eval_step: Any  # jitted (params, batch) -> (loss sum, token count)
   all_finite: Any  # jitted params -> bool
@@ -471,6 +468,7 @@ def _plan(config: ConfigDict) -> _Plan:
     abstract_state=abstract_state,
     state_shardings=state_shardings,
     batch_sharding=batch_shard,
+    model=model,
     train_step=jax.jit(
       make_train_step(loss_fn, tx, schedule, accum, micro_shard),
       in_shardings=(state_shardings, batch_shard),
@@ -484,7 +482,7 @@ def _plan(config: ConfigDict) -> _Plan:
     ),
     all_finite=jax.jit(_all_finite, in_shardings=(param_shardings,), out_shardings=repl),
     num_params=num_params,
-    flops=metrics_lib.flops_per_token(config.model, int(t.seq_len)),
+    flops=metrics_lib.flops_per_token(model.cfg, int(t.seq_len)),
     peak=metrics_lib.device_peak_flops(),
   )
 
@@ -517,6 +515,12 @@ class _Evaluator:
     if self.tasks and jax.process_count() > 1:
       _print('eval.tasks: zero-shot evaluation during training runs on one host only; skipped')
       self.tasks = []
+    self.tokenizer = None
+    if self.tasks:  # the tokenizer the data was prepared with, loaded once
+      from miras_jax.data.pipeline import load_index  # pylint: disable=import-outside-toplevel
+      from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
+
+      self.tokenizer = Tokenizer(load_index(data_dir)['tokenizer']['path'])
 
   def due(self, step: int, last: bool) -> bool:
     every = int(self.config.eval.every_steps)
@@ -546,20 +550,21 @@ class _Evaluator:
     return total / count if count else None
 
   def zero_shot(self, params: Any) -> dict[str, float]:
-    """The zero-shot tasks on ``params`` (one host, one device; miras_jax.evals), flattened to
-    ``eval/<task>/<metric>`` numbers."""
-    from miras_jax.data.pipeline import load_index  # pylint: disable=import-outside-toplevel
+    """The zero-shot tasks on ``params`` (one host; miras_jax.evals) with the trainer's model
+    and tokenizer, flattened to ``eval/<task>/<metric>`` numbers."""
     from miras_jax.evals import evaluate as zs_evaluate  # pylint: disable=import-outside-toplevel
+    from miras_jax.evals.scoring import make_apply_fn  # pylint: disable=import-outside-toplevel
 
     e = self.config.eval
     res = zs_evaluate(
-      jax.device_get(params),
-      self.config.model,
-      load_index(self.data_dir)['tokenizer']['path'],
+      params,
+      self.plan.model.cfg,
+      self.tokenizer,
       self.tasks,
       data_dir=str(e.data_dir) or None,
       limit=int(e.limit) or None,
       max_len=int(self.config.train.seq_len),
+      apply_fn=make_apply_fn(self.plan.model),
     )
     row = {}
     for group in ('results', 'synthetic'):
@@ -633,7 +638,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
   with _RunDirectory(workdir) as run_dir:  # checked, created, locked
     checkpoints = workdir / workdir_lib.CHECKPOINT_DIR
     _check_resume_config(checkpoints, plan.config_dict)
-    data_dir = data_lib.resolve_dataset(config.data, workdir, _model_vocab(config.model))
+    data_dir = data_lib.resolve_dataset(config.data, workdir, plan.model.cfg.vocab_size)
     _print(f'data: {data_dir}')
     evaluator = _Evaluator(plan, data_dir)
     flops_tok, flops_src = plan.flops
