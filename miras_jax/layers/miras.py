@@ -65,7 +65,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from miras_jax.layers.conv import CausalDepthwiseConv1D
+from miras_jax.layers.conv import CausalDepthwiseConv1D, init_conv_state
 from miras_jax.layers.dense import DenseND
 from miras_jax.layers.norms import RMSNorm, l2_normalize
 from miras_jax.memory import get_rule, init_state, memory_forward, memory_step, with_options
@@ -421,7 +421,7 @@ class MirasLayer(nn.Module):
     H, D = self.num_heads, self.head_dim
     w0 = tuple(jax.ShapeDtypeStruct((H,) + tuple(s), jnp.float32) for s in rule.arch.shapes(D, D))
     shapes = jax.eval_shape(lambda w: init_state(rule, w, batch), w0)
-    conv = jnp.zeros((batch, self.conv_size - 1, H * D), dtype)
+    conv = init_conv_state(batch, self.conv_size, H * D, dtype)
     return {
       'conv_q': conv,
       'conv_k': conv,
@@ -443,16 +443,10 @@ class MirasLayer(nn.Module):
     """
     rule = self.memory_rule
     B, T = x.shape[:2]
-    K = self.conv_size
-
-    def conv(module, raw, st):
-      cat = jnp.concatenate([st.astype(raw.dtype), raw], axis=1)  # [B, K−1+T, C]
-      return module(cat)[:, K - 1 :], cat[:, cat.shape[1] - (K - 1) :].astype(st.dtype)
-
     qr, kr, vr = self._project(x)
-    qc, cq = conv(self.conv_q, qr, cache['conv_q'])
-    kc, ck = conv(self.conv_k, kr, cache['conv_k'])
-    vc, cv = conv(self.conv_v, vr, cache['conv_v'])
+    qc, cq = self.conv_q.extend(qr, cache['conv_q'])
+    kc, ck = self.conv_k.extend(kr, cache['conv_k'])
+    vc, cv = self.conv_v.extend(vr, cache['conv_v'])
     q, k, v = self._post_conv(qc, kc, vc)
     gates = self._gates(x)
     w0, outer = self._memory_params()
