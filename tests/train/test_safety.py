@@ -421,7 +421,7 @@ def test_divergence_monitor_names_the_first_bad_step():
 
 def test_single_document_corpus_gets_both_splits(tmp_path, dataset):
   from miras_jax.data.prepare import prepare
-  from miras_jax.train.loop import _has_val_split
+  from miras_jax.train.evaluator import has_val_split as _has_val_split
 
   tok = json.loads((dataset / 'index.json').read_text())['tokenizer']['path']
   doc = tmp_path / 'one.txt'
