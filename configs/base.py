@@ -4,7 +4,8 @@ Defaults and their documentation: ``miras_jax/train/defaults.py``; model presets
 ``miras_jax/models/presets.py``.
 """
 
-from miras_jax.train.defaults import family_config, parse_arg
+from miras_jax.models.presets import parse_arg
+from miras_jax.train.defaults import family_config
 
 
 def get_config(arg=None):

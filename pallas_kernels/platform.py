@@ -1,13 +1,13 @@
 """Which Pallas lowering a kernel call uses: 'tpu' (Mosaic), 'gpu' (Triton), or TPU interpret
-mode on CPU. ``compile_pallas_for_tpu()`` (miras_jax.layers.attention_backends) switches CPU
+mode on CPU. ``compile_pallas_for_tpu()`` (miras_jax.layers.attention_backends.pallas_tpu.interpret) switches CPU
 tracing to Mosaic for ahead-of-time compilation for a TPU topology (DESIGN §8)."""
 
 from __future__ import annotations
 
 import jax
 
-from miras_jax.layers.attention_backends import (
-  _COMPILE_FOR_TPU,
+from miras_jax.layers.attention_backends.pallas_tpu.interpret import (
+  COMPILE_FOR_TPU,
   compile_pallas_for_tpu,  # noqa: F401 (re-export)
 )
 
@@ -22,7 +22,7 @@ def resolve(backend: str, interpret: bool | None) -> tuple[str, bool]:
   if backend == 'auto':
     backend = 'gpu' if host == 'gpu' else 'tpu'
   if interpret is None:
-    native = host == backend or (backend == 'tpu' and _COMPILE_FOR_TPU.get())
+    native = host == backend or (backend == 'tpu' and COMPILE_FOR_TPU.get())
     interpret = not native
   return backend, bool(interpret)
 

@@ -172,6 +172,7 @@ def prepare(
   hf_data_files: str | Sequence[str] | None = None,
   add_bos: bool = False,
   max_docs: int = 0,
+  max_tokens: int = 0,
   max_record_tokens: int = 0,
   overwrite: bool = False,
   encode_batch_docs: int = 64,
@@ -179,6 +180,9 @@ def prepare(
   progress: bool = True,
 ) -> dict[str, Any]:
   """Tokenise ``source`` into ``output_dir``; returns the ``index.json`` contents.
+
+  ``max_tokens``: stop after the batch of documents that brings the total (train + val) to at
+  least this many tokens (0: no limit); for sizing a slice of a streamed corpus.
 
   ``progress``: a progress line on stderr (documents, documents/s, tokens/s, and an ETA when
   ``max_docs`` bounds the count; `miras_jax.progress`).
@@ -194,8 +198,8 @@ def prepare(
     raise DataError(f'val_fraction must be in [0, 1), got {val_fraction}')
   if docs_per_shard <= 0:
     raise DataError(f'docs_per_shard must be positive, got {docs_per_shard}')
-  if max_docs < 0 or max_record_tokens < 0:
-    raise DataError('max_docs and max_record_tokens must be >= 0 (0 means no limit)')
+  if max_docs < 0 or max_tokens < 0 or max_record_tokens < 0:
+    raise DataError('max_docs, max_tokens and max_record_tokens must be >= 0 (0 means no limit)')
   tok = tokenizer if isinstance(tokenizer, Tokenizer) else Tokenizer(tokenizer)
   if tok.eos_id < 0 or (add_bos and tok.bos_id < 0):
     raise DataError(f'tokenizer {tok.path!r} defines no EOS{"/BOS" if add_bos else ""} id')
@@ -229,6 +233,7 @@ def prepare(
 
   held: list[list[int]] | None = None  # newest train doc, kept back to top up an empty val split
   doc_index = 0
+  num_tokens = 0
   start = time.monotonic()
   bar = Progress('prepare', total=max_docs or None, unit='docs', enabled=progress)
   try:
@@ -247,6 +252,9 @@ def prepare(
         if log_every_docs and doc_index % log_every_docs == 0:
           rate = doc_index / max(time.monotonic() - start, 1e-9)
           log.info('prepared %d documents (%.0f docs/s)', doc_index, rate)
+      num_tokens += sum(len(ids) for ids in encoded)
+      if max_tokens and num_tokens >= max_tokens:
+        break
     if held is not None:
       wants_val = val_fraction > 0 and writers['val'].num_docs == 0
       if wants_val and writers['train'].num_docs >= 1:
@@ -298,6 +306,7 @@ def prepare(
       'hf_split': hf_split,
       'hf_data_files': hf_data_files,
       'max_docs': max_docs,
+      'max_tokens': max_tokens,
     },
     'val_fraction': val_fraction,
     'seed': seed,
@@ -353,6 +362,9 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
   p.add_argument('--add_bos', action='store_true', help='prepend BOS to every document')
   p.add_argument('--max_docs', type=int, default=0, help='stop after this many documents (0: all)')
   p.add_argument(
+    '--max_tokens', type=int, default=0, help='stop once this many tokens are written (0: all)'
+  )
+  p.add_argument(
     '--max_record_tokens',
     type=int,
     default=0,
@@ -385,6 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       hf_data_files=args.hf_data_files,
       add_bos=args.add_bos,
       max_docs=args.max_docs,
+      max_tokens=args.max_tokens,
       max_record_tokens=args.max_record_tokens,
       overwrite=args.overwrite,
     )

@@ -5,7 +5,7 @@
                    batch_size=8, max_len=4096)
     out["results"]["piqa"]["acc"], out["table"]
 
-CLI: ``python -m miras_jax.eval --workdir=RUN --tasks=...`` (see ``miras_jax/evals/__main__.py``).
+CLI: ``python -m miras_jax.eval --workdir=RUN --tasks=...`` (see ``miras_jax/evals/cli.py``).
 """
 
 from miras_jax.evals.harness import evaluate, format_table, paper_table, run_tasks

@@ -34,6 +34,7 @@ from miras_jax.evals.tasks import (
   aggregate,
   load_task,
 )
+from miras_jax.models.config import LMConfig
 
 __all__ = [
   'evaluate',
@@ -177,8 +178,9 @@ def evaluate(
 
   Args:
       params: the parameter tree (``model.init(...)['params']``).
-      model_cfg: the model's config (ConfigDict / mapping / LMConfig); ignored if ``apply_fn``
-          is given.
+      model_cfg: the model's config: an `LMConfig`, or anything `LMConfig.from_config` reads
+          (a ConfigDict's model section, the mapping of a saved config.json); converted once
+          here. The model is built from it unless ``apply_fn`` is given.
       tokenizer: a ``Tokenizer`` or the path of a SentencePiece ``.model``.
       tasks: names (or a comma-separated string); default: the papers' nine tasks.
       data_dir: where the task files are (default ``$MIRAS_SHARED_DATA`` or ../shared/data).
@@ -194,22 +196,22 @@ def evaluate(
     from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
 
     tokenizer = Tokenizer(tokenizer)
+  # The model's config enters here and is converted once (a ConfigDict's model section, a
+  # mapping such as a checkpoint's JSON, or an LMConfig already).
+  cfg = None if model_cfg is None else LMConfig.from_config(model_cfg)
   if apply_fn is None:
     from miras_jax.models import build_model  # pylint: disable=import-outside-toplevel
 
-    apply_fn = make_apply_fn(build_model(model_cfg))
+    apply_fn = make_apply_fn(build_model(cfg))
   if max_len is None:
-    max_len = int(model_cfg['max_len'] if hasattr(model_cfg, '__getitem__') else model_cfg.max_len)
+    max_len = cfg.max_len
   names = parse_tasks(tasks)
   t0 = time.time()
   align = 1
-  if pack and model_cfg is not None:
-    get = (
-      model_cfg.get if hasattr(model_cfg, 'get') else (lambda k, d=None: getattr(model_cfg, k, d))
-    )
-    align = int(get('chunk_size', 1) or 1)
-    if 'mac' in tuple(get('pattern', ()) or ()):  # MAC segments lie on the row grid too
-      align = int(get('window'))  # a multiple of chunk_size (models/mac.py)
+  if pack and cfg is not None:
+    align = cfg.chunk_size
+    if 'mac' in cfg.pattern:  # MAC segments lie on the row grid too
+      align = cfg.window  # a multiple of chunk_size (models/mac.py)
   scorer = Scorer(
     apply_fn,
     params,

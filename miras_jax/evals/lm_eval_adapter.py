@@ -163,18 +163,17 @@ def _scorer_from_checkpoint(
 ):
   from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from miras_jax.evals import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from miras_jax.evals.__main__ import find_tokenizer  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.cli import find_tokenizer  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.scoring import Scorer, make_apply_fn  # pylint: disable=import-outside-toplevel
-  from miras_jax.models import build_model  # pylint: disable=import-outside-toplevel
+  from miras_jax.models import LMConfig, build_model  # pylint: disable=import-outside-toplevel
 
   ckpt = ckpt_lib.resolve_checkpoint(workdir, step)
   config = ckpt_lib.load_config(ckpt)
+  model_cfg = LMConfig.from_config(config['model'])  # the model section, converted once
   tok = Tokenizer(tokenizer or find_tokenizer(config, ckpt.run_dir))
-  max_len = max_len or int(
-    (config.get('train') or {}).get('seq_len') or config['model'].get('max_len')
-  )
+  max_len = max_len or int((config.get('train') or {}).get('seq_len') or model_cfg.max_len)
   return Scorer(
-    make_apply_fn(build_model(config['model'])),
+    make_apply_fn(build_model(model_cfg)),
     ckpt_lib.load_params(ckpt),
     tok,
     max_len=max_len,

@@ -58,14 +58,30 @@ from __future__ import annotations
 import bz2
 import dataclasses
 import json
-import math
 import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from miras_jax.evals.documents import (
+  Doc,
+  LoglikelihoodDoc,
+  MultipleChoiceDoc,
+  RollingDoc,
+  aggregate,
+)
+from miras_jax.evals.task_files import (
+  ALIASES,
+  ALTERNATIVE_FILES,
+  DOWNLOAD_DIR,
+  TASK_FILES,
+  TaskDataError,
+  check_task_files,
+  default_data_dir,
+  missing_task_files,
+)
+from miras_jax.evals.wikitext import wikitext_detokenizer, wikitext_documents
 
 __all__ = [
   'TASKS',
@@ -84,151 +100,9 @@ __all__ = [
   'wikitext_detokenizer',
   'wikitext_documents',
   'aggregate',
+  'ALIASES',
+  'DOWNLOAD_DIR',
 ]
-
-
-class TaskDataError(ValueError):
-  """A task's file is missing or malformed (the message names the task and the path)."""
-
-
-REPO = Path(__file__).resolve().parents[2]
-DOWNLOAD_DIR = REPO / 'data' / 'evals'  # where data/evals/download.py writes the task files
-DOWNLOAD_COMMAND = 'python data/evals/download.py'
-
-# The files each task reads, relative to the data directory (the layout of the tasks' own
-# releases; data/evals/download.py writes exactly these from the Hugging Face hub).
-TASK_FILES: dict[str, tuple[str, ...]] = {
-  'wikitext': ('wikitext2_raw/wiki.test.raw',),
-  'lambada': ('lambada/lambada_test.jsonl',),
-  'piqa': ('piqa/valid.jsonl', 'piqa/valid-labels.lst'),
-  'hellaswag': ('hellaswag/hellaswag_val.jsonl',),
-  'winogrande': ('winogrande/dev.jsonl',),
-  'arc_easy': ('arc/ARC-Easy-Test.jsonl',),
-  'arc_challenge': ('arc/ARC-Challenge-Test.jsonl',),
-  'siqa': ('socialiqa/dev.jsonl', 'socialiqa/dev-labels.lst'),
-  'boolq': ('boolq/dev.jsonl',),
-}
-# Accepted in place of a file above (the HellaSwag text export, see the module docstring).
-ALTERNATIVE_FILES = {'hellaswag/hellaswag_val.jsonl': 'hellaswag/hellaswag_val_full.txt.bz2'}
-
-
-def default_data_dir() -> Path:
-  """``$MIRAS_SHARED_DATA``; else ``<repo>/data/evals`` once data/evals/download.py has written
-  a task there; else ``<repo>/../shared/data`` when it exists (a development checkout); else
-  ``<repo>/data/evals``."""
-  env = os.environ.get('MIRAS_SHARED_DATA')
-  if env:
-    return Path(env).expanduser()
-  if any((DOWNLOAD_DIR / f).is_file() for files in TASK_FILES.values() for f in files):
-    return DOWNLOAD_DIR
-  shared = REPO.parent / 'shared' / 'data'
-  return shared if shared.is_dir() else DOWNLOAD_DIR
-
-
-def missing_task_files(
-  tasks: Sequence[str], data_dir: str | os.PathLike | None = None
-) -> dict[str, list[str]]:
-  """``{task: [missing file, ...]}`` for the file-based ``tasks`` under ``data_dir``."""
-  root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-  out: dict[str, list[str]] = {}
-  for task in tasks:
-    task = ALIASES.get(task, task)
-    gone = [
-      f
-      for f in TASK_FILES.get(task, ())
-      if not (root / f).is_file() and not (root / ALTERNATIVE_FILES.get(f, f)).is_file()
-    ]
-    if gone:
-      out[task] = gone
-  return out
-
-
-def check_task_files(tasks: Sequence[str], data_dir: str | os.PathLike | None = None) -> None:
-  """Raise one `TaskDataError` naming every missing file and the command that fetches them."""
-  root = Path(data_dir).expanduser() if data_dir else default_data_dir()
-  missing = missing_task_files(tasks, root)
-  if missing:
-    files = ', '.join(f for fs in missing.values() for f in fs)
-    out = '' if root.resolve() == DOWNLOAD_DIR.resolve() else f' --out={root}'
-    raise TaskDataError(
-      f'task files missing in {root}: {files}; fetch them with: '
-      f'{DOWNLOAD_COMMAND} --tasks={",".join(missing)}{out} (needs `pip install datasets`)'
-    )
-
-
-# ----------------------------------------------------------------- documents
-@dataclasses.dataclass
-class MultipleChoiceDoc:
-  """One question: ``requests[i] = (context_i, continuation_i)``; ``gold`` the right index.
-
-  ``choices`` are the strings lm-eval measures for acc_norm (the choice text
-  without the delimiter; for WinoGrande the contexts).
-  """
-
-  requests: list[tuple[str, str]]
-  choices: list[str]
-  gold: int
-
-  def metrics(self, results: Sequence[tuple[float, bool]]) -> dict[str, float]:
-    lls = np.array([r[0] for r in results], dtype=np.float64)
-    lens = np.array([float(len(c)) for c in self.choices])
-    return {
-      'acc': float(np.argmax(lls) == self.gold),
-      'acc_norm': float(np.argmax(lls / lens) == self.gold),
-    }
-
-
-@dataclasses.dataclass
-class LoglikelihoodDoc:
-  """A single (context, continuation): LAMBADA."""
-
-  requests: list[tuple[str, str]]
-
-  def metrics(self, results: Sequence[tuple[float, bool]]) -> dict[str, Any]:
-    ll, greedy = results[0]
-    return {'acc': float(greedy), 'perplexity': float(ll)}
-
-
-@dataclasses.dataclass
-class RollingDoc:
-  """A whole document scored with rolling windows (WikiText)."""
-
-  text: str
-  words: int
-  num_bytes: int
-
-  def metrics(self, results: Sequence[float]) -> dict[str, Any]:
-    (ll,) = results
-    return {
-      'word_perplexity': (float(ll), self.words),
-      'byte_perplexity': (float(ll), self.num_bytes),
-      'bits_per_byte': (float(ll), self.num_bytes),
-    }
-
-
-Doc = MultipleChoiceDoc | LoglikelihoodDoc | RollingDoc
-
-
-def aggregate(per_doc: list[dict[str, Any]]) -> dict[str, float]:
-  """lm-eval's aggregations: mean; perplexity = exp(-mean ll); weighted perplexities."""
-  out: dict[str, float] = {}
-  if not per_doc:
-    return out
-  for key in per_doc[0]:
-    vals = [d[key] for d in per_doc]
-    if key == 'perplexity':
-      out[key] = float(math.exp(-float(np.mean(vals))))
-    elif key in ('word_perplexity', 'byte_perplexity'):
-      ll = sum(v[0] for v in vals)
-      n = sum(v[1] for v in vals)
-      out[key] = float(math.exp(-ll / n))
-    elif key == 'bits_per_byte':
-      ll = sum(v[0] for v in vals)
-      n = sum(v[1] for v in vals)
-      out[key] = float(-ll / n / math.log(2))
-    else:
-      out[key] = float(np.mean(vals))
-  return out
 
 
 # ------------------------------------------------------------------- readers
@@ -431,70 +305,6 @@ def _lambada(data_dir: Path) -> list[Doc]:
   return docs
 
 
-def wikitext_detokenizer(string: str) -> str:
-  """lm-eval's ``wikitext_detokenizer``."""
-  string = string.replace("s '", "s'")
-  string = re.sub(r"/' [0-9]/", r"/'[0-9]/", string)
-  string = string.replace(' @-@ ', '-')
-  string = string.replace(' @,@ ', ',')
-  string = string.replace(' @.@ ', '.')
-  string = string.replace(' : ', ': ')
-  string = string.replace(' ; ', '; ')
-  string = string.replace(' . ', '. ')
-  string = string.replace(' ! ', '! ')
-  string = string.replace(' ? ', '? ')
-  string = string.replace(' , ', ', ')
-  string = re.sub(r'\(\s*([^\)]*?)\s*\)', r'(\1)', string)
-  string = re.sub(r'\[\s*([^\]]*?)\s*\]', r'[\1]', string)
-  string = re.sub(r'{\s*([^}]*?)\s*}', r'{\1}', string)
-  string = re.sub(r'\"\s*([^\"]*?)\s*\"', r'"\1"', string)
-  string = re.sub(r"'\s*([^']*?)\s*'", r"'\1'", string)
-  string = string.replace('= = = =', '====')
-  string = string.replace('= = =', '===')
-  string = string.replace('= =', '==')
-  string = string.replace(' ' + chr(176) + ' ', chr(176))
-  string = string.replace(' \n', '\n')
-  string = string.replace('\n ', '\n')
-  string = string.replace(' N ', ' 1 ')
-  string = string.replace(" 's", "'s")
-  return string
-
-
-_HEADING = re.compile(r'^ (= )+[^=].*?( =)+ ?$')
-
-
-def wikitext_documents(raw: str) -> list[str]:
-  """Pages of a raw WikiText file, as EleutherAI/wikitext_document_level builds them.
-
-  Blank lines (`` ``) that the HF-rows export dropped are put back around headings.
-  """
-  lines = raw.replace('\r\n', '\n').replace('\r', '\n').split('\n')
-  if lines and lines[-1] == '':
-    lines.pop()
-  if not any(line.strip() == '' for line in lines):  # blank rows dropped: restore them
-    full = []
-    for line in lines:
-      if _HEADING.match(line):
-        full += [' ', line, ' ']
-      else:
-        full.append(line)
-    lines = full
-  lines.append('')  # the file's final newline
-  pages, cur = [], []
-  for line in lines:
-    rline = line.replace('= = =', '===').replace('= =', '==').strip()
-    if rline.startswith('= ') and rline.strip().endswith(' ='):
-      page = '\n'.join(cur)
-      if page.strip():
-        pages.append(page)
-      cur = []
-    cur.append(line)
-  page = '\n'.join(cur)
-  if page.strip():
-    pages.append(page)
-  return pages
-
-
 def _wikitext(data_dir: Path) -> list[Doc]:
   task, path = 'wikitext', data_dir / TASK_FILES['wikitext'][0]
   _need(task, path)
@@ -543,12 +353,6 @@ TASKS: dict[str, TaskSpec] = {
   ),
   'siqa': TaskSpec('siqa', _siqa, ('acc',), 'multiple_choice'),
   'boolq': TaskSpec('boolq', _boolq, ('acc',), 'multiple_choice'),
-}
-ALIASES = {
-  'lambada_openai': 'lambada',
-  'social_iqa': 'siqa',
-  'wikitext2': 'wikitext',
-  'wiki': 'wikitext',
 }
 PAPER_TASKS = (
   'wikitext',

@@ -1,4 +1,4 @@
-"""Causal depthwise (per-channel) short convolution, with a decoding step.
+"""Causal depthwise (per-channel) short convolution, with decoding continuation (`extend`).
 
 The Miras layer (DESIGN.md §5) runs its q, k, v projections through a kernel-4 depthwise causal
 convolution, as Mamba / H3 ("short convolution") and the DeltaNet family do. Written as a sum of
@@ -59,7 +59,7 @@ def causal_depthwise_conv(
     # The id given to the left padding does not matter: padded inputs are zero anyway.
     seg_pad = jnp.pad(segment_ids, ((0, 0), (k_size - 1, 0)))
   y = jnp.zeros_like(x32)
-  # Oldest tap first, so that `step` (which sums in the same order) matches bit for bit.
+  # Oldest tap first.
   for j in range(k_size):
     shift = k_size - 1 - j  # tap j reads x[t - shift]
     start = k_size - 1 - shift
@@ -73,45 +73,9 @@ def causal_depthwise_conv(
   return y.astype(out_dtype)
 
 
-def causal_depthwise_conv_step(
-  x_t: jax.Array,
-  conv_state: jax.Array,
-  kernel: jax.Array,
-  bias: jax.Array | None = None,
-  dtype: Dtype | None = None,
-) -> tuple[jax.Array, jax.Array]:
-  """One decoding step of `causal_depthwise_conv`.
-
-  Args:
-      x_t: ``[B, C]``, the new token's input.
-      conv_state: ``[B, K - 1, C]``, the previous ``K - 1`` inputs, oldest first (zeros at the
-          start of a document).
-      kernel, bias, dtype: as in `causal_depthwise_conv`.
-
-  Returns:
-      ``(y_t [B, C], new_state [B, K - 1, C])``; the state keeps ``conv_state``'s dtype.
-  """
-  k_size = kernel.shape[0]
-  out_dtype = x_t.dtype if dtype is None else dtype
-  window = jnp.concatenate([conv_state.astype(jnp.float32), x_t.astype(jnp.float32)[:, None]], 1)
-  w32 = kernel.astype(jnp.float32)
-  y = jnp.zeros_like(window[:, 0])
-  for j in range(k_size):
-    y = y + window[:, j] * w32[j]
-  if bias is not None:
-    y = y + bias.astype(jnp.float32)
-  new_state = window[:, 1:].astype(conv_state.dtype)
-  return y.astype(out_dtype), new_state
-
-
-def conv_state_from_inputs(x: jax.Array, kernel_size: int) -> jax.Array:
-  """The decoding state after a prefill: the last ``K - 1`` inputs of ``x [B, T, C]``.
-
-  Zero-padded on the left when ``T < K - 1``. Assumes the prefill is one document (a packed
-  prompt should be prefilled per document).
-  """
-  x_pad = jnp.pad(x, ((0, 0), (kernel_size - 1, 0), (0, 0)))
-  return x_pad[:, x_pad.shape[1] - (kernel_size - 1) :]
+def init_conv_state(batch: int, kernel_size: int, channels: int, dtype: Dtype) -> jax.Array:
+  """Zeros ``[batch, K - 1, channels]``: the decoding state at the start of a document."""
+  return jnp.zeros((batch, kernel_size - 1, channels), dtype)
 
 
 class CausalDepthwiseConv1D(nn.Module):
@@ -130,9 +94,10 @@ class CausalDepthwiseConv1D(nn.Module):
           channels may pass ``(None, 'heads')``.
 
   Methods:
-      ``__call__(x, segment_ids=None) -> y``: a whole sequence (training / prefill).
-      ``step(x_t, conv_state) -> (y_t, new_state)``: one token; identical to ``__call__``.
-      ``init_state(batch, channels, dtype)``: the zero state of a fresh document.
+      ``__call__(x, segment_ids=None) -> y``: a whole sequence (training).
+      ``extend(x, conv_state) -> (y, new_state)``: continue a document by ``T_new`` tokens
+      (a prefill or one-token decoding steps) from the state `init_conv_state` gives at its
+      start; identical to ``__call__`` over the whole document.
   """
 
   kernel_size: int = 4
@@ -146,8 +111,7 @@ class CausalDepthwiseConv1D(nn.Module):
 
   @nn.compact
   def _params(self, channels: int) -> tuple[jax.Array, jax.Array | None]:
-    # The one compact method: both `__call__` and `step` get the weights here, so `init`
-    # through either creates the same parameter tree.
+    # The weights, created for the input's channel count on first use.
     kernel = self.param(
       'kernel',
       nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
@@ -169,11 +133,9 @@ class CausalDepthwiseConv1D(nn.Module):
     kernel, bias = self._params(x.shape[-1])
     return causal_depthwise_conv(x, kernel, bias, segment_ids, self.dtype)
 
-  def step(self, x_t: jax.Array, conv_state: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``x_t [B, C]``, ``conv_state [B, K-1, C]`` -> ``(y_t [B, C], new_state [B, K-1, C])``."""
-    kernel, bias = self._params(x_t.shape[-1])
-    return causal_depthwise_conv_step(x_t, conv_state, kernel, bias, self.dtype)
-
-  def init_state(self, batch: int, channels: int, dtype: Dtype = jnp.float32) -> jax.Array:
-    """Zeros ``[batch, K - 1, channels]``: the state at the start of a document."""
-    return jnp.zeros((batch, self.kernel_size - 1, channels), dtype)
+  def extend(self, x: jax.Array, conv_state: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``x [B, T_new, C]``, ``conv_state [B, K-1, C]`` (the previous ``K - 1`` inputs, oldest
+    first) -> ``(y [B, T_new, C], new_state [B, K-1, C])``; the state keeps its dtype."""
+    k = self.kernel_size
+    cat = jnp.concatenate([conv_state.astype(x.dtype), x], axis=1)  # [B, K−1+T_new, C]
+    return self(cat)[:, k - 1 :], cat[:, cat.shape[1] - (k - 1) :].astype(conv_state.dtype)

@@ -66,10 +66,11 @@ import jax
 import jax.numpy as jnp
 
 from miras_jax.layers import partitioning
-from miras_jax.layers.conv import CausalDepthwiseConv1D
+from miras_jax.layers.conv import CausalDepthwiseConv1D, init_conv_state
 from miras_jax.layers.dense import DenseND
 from miras_jax.layers.norms import RMSNorm, l2_normalize
 from miras_jax.memory import get_rule, init_state, memory_forward, memory_step, with_options
+from miras_jax.models.config import LMConfig
 
 Dtype = Any
 Initializer = Callable[..., jax.Array]
@@ -155,25 +156,27 @@ class MirasLayer(nn.Module):
       kernel_init: initializer of the q/k/v/gate/output kernels.
   """
 
-  rule: str = 'moneta'
-  num_heads: int = 4
-  head_dim: int = 16
-  chunk_size: int = 64
-  implementation: str = 'auto'
-  gate_rank: int = 32
-  conv_size: int = 4
-  eta_max: float = 1.0
+  # Defaults shared with the model config are LMConfig's (their one home, models/config.py);
+  # eta_bias_init, mu_init and simplex_w0_std are the layer's own.
+  rule: str = LMConfig.rule
+  num_heads: int = LMConfig.n_heads
+  head_dim: int = LMConfig.head_dim
+  chunk_size: int = LMConfig.chunk_size
+  implementation: str = LMConfig.memory_impl
+  gate_rank: int = LMConfig.gate_rank
+  conv_size: int = LMConfig.conv_size
+  eta_max: float = LMConfig.eta_max
   eta_bias_init: float = 0.0
-  alpha_init: tuple[float, float] = (0.99, 0.999)
+  alpha_init: tuple[float, float] = LMConfig.alpha_init
   mu_init: float = 0.9
-  delta_init: float = 1.0
-  channel_delta: bool = False
-  huber_mode: str = 'mask'
-  memora_form: str = 'logits'
+  delta_init: float = LMConfig.delta_init
+  channel_delta: bool = LMConfig.channel_delta
+  huber_mode: str = LMConfig.huber_mode
+  memora_form: str = LMConfig.memora_form
   simplex_w0_std: float = 2.0
-  output_gate: str = 'silu'
-  remat_group: int = 4
-  grad_horizon: int = 0
+  output_gate: str = LMConfig.output_gate
+  remat_group: int = LMConfig.memory_remat_group
+  grad_horizon: int = LMConfig.memory_grad_horizon
   dtype: Dtype | None = None
   param_dtype: Dtype = jnp.float32
   kernel_init: Initializer = nn.initializers.lecun_normal()
@@ -433,7 +436,7 @@ class MirasLayer(nn.Module):
     H, D = self.num_heads, self.head_dim
     w0 = tuple(jax.ShapeDtypeStruct((H,) + tuple(s), jnp.float32) for s in rule.arch.shapes(D, D))
     shapes = jax.eval_shape(lambda w: init_state(rule, w, batch), w0)
-    conv = jnp.zeros((batch, self.conv_size - 1, H * D), dtype)
+    conv = init_conv_state(batch, self.conv_size, H * D, dtype)
     return {
       'conv_q': conv,
       'conv_k': conv,
@@ -455,16 +458,10 @@ class MirasLayer(nn.Module):
     """
     rule = self.memory_rule
     B, T = x.shape[:2]
-    K = self.conv_size
-
-    def conv(module, raw, st):
-      cat = jnp.concatenate([st.astype(raw.dtype), raw], axis=1)  # [B, K−1+T, C]
-      return module(cat)[:, K - 1 :], cat[:, cat.shape[1] - (K - 1) :].astype(st.dtype)
-
     qr, kr, vr = self._project(x)
-    qc, cq = conv(self.conv_q, qr, cache['conv_q'])
-    kc, ck = conv(self.conv_k, kr, cache['conv_k'])
-    vc, cv = conv(self.conv_v, vr, cache['conv_v'])
+    qc, cq = self.conv_q.extend(qr, cache['conv_q'])
+    kc, ck = self.conv_k.extend(kr, cache['conv_k'])
+    vc, cv = self.conv_v.extend(vr, cache['conv_v'])
     q, k, v = self._post_conv(qc, kc, vc)
     gates = self._gates(x)
     w0, outer = self._memory_params()

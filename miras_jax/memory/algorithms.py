@@ -22,6 +22,3 @@ class GD:
 class Momentum:
   name: str = 'momentum'
   momentum: bool = True
-
-
-ALGORITHMS = {'gd': GD, 'momentum': Momentum}

@@ -45,7 +45,7 @@ context [P ‖ h ‖ S]). 'mac' takes its segment length from ``window`` (a mult
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import jax.numpy as jnp
 
@@ -195,7 +195,3 @@ class LMConfig:
 
   def replace(self, **kw) -> 'LMConfig':
     return dataclasses.replace(self, **kw)
-
-
-def as_mapping(cfg: LMConfig) -> Mapping[str, Any]:
-  return dataclasses.asdict(cfg)

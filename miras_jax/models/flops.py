@@ -127,14 +127,3 @@ def forward_flops_per_token(model_cfg: Any, seq_len: int) -> float:
 def training_flops_per_token(model_cfg: Any, seq_len: int) -> float:
   """Training (forward + backward) FLOPs per token: 3 × forward (module docstring)."""
   return 3.0 * forward_flops_per_token(model_cfg, seq_len)
-
-
-def breakdown(model_cfg: Any, seq_len: int) -> dict[str, float]:
-  """Forward FLOPs per token by component (for logging / the docs)."""
-  c = LMConfig.from_config(model_cfg)
-  out: dict[str, float] = {}
-  for k in c.pattern:
-    out[k] = out.get(k, 0.0) + c.repeats * mixer_forward_flops(c, k, seq_len)
-  out['mlp'] = c.n_layers * 3 * 2 * c.d_model * c.mlp_dim
-  out['head'] = 2 * c.d_model * c.vocab_size
-  return out

@@ -112,7 +112,7 @@ def model_config(family: str, size: str) -> ConfigDict:
   elif pattern == ['memory']:
     mlp = _MEMORY_MLP[size]
   c = ConfigDict()
-  c.name = 'lm'
+  c.name = LMConfig.name
   c.family = family
   c.vocab_size = 256 if tiny else 32000
   c.d_model = d
@@ -123,10 +123,10 @@ def model_config(family: str, size: str) -> ConfigDict:
   c.mlp_dim = mlp
   c.pattern = list(pattern)
   c.rule = rule
-  c.chunk_size = 8 if tiny else 64
-  c.memory_impl = 'auto'
-  c.gate_rank = 8 if tiny else 32
-  c.conv_size = 4
+  c.chunk_size = 8 if tiny else LMConfig.chunk_size
+  c.memory_impl = LMConfig.memory_impl
+  c.gate_rank = 8 if tiny else LMConfig.gate_rank
+  c.conv_size = LMConfig.conv_size
   # Gate initialisation (the papers give none; see _GATES): η's ceiling and α's range.
   c.eta_max, c.alpha_init = _GATES.get(rule, (LMConfig.eta_max, LMConfig.alpha_init))
   # Rule variants (models/config.py): the papers' printed rules by default.
@@ -134,26 +134,33 @@ def model_config(family: str, size: str) -> ConfigDict:
   c.delta_init = LMConfig.delta_init
   c.channel_delta = LMConfig.channel_delta
   c.memora_form = LMConfig.memora_form
-  c.output_gate = 'silu'
-  c.memory_remat_group = 4
-  c.memory_grad_horizon = 0  # exact gradients (truncation is opt-in)
-  c.window = 16 if tiny else 2048
-  c.rope_theta = 10_000.0
-  c.attention_backend = 'xla'
+  c.output_gate = LMConfig.output_gate
+  c.memory_remat_group = LMConfig.memory_remat_group
+  c.memory_grad_horizon = LMConfig.memory_grad_horizon  # 0: exact gradients (opt-in truncation)
+  c.window = 16 if tiny else LMConfig.window
+  c.rope_theta = LMConfig.rope_theta
+  c.attention_backend = LMConfig.attention_backend
   # Titans' persistent memory (§3.3) in the Titans hybrids only; the paper does not print N_p.
   c.persistent_tokens = (4 if tiny else 16) if family.startswith('titans_') else 0
-  c.max_len = 128 if tiny else 4096
+  c.max_len = 128 if tiny else LMConfig.max_len
   c.tie_embeddings = tie
-  c.norm_eps = 1e-6
-  c.embed_init_std = 0.02
-  c.dtype = 'float32'
-  c.param_dtype = 'float32'
+  c.norm_eps = LMConfig.norm_eps
+  c.embed_init_std = LMConfig.embed_init_std
+  c.dtype = LMConfig.dtype
+  c.param_dtype = LMConfig.param_dtype
   c.remat = 'none' if tiny else 'dots_with_no_batch_dims_saveable'
-  c.scan_layers = True
+  c.scan_layers = LMConfig.scan_layers
   return c
+
+
+def parse_arg(arg: str | None, default_size: str = 'tiny') -> tuple[str, str]:
+  """``"moneta,170m"`` -> ("moneta", "170m"); ``"moneta"`` -> ("moneta", default_size)."""
+  parts = [p.strip() for p in (arg or 'moneta').split(',') if p.strip()]
+  if not 1 <= len(parts) <= 2:
+    raise ValueError(f"config arg {arg!r}: expected '<family>[,<size>]'")
+  return parts[0], parts[1] if len(parts) == 2 else default_size
 
 
 def get_config(arg: str | None = None) -> ConfigDict:
   """``miras_jax/models/presets.py:moneta,340m`` → the model section alone."""
-  parts = [p.strip() for p in (arg or 'moneta,tiny').split(',')]
-  return model_config(parts[0], parts[1] if len(parts) > 1 else 'tiny')
+  return model_config(*parse_arg(arg))

@@ -345,10 +345,6 @@ class PreemptionWatcher:
   def _on_signal(self, signum, frame) -> None:  # pylint: disable=unused-argument
     self._flag.set()
 
-  @property
-  def signalled(self) -> bool:
-    return self._flag.is_set()
-
   def reached(self, step: int) -> bool:
     if not self._multi:
       return self._flag.is_set()

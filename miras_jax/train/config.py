@@ -46,7 +46,6 @@ RUNTIME_MODEL_KEYS = frozenset(
   {
     'dtype',
     'remat',
-    'remat_policy',
     'attention_backend',
     'memory_impl',
     'memory_remat_group',

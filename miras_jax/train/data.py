@@ -7,12 +7,11 @@
 * ``'default'``: the quickstart corpus (:func:`~miras_jax.data.default_corpus.ensure_default_corpus`);
 * raw text (a file, directory or glob; ``data.format`` text/jsonl/parquet).
 
-Raw corpora are tokenised once into ``<cache>/prepared/<key>/`` where the key
-hashes the corpus (paths, sizes, modification times), the preparation options
-and the tokenizer's sha256; later runs (and resumes) reuse it. The cache is
-``data.cache_dir`` or ``<workdir>/data``. Without ``data.tokenizer`` a
-SentencePiece BPE model of ``data.tokenizer_vocab_size`` (0: the model's
-``vocab_size``) is trained on the corpus into ``<cache>/tokenizers/<key>/``.
+Raw corpora are tokenised once into a cache (:mod:`miras_jax.data.cache`, which
+also trains the tokenizer): ``data.cache_dir`` or ``<workdir>/data``. Without
+``data.tokenizer`` a SentencePiece BPE model of ``data.tokenizer_vocab_size``
+(0: the model's ``vocab_size``) is trained on the corpus. This module only
+resolves ``config.data`` to a prepared directory and builds the iterators.
 
 With several processes, process 0 prepares while the others wait at a
 barrier; the cache must then be on a filesystem all processes see (or point
@@ -44,12 +43,8 @@ every earlier document's length), so only its own saved state is exact.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +52,15 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
+from miras_jax.data.cache import NotBuiltError, prepare_corpus
 from miras_jax.data.errors import DataError
 from miras_jax.data.pipeline import load_index, make_train_iterator, make_val_iterator
-from miras_jax.data.prepare import INDEX_FILE, prepare
-from miras_jax.data.sources import DEFAULT_EXTENSIONS, list_files
+from miras_jax.data.prepare import INDEX_FILE
 
 __all__ = [
   'resolve_dataset',
   'train_iterator',
   'val_iterator',
-  'corpus_source',
   'shard_plan',
   'merge_saved_states',
   'ShardedTrainIterator',
@@ -75,50 +69,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def _hash(obj: Any) -> str:
-  return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def corpus_source(data: ConfigDict) -> str:
-  """The raw-corpus path(s) behind ``data.corpus``: a comma-separated list in which ``default``
-  names the default corpus (downloaded once) and ``recall`` the synthetic recall corpus
-  (miras_jax/data/recall_corpus.py, written once)."""
-  parts = [p.strip() for p in str(data.corpus).split(',')]
-  if 'default' not in parts and 'recall' not in parts:
-    return data.corpus
-  from miras_jax.data.default_corpus import ensure_default_corpus  # pylint: disable=import-outside-toplevel
-  from miras_jax.data.recall_corpus import ensure_recall_corpus  # pylint: disable=import-outside-toplevel
-
-  named = {'default': ensure_default_corpus, 'recall': ensure_recall_corpus}
-  return ','.join(named[p]() if p in named else p for p in parts)
-
-
-def _fingerprint(source: str, fmt: str) -> list[Any]:
-  files = list_files(source, DEFAULT_EXTENSIONS.get(fmt, ('.txt',)))
-  out = []
-  for f in files:
-    st = os.stat(f)
-    out.append([str(Path(f).resolve()), st.st_size, int(st.st_mtime)])
-  return out
-
-
 def _cache_dir(data: ConfigDict, workdir: str | os.PathLike) -> Path:
   return Path(data.cache_dir).expanduser() if data.cache_dir else Path(workdir) / 'data'
-
-
-def _atomic_build(final: Path, build) -> None:
-  """Run ``build(tmp_dir)`` and move the result to ``final`` (first writer wins)."""
-  final.parent.mkdir(parents=True, exist_ok=True)
-  tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.', dir=final.parent))
-  try:
-    build(tmp)
-    try:
-      os.replace(tmp, final)
-    except OSError:
-      if not final.exists():
-        raise
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _not_shared(path: Path) -> DataError:
@@ -128,59 +80,13 @@ def _not_shared(path: Path) -> DataError:
   )
 
 
-def _tokenizer(
-  data: ConfigDict, source: str, cache: Path, model_vocab: int | None, build: bool
-) -> str:
-  if data.tokenizer:
-    return str(Path(data.tokenizer).expanduser())
-  vocab = int(data.tokenizer_vocab_size) or int(model_vocab or 0)
-  if vocab <= 0:
-    raise DataError(
-      'data.tokenizer is empty and no vocabulary size is known (set data.tokenizer_vocab_size)'
-    )
-  key = _hash({'corpus': _fingerprint(source, data.format), 'format': data.format, 'vocab': vocab})
-  final = cache / 'tokenizers' / f'spm{vocab}-{key}'
-  model = final / 'tokenizer.model'
-  if not model.is_file():
-    if not build:
-      raise _not_shared(model)
-    from miras_jax.data.train_tokenizer import train_tokenizer  # pylint: disable=import-outside-toplevel
-
-    print(
-      f'data: training a {vocab}-piece SentencePiece tokenizer on {source} -> {model}', flush=True
-    )
-    _atomic_build(
-      final, lambda tmp: train_tokenizer(source, tmp / 'tokenizer', vocab, format=data.format)
-    )
-  return str(model)
-
-
 def _prepare_raw(
   data: ConfigDict, workdir: str | os.PathLike, model_vocab: int | None, build: bool = True
 ) -> Path:
-  source = corpus_source(data)
-  cache = _cache_dir(data, workdir)
-  tokenizer = _tokenizer(data, source, cache, model_vocab, build)
-  from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-
-  tok = Tokenizer(tokenizer)
-  options = {
-    'format': data.format,
-    'text_unit': data.text_unit,
-    'val_fraction': float(data.val_fraction),
-    'max_record_tokens': int(data.max_record_tokens),
-  }
-  key = _hash({'corpus': _fingerprint(source, data.format), 'tokenizer': tok.sha256, **options})
-  final = cache / 'prepared' / key
-  if not (final / INDEX_FILE).is_file():
-    if not build:
-      raise _not_shared(final)
-    print(f'data: preparing {source} with {tokenizer} -> {final}', flush=True)
-    _atomic_build(
-      final,
-      lambda tmp: prepare(source, tokenizer=tok, output_dir=tmp, log_every_docs=0, **options),
-    )
-  return final
+  try:
+    return prepare_corpus(data, _cache_dir(data, workdir), model_vocab, build)
+  except NotBuiltError as e:
+    raise _not_shared(e.path) from None
 
 
 def resolve_dataset(

@@ -125,14 +125,6 @@ def defaults() -> ConfigDict:
   return c
 
 
-def parse_arg(arg: str | None, default_size: str = 'tiny') -> tuple[str, str]:
-  """``"moneta,170m"`` -> ("moneta", "170m"); ``"moneta"`` -> ("moneta", default_size)."""
-  parts = [p.strip() for p in (arg or 'moneta').split(',') if p.strip()]
-  if not 1 <= len(parts) <= 2:
-    raise ValueError(f"config arg {arg!r}: expected '<family>[,<size>]'")
-  return parts[0], parts[1] if len(parts) == 2 else default_size
-
-
 def family_config(family: str, size: str) -> ConfigDict:
   """Defaults plus the model preset ``model_config(family, size)``."""
   c = defaults()

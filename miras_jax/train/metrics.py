@@ -29,7 +29,6 @@ __all__ = [
   'METRICS_FILE',
   'PEAK_FLOPS',
   'device_peak_flops',
-  'param_count',
   'flops_per_token',
   'MetricsWriter',
   'read_metrics',
@@ -69,34 +68,14 @@ def device_peak_flops(device: jax.Device | None = None) -> float | None:
   return None
 
 
-def param_count(params: Any) -> int:
-  return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+def flops_per_token(model_cfg: Any, seq_len: int) -> tuple[float, str]:
+  """Training FLOPs per token (including the memories' inner forward/backward/update) and the
+  function that counts them, for the log line."""
+  from miras_jax.models.flops import training_flops_per_token  # pylint: disable=import-outside-toplevel
 
-
-def flops_per_token(model_cfg: Any, seq_len: int, num_params: int) -> tuple[float, str]:
-  """Training FLOPs per token and where the number comes from.
-
-  Uses ``miras_jax.models.flops`` when it provides a per-token training count
-  (it includes the memories' inner forward/backward/update); otherwise the
-  6·N rule (N = parameter count), which ignores attention and the memory
-  recurrences, so MFU is then an underestimate.
-  """
-  try:
-    from miras_jax.models import flops as model_flops  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    model_flops = None
-  if model_flops is not None:
-    for name in ('training_flops_per_token', 'train_flops_per_token', 'flops_per_token'):
-      fn = getattr(model_flops, name, None)
-      if callable(fn):
-        try:
-          value = fn(model_cfg, seq_len=seq_len)
-        except TypeError:
-          value = fn(model_cfg, seq_len)
-        return float(value), f'miras_jax.models.flops.{name}'
   return (
-    6.0 * num_params,
-    '6*N (miras_jax.models.flops not available; ignores attention and memory recurrences)',
+    float(training_flops_per_token(model_cfg, seq_len=seq_len)),
+    'miras_jax.models.flops.training_flops_per_token',
   )
 
 

@@ -62,8 +62,8 @@ def test_load_params_latest_and_named(run_dir):
 
 
 def test_cli_end_to_end(run_dir, data_dir, capsys):
-  from miras_jax.eval import main
   from miras_jax.evals import evaluate
+  from miras_jax.evals.cli import main
 
   run, cfg, params = run_dir
   out = main(
@@ -108,8 +108,8 @@ def test_cli_end_to_end(run_dir, data_dir, capsys):
 
 
 def test_cli_errors(tmp_path, capsys):
-  from miras_jax.evals.__main__ import main
   from miras_jax.evals.checkpoint import CheckpointNotFoundError
+  from miras_jax.evals.cli import main
 
   with pytest.raises(CheckpointNotFoundError, match='no checkpoints under'):
     main([f'--workdir={tmp_path}'])

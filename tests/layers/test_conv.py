@@ -1,4 +1,4 @@
-"""CausalDepthwiseConv1D: naive reference, step == full, no leak across packed documents."""
+"""CausalDepthwiseConv1D: naive reference, extend (prefill, steps) == full, no leak across packed documents."""
 
 import flax.linen as nn
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from miras_jax.layers.conv import CausalDepthwiseConv1D, conv_state_from_inputs
+from miras_jax.layers.conv import CausalDepthwiseConv1D, init_conv_state
 
 from ._util import assert_close, numpy_params
 
@@ -57,41 +57,35 @@ def test_no_leak_across_segments():
     assert_close(APPLY(PARAMS, alone)[0, : hi - lo], y[0, lo:hi], rel=1e-6)
 
 
-def test_step_equals_full_token_by_token():
-  @jax.jit
-  def stepwise(x, state0):
-    def body(state, x_t):
-      y_t, state = LAYER.apply(PARAMS, x_t, state, method=CausalDepthwiseConv1D.step)
-      return state, y_t
-
-    _, ys = jax.lax.scan(body, state0, jnp.swapaxes(x, 0, 1))
-    return jnp.swapaxes(ys, 0, 1)
-
+def test_extend_equals_full_prefill_then_steps():
+  extend = jax.jit(lambda x, st: LAYER.apply(PARAMS, x, st, method=CausalDepthwiseConv1D.extend))
   full = APPLY(PARAMS, X)
-  state0 = LAYER.init_state(B, C)
-  assert state0.shape == (B, K - 1, C)
-  np.testing.assert_allclose(stepwise(X, state0), full, rtol=1e-6, atol=1e-6)
-  # Prefill the first 5 tokens, carry their state, step through the rest (same shapes, so the
-  # jitted scan is reused: the tail is zero-padded and its extra outputs ignored).
-  state = conv_state_from_inputs(X[:, :5], K)
-  tail = np.concatenate([X[:, 5:], np.zeros_like(X[:, :5])], axis=1)
-  np.testing.assert_allclose(stepwise(tail, state)[:, : T - 5], full[:, 5:], rtol=1e-6, atol=1e-6)
-  # A prefill shorter than K - 1 is left-padded with zeros.
-  short = conv_state_from_inputs(X[:, :1], K)
+  state = init_conv_state(B, K, C, jnp.float32)
+  assert state.shape == (B, K - 1, C)
+  # Prefill the first 5 tokens from a fresh document, then decode one token at a time.
+  y, state = extend(X[:, :5], state)
+  outs = [y]
+  for t in range(5, T):
+    y, state = extend(X[:, t : t + 1], state)
+    outs.append(y)
+  np.testing.assert_allclose(np.concatenate(outs, axis=1), full, rtol=1e-6, atol=1e-6)
+  np.testing.assert_array_equal(state, X[:, T - (K - 1) :])  # the last K - 1 inputs
+  # A prefill shorter than K - 1 keeps the zeros of the fresh state on the left.
+  _, short = extend(X[:, :1], init_conv_state(B, K, C, jnp.float32))
   np.testing.assert_array_equal(short[:, :-1], 0.0)
   np.testing.assert_array_equal(short[:, -1], X[:, 0])
 
 
-def test_init_through_step_gives_same_param_tree():
+def test_init_through_extend_gives_same_param_tree():
   layer = CausalDepthwiseConv1D(kernel_size=3)
-  by_step = jax.eval_shape(
+  by_extend = jax.eval_shape(
     lambda: layer.init(
       jax.random.PRNGKey(0),
-      jnp.ones((1, C)),
+      jnp.ones((1, 1, C)),
       jnp.zeros((1, 2, C)),
-      method=CausalDepthwiseConv1D.step,
+      method=CausalDepthwiseConv1D.extend,
     )
   )
   by_call = jax.eval_shape(lambda: layer.init(jax.random.PRNGKey(0), jnp.ones((1, 4, C))))
-  assert jax.tree_util.tree_structure(by_step) == jax.tree_util.tree_structure(by_call)
-  assert nn.unbox(by_step)['params']['kernel'].shape == (3, C)
+  assert jax.tree_util.tree_structure(by_extend) == jax.tree_util.tree_structure(by_call)
+  assert nn.unbox(by_extend)['params']['kernel'].shape == (3, C)

@@ -1,10 +1,3 @@
-"""Model tests: full-precision matmuls (compared at ~1e-5)."""
+"""Model tests: full-precision matmuls (compared at ~1e-5; tests/precision.py)."""
 
-import jax
-import pytest
-
-
-@pytest.fixture(autouse=True)
-def _full_precision_matmuls():
-  with jax.default_matmul_precision('highest'):
-    yield
+from tests.precision import full_precision_matmuls  # noqa: F401  (autouse fixture)

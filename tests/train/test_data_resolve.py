@@ -54,15 +54,14 @@ def test_missing_corpus_is_a_data_error(tmp_path):
 def test_named_corpora_in_a_list(tmp_path, monkeypatch):
   """``data.corpus='default,recall,PATH'``: the named corpora become their directories (the
   recall corpus written once, deterministically), other entries pass through."""
-  from ml_collections import ConfigDict
 
   from miras_jax.data import default_corpus
+  from miras_jax.data.cache import corpus_source
   from miras_jax.data.recall_corpus import ensure_recall_corpus
-  from miras_jax.train.data import corpus_source
 
   monkeypatch.setattr(default_corpus, 'ensure_default_corpus', lambda: '/fake/default')
   monkeypatch.setenv('XDG_DATA_HOME', str(tmp_path))
-  got = corpus_source(ConfigDict({'corpus': 'default,recall,/my/texts'})).split(',')
+  got = corpus_source('default,recall,/my/texts').split(',')
   recall = ensure_recall_corpus(docs=96, lines_per_doc=256)
   assert got == ['/fake/default', recall, '/my/texts']
   files = sorted(os.listdir(recall))
@@ -70,4 +69,4 @@ def test_named_corpora_in_a_list(tmp_path, monkeypatch):
   line = open(os.path.join(recall, files[0])).readline().strip()
   first, second = line[: len(line) // 2], line[len(line) // 2 + 1 :]
   assert first == second and first.endswith('.')  # one sequence read twice
-  assert corpus_source(ConfigDict({'corpus': '/only/mine'})) == '/only/mine'
+  assert corpus_source('/only/mine') == '/only/mine'

@@ -238,7 +238,7 @@ def test_full_disk_is_a_one_line_error(monkeypatch, capsys):
 
 # ------------------------------------------------------------------- eval (in-process)
 def _eval(capsys, *args: str) -> tuple[int, str]:
-  from miras_jax.evals.__main__ import cli
+  from miras_jax.evals.cli import cli
 
   old = sys.argv
   sys.argv = ['python -m miras_jax.eval', *args]
@@ -253,8 +253,8 @@ def _eval(capsys, *args: str) -> tuple[int, str]:
 
 
 def test_eval_errors_and_the_checkpoints_own_config(tmp_path, straight_run, capsys):
-  from miras_jax.evals.__main__ import find_tokenizer
   from miras_jax.evals.checkpoint import load_config, resolve_checkpoint
+  from miras_jax.evals.cli import find_tokenizer
 
   run = tmp_path / 'run'
   shutil.copytree(straight_run, run)
@@ -432,7 +432,7 @@ def test_divergence_monitor_names_the_first_bad_step():
 
 def test_single_document_corpus_gets_both_splits(tmp_path, dataset):
   from miras_jax.data.prepare import prepare
-  from miras_jax.train.loop import _has_val_split
+  from miras_jax.train.evaluator import has_val_split as _has_val_split
 
   tok = json.loads((dataset / 'index.json').read_text())['tokenizer']['path']
   doc = tmp_path / 'one.txt'

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from miras_jax.models import presets
 from miras_jax.train import config as config_lib
 from miras_jax.train import defaults as base
 from miras_jax.train import metrics as metrics_lib
@@ -188,7 +189,7 @@ def test_configs_load_and_lock():
     c.train.stpes = 3
   with pytest.raises(TypeError):
     c.train.steps = 'ten'
-  assert base.parse_arg('yaad,170m') == ('yaad', '170m')
+  assert presets.parse_arg('yaad,170m') == ('yaad', '170m')
   c = _config_file('moneta').get_config('340m')
   assert (c.model.family, c.model.d_model, c.train.seq_len, c.train.batch_size) == (
     'moneta',
@@ -232,7 +233,7 @@ def test_peak_flops_and_flop_count():
     device_kind = 'TPU v5p'
 
   assert metrics_lib.device_peak_flops(FakeTPU()) == 459e12
-  flops, source = metrics_lib.flops_per_token(base.defaults().model, 128, 1000)
+  flops, source = metrics_lib.flops_per_token(base.defaults().model, 128)
   assert flops > 0 and source
 
 

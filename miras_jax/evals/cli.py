@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   from miras_jax.evals.heldout import run_heldout_dir  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.tasks import check_task_files  # pylint: disable=import-outside-toplevel
   from miras_jax.logs import quiet_logs  # pylint: disable=import-outside-toplevel
+  from miras_jax.models.config import LMConfig  # pylint: disable=import-outside-toplevel
 
   quiet_logs()
 
@@ -179,12 +180,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   check_task_files(tasks, args.data_dir)  # one line naming what is missing and how to fetch it
   ckpt = ckpt_lib.resolve_checkpoint(args.workdir, args.step)
   config = ckpt_lib.load_config(ckpt)
-  model_cfg = config.get('model')
-  if not model_cfg:
+  if not config.get('model'):
     raise SystemExit(f'error: the config of {ckpt.step_dir} has no model section')
+  try:  # the model section enters the evaluator here, converted once
+    model_cfg = LMConfig.from_config(config['model'])
+  except ValueError as e:
+    raise SystemExit(f'error: the model config of {ckpt.step_dir}: {e}') from None
   tokenizer = Tokenizer(args.tokenizer or find_tokenizer(config, ckpt.run_dir))
   train = config.get('train') or {}
-  max_len = args.max_len or int(train.get('seq_len') or 0) or int(model_cfg.get('max_len') or 0)
+  max_len = args.max_len or int(train.get('seq_len') or 0) or model_cfg.max_len
   if not max_len:
     raise SystemExit('error: no context length in the config; pass --max_len')
   batch_size = args.batch_size or int((config.get('eval') or {}).get('batch_size') or 0) or 8
@@ -275,7 +279,3 @@ def cli() -> None:
   except (TaskDataError, CheckpointNotFoundError, OSError, ValueError) as e:
     print(f'error: {" ".join(str(e).split())}', file=sys.stderr)
     raise SystemExit(2) from None
-
-
-if __name__ == '__main__':
-  cli()
