@@ -29,6 +29,11 @@ threshold δ at initialisation (δ_t = softplus(·), layers/miras.py); ``channel
 makes Yaad's data-dependent δ_t per value channel instead of per head (layers/miras.py);
 ``memora_form`` Memora's chunked form, 'logits' | 'lag' (Eq. 30–32).
 
+``memory_ln_eps`` (default 1.0): ε of the deep memories' output LayerNorm (Titans, Moneta, Yaad,
+Memora, TTT). 1 bounds the LayerNorm's gain by 1 whatever the gates do to the memory's scale,
+which keeps the exact gradient through 4K–8K tokens bounded at the layer's default gates
+(layers/miras.py; issue 10 §3); 1e-6, the usual value, was the default before.
+
 ``memory_grad_horizon`` (tokens, 0 = exact): truncated back-propagation through every memory
 state, cut every that many tokens (a multiple of ``chunk_size``; the forward pass is unchanged).
 An approximation, off in every preset (whose gates keep the exact gradient bounded at
@@ -87,6 +92,7 @@ class LMConfig:
   delta_init: float = 1.0
   channel_delta: bool = False
   memora_form: str = 'logits'
+  memory_ln_eps: float = 1.0
   output_gate: str = 'silu'
   memory_remat_group: int = 4
   memory_grad_horizon: int = 0

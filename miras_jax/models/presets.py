@@ -134,6 +134,7 @@ def model_config(family: str, size: str) -> ConfigDict:
   c.delta_init = LMConfig.delta_init
   c.channel_delta = LMConfig.channel_delta
   c.memora_form = LMConfig.memora_form
+  c.memory_ln_eps = LMConfig.memory_ln_eps
   c.output_gate = 'silu'
   c.memory_remat_group = 4
   c.memory_grad_horizon = 0  # exact gradients (truncation is opt-in)
