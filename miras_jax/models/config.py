@@ -19,8 +19,8 @@ MAL: a memory layer, then an SWA layer), ['mag'] Titans MAG.
 
 ``eta_max`` and ``alpha_init`` set the memory gates (layers/miras.py): η ≤ eta_max, and the
 keep-rate α starts spread over heads in ``alpha_init`` = (lo, hi). The papers do not give them;
-the presets choose per rule values whose exact 4K-token gradient stays bounded at
-initialisation (miras_jax/models/presets.py, scripts/bench_bptt.py).
+the presets cap η per rule and start Titans with a slower-forgetting α range, so that the
+exact 4K-token gradient stays bounded (miras_jax/models/presets.py, scripts/bench_bptt.py).
 
 Rule variants (memory/rules.py ``with_options``; ignored by rules without the component):
 ``huber_mode`` Yaad's bias, 'mask' (Miras Eq. 26: per token ℓ2 gradient where ‖e‖ ≤ δ_t, else
