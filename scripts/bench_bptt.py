@@ -20,7 +20,8 @@ its first row.
 Learned: ``--checkpoints=name=workdir`` takes the first memory layer of a trained LM (every
 parameter, the gates included, as learned; ``miras_jax.train`` run directory) and measures the
 same exact gradient of that layer at each ``--lengths`` (its own chunk size and head dim) on
-unit-variance inputs. Memora is also measured with the initial memory's logit std of
+unit-variance inputs (``--learned_ln_eps`` adds the same parameters with other LayerNorm ε).
+Memora is also measured with the initial memory's logit std of
 ``--memora_w0_std`` (layer gates, exact): 0.02 is the former near-uniform W_0 whose memory is a
 no-op at initialisation (layers/miras.py).
 """
@@ -128,9 +129,15 @@ def main(argv=None):
     f'{MirasLayer.simplex_w0_std}; 0.02, the former one, makes the memory a no-op at init)',
   )
   p.add_argument('--checkpoints', default='', help='name=workdir,...: learned layers')
+  p.add_argument(
+    '--learned_ln_eps',
+    default='',
+    help='also measure the learned layers with these LayerNorm ε (the same trained parameters)',
+  )
   p.add_argument('--out', default='')
   a = p.parse_args(argv)
   lengths = [int(t) for t in a.lengths.split(',')]
+  a.learned_ln_eps = [float(e) for e in a.learned_ln_eps.split(',') if e]
   lines = [
     f'# jax {jax.__version__} on {jax.devices()[0].device_kind}; head_dim {a.head_dim}, '
     f'{a.heads} heads',
@@ -185,10 +192,11 @@ def main(argv=None):
     rule, layer, params, E = learned_layer(workdir)
     base = None
     for T in lengths:
-      t0 = time.perf_counter()
-      g0, gn = grad_norms(layer, params, T, E)
-      base = gn if base is None else base
-      emit(rule, f'learned:{name}', layer.ln_eps, T, 0, g0, gn, base, t0)
+      for eps in [layer.ln_eps] + [e for e in a.learned_ln_eps if e != layer.ln_eps]:
+        t0 = time.perf_counter()
+        g0, gn = grad_norms(layer.clone(ln_eps=eps), params, T, E)
+        base = gn if base is None else base
+        emit(rule, f'learned:{name}', eps, T, 0, g0, gn, base, t0)
   if a.out:
     with open(a.out, 'w') as f:
       f.write('\n'.join(lines) + '\n')
