@@ -20,7 +20,8 @@ its first row.
 Learned: ``--checkpoints=name=workdir`` takes the first memory layer of a trained LM (every
 parameter, the gates included, as learned; ``miras_jax.train`` run directory) and measures the
 same exact gradient of that layer at each ``--lengths`` (its own chunk size and head dim) on
-unit-variance inputs (``--learned_ln_eps`` adds the same parameters with other LayerNorm ε).
+unit-variance inputs (``--learned_ln_eps`` adds the same parameters with other LayerNorm ε;
+``--learned_init=1`` the same layer freshly initialised, the baseline).
 Memora is also measured with the initial memory's logit std of
 ``--memora_w0_std`` (layer gates, exact): 0.02 is the former near-uniform W_0 whose memory is a
 no-op at initialisation (layers/miras.py).
@@ -134,6 +135,9 @@ def main(argv=None):
     default='',
     help='also measure the learned layers with these LayerNorm ε (the same trained parameters)',
   )
+  p.add_argument(
+    '--learned_init', type=int, default=0, help='also measure each learned layer at its init'
+  )
   p.add_argument('--out', default='')
   a = p.parse_args(argv)
   lengths = [int(t) for t in a.lengths.split(',')]
@@ -191,6 +195,13 @@ def main(argv=None):
     name, workdir = item.split('=', 1)
     rule, layer, params, E = learned_layer(workdir)
     base = None
+    if a.learned_init:  # the same layer (config) freshly initialised: the baseline
+      fresh = jax.jit(layer.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, E), jnp.float32))
+      for T in lengths:
+        t0 = time.perf_counter()
+        g0, gn = grad_norms(layer, fresh, T, E)
+        base = gn if base is None else base
+        emit(rule, f'init:{name}', layer.ln_eps, T, 0, g0, gn, base, t0)
     for T in lengths:
       for eps in [layer.ln_eps] + [e for e in a.learned_ln_eps if e != layer.ln_eps]:
         t0 = time.perf_counter()
