@@ -30,7 +30,7 @@ tests/models/test_presets.py within 10 % of the nominal size):
 Keys (all plain values; ``LMConfig`` in miras_jax/models/config.py reads them and rejects
 unknown ones): name, family, vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim,
 mlp_dim, pattern, rule, chunk_size, memory_impl, gate_rank, conv_size, eta_max, alpha_init,
-huber_mode, delta_init, channel_delta, memora_form, output_gate, memory_remat_group, memory_grad_horizon, window, rope_theta, attention_backend,
+huber_mode, delta_init, channel_delta, memora_form, memory_ln_eps, output_gate, memory_remat_group, memory_grad_horizon, window, rope_theta, attention_backend,
 persistent_tokens, max_len, tie_embeddings, norm_eps, embed_init_std, dtype, param_dtype, remat,
 scan_layers.
 """
