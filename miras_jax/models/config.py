@@ -32,7 +32,8 @@ makes Yaad's data-dependent δ_t per value channel instead of per head (layers/m
 ``memory_ln_eps`` (default 1.0): ε of the deep memories' output LayerNorm (Titans, Moneta, Yaad,
 Memora, TTT). 1 bounds the LayerNorm's gain by 1 whatever the gates do to the memory's scale,
 which keeps the exact gradient through 4K–8K tokens bounded at the layer's default gates
-(layers/miras.py; issue 10 §3); 1e-6, the usual value, was the default before.
+(layers/miras.py; issue 10 §3); 1e-6, the usual value, was the default before, and the Titans
+presets keep it (miras_jax/models/presets.py).
 
 ``memory_grad_horizon`` (tokens, 0 = exact): truncated back-propagation through every memory
 state, cut every that many tokens (a multiple of ``chunk_size``; the forward pass is unchanged).
