@@ -1,20 +1,30 @@
-"""How large is the outer gradient through a Miras memory layer at initialisation, by context
-length and truncation horizon? A diagnostic for the exploding back-propagation through deep
-memories with forgetting (benchmarks/README.md).
+"""How large is the outer gradient through a Miras memory layer, by context length and truncation
+horizon, at initialisation and with learned parameters? A diagnostic for the exploding
+back-propagation through deep memories with forgetting (benchmarks/README.md).
 
     python scripts/bench_bptt.py [--rules=titans,yaad,memora,moneta,ttt_mlp] [--lengths=1024,4096]
-                                 [--horizons=0,512] [--head_dim=64] [--out=benchmarks/results/bptt.txt]
+                                 [--horizons=0,512] [--head_dim=64] [--heads=2] [--ln_eps=1.0]
+                                 [--checkpoints=NAME=WORKDIR,...] [--out=benchmarks/results/x.txt]
 
-For each (rule, T, horizon): one Miras layer (2 heads, head_dim D, E = 2D, chunk 64, the
-layer's default gate initialisation) on unit-variance Gaussian inputs (what the LM's pre-norm
-feeds it), loss = <y, r> for a fixed random r; prints ‖∂L/∂x_0‖ (the first token's input
-gradient: how far back the gradient reaches, intact) and ‖∂L/∂θ‖ over all the layer's
-parameters. Horizon 0 = exact gradients; h > 0 = truncated every h tokens (`grad_horizon`).
-Gates "layer": the layer's defaults (η ≤ 1, α in (0.99, 0.999)); "preset": the rule's 170m
-preset (miras_jax/models/presets.py `_GATES`, `memory_grad_horizon`). The baseline in the same run is
-the rule's first row (T=1024, layer gates, exact). Memora is also measured with the initial
-memory's logit std of ``--memora_w0_std`` (layer gates, exact): 0.02 is the former near-uniform
-W_0 whose memory is a no-op at initialisation (layers/miras.py).
+At initialisation, for each (rule, T, horizon): one Miras layer (``--heads`` heads, head_dim D,
+E = 2D, chunk 64, the layer's default gate initialisation) on unit-variance Gaussian inputs
+(what the LM's pre-norm feeds it), loss = <y, r> for a fixed random r; prints ‖∂L/∂x_0‖ (the
+first token's input gradient: how far back the gradient reaches, intact) and ‖∂L/∂θ‖ over all
+the layer's parameters. Horizon 0 = exact gradients; h > 0 = truncated every h tokens
+(`grad_horizon`). Gates "layer": the layer's defaults (η ≤ 1, α in (0.99, 0.999)); "preset":
+the rule's 170m preset (miras_jax/models/presets.py `_GATES`, `memory_grad_horizon`).
+``--ln_eps`` lists the ε of the memory's output LayerNorm to measure (1.0 is the layer's
+default, which bounds its gain; 1e-6 is the former, unbounded one). The baseline of a rule is
+its first row.
+
+Learned: ``--checkpoints=name=workdir`` takes the first memory layer of a trained LM (every
+parameter, the gates included, as learned; ``miras_jax.train`` run directory) and measures the
+same exact gradient of that layer at each ``--lengths`` (its own chunk size and head dim) on
+unit-variance inputs (``--learned_ln_eps`` adds the same parameters with other LayerNorm ε;
+``--learned_init=1`` the same layer freshly initialised, the baseline).
+Memora is also measured with the initial memory's logit std of
+``--memora_w0_std`` (layer gates, exact): 0.02 is the former near-uniform W_0 whose memory is a
+no-op at initialisation (layers/miras.py).
 """
 
 from __future__ import annotations
@@ -29,6 +39,18 @@ import numpy as np
 from miras_jax.layers.miras import MirasLayer  # noqa: E402
 
 
+def grad_norms(layer: MirasLayer, params, T: int, E: int) -> tuple[float, float]:
+  """(‖∂L/∂x_0‖, ‖∂L/∂θ‖) of L = <layer(x), r> on Gaussian x, r [1, T, E] (exact unless the
+  layer truncates)."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, T, E)), jnp.float32)
+  r = jnp.asarray(np.random.default_rng(1).standard_normal((1, T, E)), jnp.float32)
+  loss = lambda p, x: jnp.sum(layer.apply(p, x) * r)
+  gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
+  g0 = float(jnp.linalg.norm(gx[0, 0]))
+  gnorm = float(jnp.sqrt(sum(jnp.sum(a.astype(jnp.float32) ** 2) for a in jax.tree.leaves(gp))))
+  return g0, gnorm
+
+
 def measure(
   rule: str,
   T: int,
@@ -37,11 +59,13 @@ def measure(
   eta_max: float = MirasLayer.eta_max,
   alpha_init: tuple[float, float] = MirasLayer.alpha_init,
   simplex_w0_std: float = MirasLayer.simplex_w0_std,
+  ln_eps: float = MirasLayer.ln_eps,
+  heads: int = 2,
 ) -> tuple[float, float]:
-  E, H = 2 * D, 2
+  """`grad_norms` of a freshly initialised layer (E = 2D)."""
   layer = MirasLayer(
     rule=rule,
-    num_heads=H,
+    num_heads=heads,
     head_dim=D,
     chunk_size=64,
     gate_rank=8,
@@ -49,15 +73,39 @@ def measure(
     eta_max=eta_max,
     alpha_init=tuple(alpha_init),
     simplex_w0_std=simplex_w0_std,
+    ln_eps=ln_eps,
   )
-  x = jnp.asarray(np.random.default_rng(0).standard_normal((1, T, E)), jnp.float32)
-  r = jnp.asarray(np.random.default_rng(1).standard_normal((1, T, E)), jnp.float32)
+  x = jnp.zeros((1, 8, 2 * D), jnp.float32)
   params = jax.jit(layer.init)(jax.random.PRNGKey(0), x)
-  loss = lambda p, x: jnp.sum(layer.apply(p, x) * r)
-  gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
-  g0 = float(jnp.linalg.norm(gx[0, 0]))
-  gnorm = float(jnp.sqrt(sum(jnp.sum(a.astype(jnp.float32) ** 2) for a in jax.tree.leaves(gp))))
-  return g0, gnorm
+  return grad_norms(layer, params, T, 2 * D)
+
+
+def learned_layer(workdir: str) -> tuple[str, MirasLayer, dict, int]:
+  """(rule, layer, {'params': ...}, E) of the first memory layer of a trained LM."""
+  from miras_jax.evals.checkpoint import load_config, load_params, resolve_checkpoint
+  from miras_jax.models.config import LMConfig
+  from miras_jax.models.lm import memory_layer
+
+  ckpt = resolve_checkpoint(workdir)
+  cfg = LMConfig.from_config(load_config(ckpt)['model'])
+  params = load_params(ckpt)
+  params = params.get('params', params)
+
+  def find(tree):  # the first sub-tree holding a memory's W_0
+    if isinstance(tree, dict):
+      if 'w0_0' in tree:
+        return tree
+      for v in tree.values():
+        got = find(v)
+        if got is not None:
+          return got
+    return None
+
+  mem = find(params['blocks'] if 'blocks' in params else params)
+  if cfg.scan_layers:  # stacked over repeats: layer 0
+    mem = jax.tree.map(lambda a: a[0], mem)
+  layer = memory_layer(cfg, parent=None)
+  return cfg.rule, layer, {'params': mem}, cfg.d_model
 
 
 def main(argv=None):
@@ -66,6 +114,8 @@ def main(argv=None):
   p.add_argument('--lengths', default='1024,4096')
   p.add_argument('--horizons', default='0,512')
   p.add_argument('--head_dim', type=int, default=64)
+  p.add_argument('--heads', type=int, default=2)
+  p.add_argument('--ln_eps', default=str(MirasLayer.ln_eps))
   p.add_argument(
     '--presets',
     type=int,
@@ -79,44 +129,85 @@ def main(argv=None):
     help="Memora only: also measure with these stds of W_0's logits (the layer's default is "
     f'{MirasLayer.simplex_w0_std}; 0.02, the former one, makes the memory a no-op at init)',
   )
+  p.add_argument('--checkpoints', default='', help='name=workdir,...: learned layers')
+  p.add_argument(
+    '--learned_ln_eps',
+    default='',
+    help='also measure the learned layers with these LayerNorm ε (the same trained parameters)',
+  )
+  p.add_argument(
+    '--learned_init', type=int, default=0, help='also measure each learned layer at its init'
+  )
   p.add_argument('--out', default='')
   a = p.parse_args(argv)
+  lengths = [int(t) for t in a.lengths.split(',')]
+  a.learned_ln_eps = [float(e) for e in a.learned_ln_eps.split(',') if e]
   lines = [
-    f'# jax {jax.__version__} on {jax.devices()[0].device_kind}; head_dim {a.head_dim}',
-    f'{"rule":8s} {"gates":8s} {"T":>6s} {"horizon":>8s} {"|dL/dx_0|":>11s} '
+    f'# jax {jax.__version__} on {jax.devices()[0].device_kind}; head_dim {a.head_dim}, '
+    f'{a.heads} heads',
+    f'{"rule":8s} {"gates":16s} {"ln_eps":>7s} {"T":>6s} {"horizon":>8s} {"|dL/dx_0|":>11s} '
     f'{"|dL/dθ|":>11s} {"vs first row":>13s}',
   ]
   print('\n'.join(lines), flush=True)
+
+  def emit(rule, name, eps, T, h, g0, gn, base, t0):
+    line = (
+      f'{rule:8s} {name:16s} {eps:7.0e} {T:6d} {h or "exact":>8} {g0:11.3g} {gn:11.3g} '
+      f'{gn / base:13.3g}   ({time.perf_counter() - t0:.0f}s)'
+    )
+    print(line, flush=True)
+    lines.append(line)
+
   from miras_jax.models.presets import model_config
 
-  for rule in a.rules.split(','):
+  for rule in [r for r in a.rules.split(',') if r]:
     base = None
     preset = model_config(rule, '170m')
-    settings = [
-      ('layer', MirasLayer.eta_max, MirasLayer.alpha_init, [int(x) for x in a.horizons.split(',')])
-    ]
-    if a.presets:  # the 170m preset's gates and horizon
-      settings.append(
-        ('preset', preset.eta_max, tuple(preset.alpha_init), [preset.memory_grad_horizon])
-      )
-    if rule == 'memora' and a.memora_w0_std:
-      for s in a.memora_w0_std.split(','):
-        settings.append((f'w0std={s}', MirasLayer.eta_max, MirasLayer.alpha_init, [0], float(s)))
-    for T in (int(t) for t in a.lengths.split(',')):
-      for name, eta_max, alpha_init, horizons, *w0std in settings:
+    layer_h = [int(x) for x in a.horizons.split(',')]
+    settings = []
+    for eps in (float(e) for e in a.ln_eps.split(',')):
+      settings.append(('layer', MirasLayer.eta_max, MirasLayer.alpha_init, layer_h, eps))
+      if a.presets:  # the 170m preset's gates and horizon
+        settings.append(
+          (
+            'preset',
+            preset.eta_max,
+            tuple(preset.alpha_init),
+            [preset.memory_grad_horizon],
+            eps,
+          )
+        )
+      if rule == 'memora' and a.memora_w0_std:
+        for s in a.memora_w0_std.split(','):
+          w0 = float(s)
+          settings.append((f'w0std={s}', MirasLayer.eta_max, MirasLayer.alpha_init, [0], eps, w0))
+    for T in lengths:
+      for name, eta_max, alpha_init, horizons, eps, *w0std in settings:
         for h in horizons:
           if h and h >= T:
             continue
           t0 = time.perf_counter()
-          g0, gn = measure(rule, T, h, a.head_dim, eta_max, alpha_init, *w0std)
-          if base is None:
-            base = gn
-          line = (
-            f'{rule:8s} {name:8s} {T:6d} {h or "exact":>8} {g0:11.3g} {gn:11.3g} '
-            f'{gn / base:13.3g}   ({time.perf_counter() - t0:.0f}s)'
-          )
-          print(line, flush=True)
-          lines.append(line)
+          w0 = w0std[0] if w0std else MirasLayer.simplex_w0_std
+          g0, gn = measure(rule, T, h, a.head_dim, eta_max, alpha_init, w0, eps, a.heads)
+          base = gn if base is None else base
+          emit(rule, name, eps, T, h, g0, gn, base, t0)
+  for item in [c for c in a.checkpoints.split(',') if c]:
+    name, workdir = item.split('=', 1)
+    rule, layer, params, E = learned_layer(workdir)
+    base = None
+    if a.learned_init:  # the same layer (config) freshly initialised: the baseline
+      fresh = jax.jit(layer.init)(jax.random.PRNGKey(0), jnp.zeros((1, 8, E), jnp.float32))
+      for T in lengths:
+        t0 = time.perf_counter()
+        g0, gn = grad_norms(layer, fresh, T, E)
+        base = gn if base is None else base
+        emit(rule, f'init:{name}', layer.ln_eps, T, 0, g0, gn, base, t0)
+    for T in lengths:
+      for eps in [layer.ln_eps] + [e for e in a.learned_ln_eps if e != layer.ln_eps]:
+        t0 = time.perf_counter()
+        g0, gn = grad_norms(layer.clone(ln_eps=eps), params, T, E)
+        base = gn if base is None else base
+        emit(rule, f'learned:{name}', eps, T, 0, g0, gn, base, t0)
   if a.out:
     with open(a.out, 'w') as f:
       f.write('\n'.join(lines) + '\n')

@@ -40,6 +40,20 @@ nothing at initialisation and the LayerNorm's 1/√eps gain amplifies its gradie
 std 2 gives a spread of 2e-2 at D = 16 and 6e-3 at D = 64 and a LayerNorm output of unit
 scale (scripts/bench_bptt.py prints it).
 
+The MLP memory's output LayerNorm, LN(z) = (z − μ)/√(var(z) + ε) (Titans §3.1, Miras §5: the
+papers print no ε), uses ε = ``ln_eps`` = 1 here, not the usual 1e-6: its gain 1/√(var + ε) is
+then at most 1 whatever the memory's state (issue 10 §3, benchmarks/README.md "Back-propagation
+through the memory"). With 1e-6 the gain is unbounded and set by the memory's scale: at
+initialisation the keys are unit vectors, so with fan-in weights the pre-LayerNorm activations
+have std ≈ 1/(2√D) (gain ≈ 2√D); forgetting shrinks the last layer further (α^T, and the
+LayerNorm hides it from the forward pass), and Memora's simplex rows make them nearly constant.
+The inner gradient scales with the gain and its linearisation (what the outer gradient goes
+back through, chunk after chunk) with its square, so the exact gradient through thousands of
+tokens overflowed unless the gates forgot little; a learned gate could move back there.
+With ε = 1 a shrinking memory fades into the residual (the read is k + (z − μ)/√(var + 1))
+instead of being rescaled; where var(z) ≫ 1 it is the usual LayerNorm. The learned LayerNorm
+scale (``outer_ln_scale``) can still raise the memory's contribution.
+
 Decoding: ``init_cache(batch)`` → ``{'conv_q', 'conv_k', 'conv_v': [B, K−1, H·D],
 'memory': state [B, H, ...], 'started': bool}`` and ``decode(x [B, T_new, E], cache)``, which
 continues the conv windows and the memory state exactly (``memory_step`` for one token,
@@ -143,6 +157,8 @@ class MirasLayer(nn.Module):
       huber_mode: Yaad's bias variant, 'mask' (Eq. 26) | 'clip' (Eq. 14) | 'norm' (Eq. 15).
       memora_form: Memora's chunked form, 'logits' | 'lag' (Eq. 30–32; memory/retention.py).
       simplex_w0_std: std of the logits of Memora's initial memory W_0 = c · softmax(raw).
+      ln_eps: ε of the MLP memory's output LayerNorm; 1 bounds its gain by 1 (module
+          docstring; 1e-6 is the usual, unbounded choice).
       output_gate: 'silu' (default, as Gated DeltaNet / FLA) or 'sigmoid'.
       remat_group: chunks per ``jax.checkpoint`` in the chunked memory.
       grad_horizon: 0 for exact gradients; else truncated back-propagation through the memory
@@ -174,6 +190,7 @@ class MirasLayer(nn.Module):
   huber_mode: str = LMConfig.huber_mode
   memora_form: str = LMConfig.memora_form
   simplex_w0_std: float = 2.0
+  ln_eps: float = LMConfig.memory_ln_eps
   output_gate: str = LMConfig.output_gate
   remat_group: int = LMConfig.memory_remat_group
   grad_horizon: int = LMConfig.memory_grad_horizon
@@ -187,7 +204,10 @@ class MirasLayer(nn.Module):
   @property
   def memory_rule(self):
     return with_options(
-      get_rule(self.rule), huber_mode=self.huber_mode, memora_form=self.memora_form
+      get_rule(self.rule),
+      huber_mode=self.huber_mode,
+      memora_form=self.memora_form,
+      ln_eps=self.ln_eps,
     )
 
   def _dense(self, features, axes, axis=-1):

@@ -257,7 +257,11 @@ MEMORA_FORMS = ('logits', 'lag')
 
 
 def with_options(
-  rule: MemoryRule, *, huber_mode: str | None = None, memora_form: str | None = None
+  rule: MemoryRule,
+  *,
+  huber_mode: str | None = None,
+  memora_form: str | None = None,
+  ln_eps: float | None = None,
 ) -> MemoryRule:
   """``rule`` with its variant options applied.
 
@@ -266,6 +270,8 @@ def with_options(
   memora_form  Memora's KL retention: 'logits' (the exact linear recurrence on the logits,
                reads linear steps inside a chunk) or 'lag' (the paper's chunked lag scheme,
                Eq. 30–32; retention.py). Identical at chunk size 1.
+  ln_eps       the ε of an MLP memory's output LayerNorm, LN(z) = (z − μ)/√(var(z) + ε):
+               it bounds the LayerNorm's gain by 1/√ε (architectures.MLPMemory).
   """
   if huber_mode is not None and isinstance(rule.bias, Huber):
     rule = rule.replace(bias=dataclasses.replace(rule.bias, mode=huber_mode))
@@ -274,6 +280,10 @@ def with_options(
       raise ValueError(f'unknown memora_form {memora_form!r}; choose one of {MEMORA_FORMS}')
     m = 'softmax' if memora_form == 'logits' else 'softmax_lag'
     rule = rule.replace(retention=dataclasses.replace(rule.retention, map=m))
+  if ln_eps is not None and getattr(rule.arch, 'layer_norm', False):
+    if not ln_eps > 0:
+      raise ValueError(f'ln_eps must be positive, got {ln_eps}')
+    rule = rule.replace(arch=dataclasses.replace(rule.arch, ln_eps=float(ln_eps)))
   return rule
 
 

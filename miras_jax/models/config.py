@@ -19,8 +19,8 @@ MAL: a memory layer, then an SWA layer), ['mag'] Titans MAG.
 
 ``eta_max`` and ``alpha_init`` set the memory gates (layers/miras.py): η ≤ eta_max, and the
 keep-rate α starts spread over heads in ``alpha_init`` = (lo, hi). The papers do not give them;
-the presets choose per rule values whose exact 4K-token gradient stays bounded at
-initialisation (miras_jax/models/presets.py, scripts/bench_bptt.py).
+the presets cap η per rule and start Titans with a slower-forgetting α range, so that the
+exact 4K-token gradient stays bounded (miras_jax/models/presets.py, scripts/bench_bptt.py).
 
 Rule variants (memory/rules.py ``with_options``; ignored by rules without the component):
 ``huber_mode`` Yaad's bias, 'mask' (Miras Eq. 26: per token ℓ2 gradient where ‖e‖ ≤ δ_t, else
@@ -28,6 +28,12 @@ Rule variants (memory/rules.py ``with_options``; ignored by rules without the co
 threshold δ at initialisation (δ_t = softplus(·), layers/miras.py); ``channel_delta``
 makes Yaad's data-dependent δ_t per value channel instead of per head (layers/miras.py);
 ``memora_form`` Memora's chunked form, 'logits' | 'lag' (Eq. 30–32).
+
+``memory_ln_eps`` (default 1.0): ε of the deep memories' output LayerNorm (Titans, Moneta, Yaad,
+Memora, TTT). 1 bounds the LayerNorm's gain by 1 whatever the gates do to the memory's scale,
+which keeps the exact gradient through 4K–8K tokens bounded at the layer's default gates
+(layers/miras.py; issue 10 §3); 1e-6, the usual value, was the default before, and the Titans
+presets keep it (miras_jax/models/presets.py).
 
 ``memory_grad_horizon`` (tokens, 0 = exact): truncated back-propagation through every memory
 state, cut every that many tokens (a multiple of ``chunk_size``; the forward pass is unchanged).
@@ -87,6 +93,7 @@ class LMConfig:
   delta_init: float = 1.0
   channel_delta: bool = False
   memora_form: str = 'logits'
+  memory_ln_eps: float = 1.0
   output_gate: str = 'silu'
   memory_remat_group: int = 4
   memory_grad_horizon: int = 0

@@ -68,6 +68,7 @@ def memory_layer(cfg: LMConfig, **kw) -> MirasLayer:
     delta_init=cfg.delta_init,
     channel_delta=cfg.channel_delta,
     memora_form=cfg.memora_form,
+    ln_eps=cfg.memory_ln_eps,
     output_gate=cfg.output_gate,
     remat_group=cfg.memory_remat_group,
     grad_horizon=cfg.memory_grad_horizon,
