@@ -11,8 +11,10 @@ then computed layer by layer *without materialising per-token weights* (TTT "dua
 
     z_l = a ⊙ (H_q B_lᵀ) + s_l · [ d ⊙ (H_q S_lᵀ) + (C ⊙ H_q H_kᵀ) Δ_l ]
 
-and the state is updated once per chunk in primal form. A ``lax.scan`` runs over chunks,
-``remat_group`` chunks per ``jax.checkpoint`` so activation memory grows as T/(b·group).
+and the state is updated once per chunk in primal form. A ``lax.scan`` runs over chunks in
+segments of ``remat_group`` chunks whose start states are the backward's only residuals, so
+activation memory grows as T/(b·group): the deep memories (``recompute_backward``) by the
+reverse-recompute VJP of chunk_vjp.py, the linear ones by autodiff of ``jax.checkpoint``ed groups.
 
 Documents: tokens after a reset in a chunk take their gradients at, and read from, the
 initial memory W_0 and never see earlier tokens (segment-equality mask in C). Inactive
@@ -34,6 +36,7 @@ from jax.scipy.linalg import solve_triangular
 
 from miras_jax.memory import common
 from miras_jax.memory.architectures import backprop, keys_forward
+from miras_jax.memory.chunk_vjp import segment_scan
 from miras_jax.memory.rules import MemoryRule, read_base
 
 
@@ -160,11 +163,18 @@ def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
 
 
 def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
-  arch = rule.arch
   if rule.retention.read_mode == 'lag':
     st, x = _lag_token(rule, st, x, fresh, outer)
-  q, k, v = x['q'], x['k'], x['v']
   co = coefficients(x['la'], x['eta'], x['reset'], x['active'], x['lm'])
+  return chunk_core(rule, resets, st, x, co, fresh, outer)
+
+
+def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer):
+  """The general chunk given its coefficients ``co`` (``coefficients``; after the lag token):
+  key factors, dual-form reads, primal update. Shared with pallas_kernels/mlp_memory, which
+  computes ``co`` outside the kernel. Returns (new state, y [b, dv])."""
+  arch = rule.arch
+  q, k, v = x['q'], x['k'], x['v']
   cont, a, C = co['cont'], co['a'], co['C']
   momentum = 'S' in st
 
@@ -286,7 +296,26 @@ def _kernel(rule: MemoryRule):
   return _chunk_general
 
 
-def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
+BACKWARDS = ('auto', 'recompute', 'autodiff')
+
+
+def recompute_backward(rule: MemoryRule) -> bool:
+  """The deep memories' chunk scan differentiates by chunk_vjp.segment_scan (segment-start
+  residuals, reverse recompute); the linear memories keep autodiff through ``jax.checkpoint``ed
+  groups of chunks (their chunk is cheap to store, and the WY / channel kernels were measured so)."""
+  return not rule.arch.is_linear and _kernel(rule) is _chunk_general
+
+
+def _chunk_body(kern, rule, resets, carry, xc, consts):
+  fresh, outer = consts
+  xc = dict(xc)
+  cut = xc.pop('cut')
+  if cut is not None:  # truncated BPTT: cuts fall on chunk starts (common.gradient_cuts)
+    carry = common.stop_gradient_where(cut[0], carry)
+  return kern(rule, resets, carry, xc, fresh, outer)
+
+
+def _run_one(rule, b, group, resets, aligned, n_chunks, recompute, tok, head, st):
   """One (batch, head): lay tokens into chunk slots, scan, read back."""
   fresh, outer = head
   T = tok['q'].shape[0]
@@ -305,19 +334,16 @@ def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
   xs['active'] = lay(jnp.ones((T,), jnp.float32))
   xs = jax.tree.map(lambda x: x.reshape((n_chunks // group, group, b) + x.shape[1:]), xs)
 
-  kern = functools.partial(_kernel(rule), rule, resets)
+  body = functools.partial(_chunk_body, _kernel(rule), rule, resets)
+  if recompute:
+    st, ys = segment_scan(body, st, xs, (fresh, outer))
+  else:
 
-  def chunk_body(carry, xc):
-    cut = xc.pop('cut')
-    if cut is not None:  # truncated BPTT: cuts fall on chunk starts (common.gradient_cuts)
-      carry = common.stop_gradient_where(cut[0], carry)
-    return kern(carry, xc, fresh, outer)
+    @jax.checkpoint
+    def group_body(carry, xg):
+      return jax.lax.scan(lambda c, x: body(c, x, (fresh, outer)), carry, xg)
 
-  @jax.checkpoint
-  def group_body(carry, xg):
-    return jax.lax.scan(chunk_body, carry, xg)
-
-  st, ys = jax.lax.scan(group_body, st, xs)
+    st, ys = jax.lax.scan(group_body, st, xs)
   ys = ys.reshape((slots,) + ys.shape[3:])
   y = jax.lax.dynamic_slice_in_dim(ys, offset, T, axis=0)
   return y, st
@@ -338,6 +364,7 @@ def chunked(
   remat_group: int = 4,
   aligned: bool | None = None,
   grad_horizon: int | None = None,
+  backward: str = 'auto',
 ):
   """Chunk-parallel memory; same signature and results as ``reference`` with the same b.
 
@@ -347,9 +374,14 @@ def chunked(
   from a previous call or None; segment_ids [B, T] for packed rows.
   ``aligned``: the state is at a chunk boundary (pos == 0); default True when no state is
   passed. Unaligned states cost one extra chunk (front padding). ``grad_horizon``: None for
-  exact gradients, else truncated BPTT (common.gradient_cuts).
+  exact gradients, else truncated BPTT (common.gradient_cuts). ``backward``: 'recompute'
+  (chunk_vjp.segment_scan: segment-start residuals, ``remat_group`` chunks per segment),
+  'autodiff' (autodiff through ``jax.checkpoint`` groups of ``remat_group`` chunks) or 'auto'
+  (``recompute_backward(rule)``); identical values and gradients.
   Returns (y [B, H, T, dv] in q's dtype, final state).
   """
+  if backward not in BACKWARDS:
+    raise ValueError(f'unknown backward {backward!r}; choose one of {BACKWARDS}')
   cut = common.gradient_cuts(grad_horizon, chunk_size, state, q.shape[:3])
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   b = int(chunk_size)
@@ -364,6 +396,7 @@ def chunked(
   resets = segment_ids is not None
   tok = {n: P[n] for n in ('q', 'k', 'v', 'eta', 'la', 'lm', 'delta', 'reset')}
   tok['cut'] = cut
-  fn = functools.partial(_run_one, rule, b, group, resets, aligned, n_chunks)
+  recompute = recompute_backward(rule) if backward == 'auto' else backward == 'recompute'
+  fn = functools.partial(_run_one, rule, b, group, resets, aligned, n_chunks, recompute)
   y, st = common.vmap_bh(fn)(tok, (P['fresh'], P['outer']), P['state'])
   return y.astype(q.dtype), st
