@@ -156,9 +156,11 @@ def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
     new['R'] = common.tree_where(boundary, phi_a, r_end)
   new['pos'] = jnp.where(boundary, 0, st['pos'] + n_active).astype(jnp.int32)
   if ret.read_mode != 'identity':
-    # The last token of a chunk reads the exact φ(A) (a chunk boundary).
-    y_last = arch.apply(phi_a, q[-1], outer)
-    y = y.at[-1].set(jnp.where(boundary, y_last, y[-1]))
+    # The last token of a chunk reads the exact φ(A) (a chunk boundary). A row mask, not a
+    # scatter: the same code runs inside the Mosaic kernel (pallas_kernels/mlp_memory).
+    y_last = arch.apply(phi_a, q[-1:], outer)
+    last = jax.lax.broadcasted_iota(jnp.int32, y.shape, 0) == y.shape[0] - 1
+    y = jnp.where(last & boundary, y_last, y)
   return new, y
 
 
