@@ -55,28 +55,48 @@ def coefficients(la, eta, reset, active, lm=None):
   C [b, b] (coefficient of g_i in A_t), and with momentum d [b] (coefficient of S'),
   Cs [b, b], sdec [b] (the same for S_t).
   """
-  b = eta.shape[0]
+  return coefficients_from_sums(chunk_sums(la, reset, lm), eta, active)
+
+
+def chunk_sums(la, reset, lm=None):
+  """The prefix sums behind ``coefficients``, per token: segl [b] (resets up to t), cum
+  [b](, dk) (Σ_{i ≤ t} log α_i), log_a [b](, dk) (log decay from t's segment base), cm [b] or
+  None (Σ_{i ≤ t} log μ_i). The Pallas deep-memory kernel takes these as inputs and builds the
+  [b, b] coefficients on chip (``coefficients_from_sums``)."""
+  b = reset.shape[0]
   idx = jnp.arange(b)
   segl = jnp.cumsum(reset)
-  cont = segl == 0
   M = (segl[:, None] == segl[None, :]) & (idx[None, :] <= idx[:, None])
   is_start = (reset > 0) | (idx == 0)
   cum = jnp.cumsum(la, axis=0)
   cum_ex = cum - la
-  chan = la.ndim == 2
-  Mx = M[..., None] if chan else M
   start_sel = M & is_start[None, :]
-  start_sel = start_sel[..., None] if chan else start_sel
+  start_sel = start_sel[..., None] if la.ndim == 2 else start_sel
   start_ex = jnp.sum(jnp.where(start_sel, cum_ex[None], 0.0), axis=1)
-  a = jnp.exp(cum - start_ex)
+  cm = None if lm is None else jnp.cumsum(lm)
+  return dict(segl=segl, cum=cum, log_a=cum - start_ex, cm=cm)
+
+
+def coefficients_from_sums(sums, eta, active):
+  """``coefficients`` from ``chunk_sums``: element-wise ops, iota masks and matmuls only (so it
+  also runs inside a Mosaic kernel)."""
+  segl, cum = sums['segl'], sums['cum']
+  b = segl.shape[0]
+  t_idx = jax.lax.broadcasted_iota(jnp.int32, (b, b), 0)
+  i_idx = jax.lax.broadcasted_iota(jnp.int32, (b, b), 1)
+  cont = segl == 0
+  M = (segl[:, None] == segl[None, :]) & (i_idx <= t_idx)
+  chan = cum.ndim == 2
+  Mx = M[..., None] if chan else M
+  a = jnp.exp(sums['log_a'])
   Dw = _masked_exp(cum[:, None] - cum[None, :], Mx)
   out = dict(cont=cont, M=M, a=a, Dw=Dw)
   if chan:
     return out
-  if lm is None:
+  if sums['cm'] is None:
     out['C'] = Dw * (-eta)[None, :]
     return out
-  cm = jnp.cumsum(lm)
+  cm = sums['cm']
   Ds = _masked_exp(cm[:, None] - cm[None, :], M)
   Cs = Ds * (-eta)[None, :]
   sdec = jnp.exp(cm) * cont

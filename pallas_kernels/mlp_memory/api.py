@@ -3,10 +3,11 @@ as one Pallas kernel per chunk segment, with the same results as the XLA chunked
 (miras_jax.memory.chunked) for the same chunk size.
 
 XLA side (here): the memory core's front end (validated fp32 inputs, gates, resets, fresh state),
-tail padding to whole segments, and the in-chunk decay / momentum coefficients
-(``chunked.coefficients``: cumulative sums, which stay outside the kernel as in layout.py; the
-gradient reaches the gates through XLA's autodiff of them). Kernel side (pallas_tpu.py): the chunk
-of chunk.py over the sequence, state on chip.
+tail padding to whole segments, and the chunk-local prefix sums of the gates
+(``chunked.chunk_sums``: cumulative sums stay outside the kernel as in layout.py; the gradient
+reaches the gates through XLA's autodiff of them). Kernel side (pallas_tpu.py): the chunk of
+chunk.py over the sequence, state on chip; it builds the [c, c] decay / momentum coefficients from
+the per-token sums on chip, so nothing of size T·c leaves it.
 
 Scope: the rules whose chunk is the general one (``chunked.recompute_backward``) except Memora's
 'lag' form (its first-token step changes the coefficients inside the chunk); the initial state must
@@ -20,11 +21,11 @@ import jax
 import jax.numpy as jnp
 
 from miras_jax.memory import common
-from miras_jax.memory.chunked import coefficients, recompute_backward
+from miras_jax.memory.chunked import chunk_sums, recompute_backward
 from miras_jax.memory.rules import MemoryRule
 from pallas_kernels import layout, platform
 from pallas_kernels.mlp_memory import tuned
-from pallas_kernels.mlp_memory.chunk import COEFFS, VECTORS, Layout, as_2d, chunk_fn
+from pallas_kernels.mlp_memory.chunk import SUMS, TOKENS, VECTORS, Layout, as_2d, chunk_fn
 
 
 def supported(rule: MemoryRule) -> bool:
@@ -79,22 +80,24 @@ def mlp_memory(
   }
   if P['delta'] is not None:
     ops['delta'] = pad(jnp.broadcast_to(P['delta'], (B, H, T, P['delta'].shape[-1])), 1.0)
-  # The coefficients of every chunk (chunked.coefficients, vmapped over B, H and chunks).
+  # The prefix sums of every chunk (chunked.chunk_sums, vmapped over B, H and chunks); the kernel
+  # builds the [c, c] coefficients from them on chip (chunked.coefficients_from_sums).
   per_chunk = lambda x: None if x is None else pad(x).reshape(B, H, n_chunks, c)
-  gate_args = [per_chunk(P[n]) for n in ('la', 'eta', 'reset')] + [per_chunk(ops['active'])]
-  gate_args.append(per_chunk(P['lm']))
-  co_fn = lambda la, eta, r, act, lm: coefficients(la, eta, r, act, lm)
+  sums_fn = chunk_sums
   for _ in range(3):
-    co_fn = jax.vmap(co_fn)
-  co = co_fn(*gate_args)
-  co['cont'] = co['cont'].astype(f32)
-  for n in COEFFS:
-    if n in co:
-      ops[n] = co[n].reshape(B, H, Tp, -1)
-  names = tuple(n for n in ('q', 'k', 'v', 'active', 'delta') + COEFFS if n in ops)
-  toks = tuple(
-    layout.flat(ops[n][..., None] if n in VECTORS and ops[n].ndim == 3 else ops[n]) for n in names
-  )
+    sums_fn = jax.vmap(sums_fn)
+  sums = sums_fn(per_chunk(P['la']), per_chunk(P['reset']), per_chunk(P['lm']))
+  ops['eta'] = pad(P['eta'])
+  for n in SUMS:
+    if sums[n] is not None:
+      ops[n] = sums[n].reshape(B, H, Tp)
+  names = tuple(n for n in TOKENS + SUMS if n in ops and n not in VECTORS)
+  vec_names = tuple(n for n in VECTORS if n in ops)
+  toks = tuple(layout.flat(ops[n]) for n in names)
+  # Per-token scalars packed lane-dense, one [n_vec, c] tile per chunk: as [Tp, 1] columns each
+  # would be padded to 128 lanes in HBM (measured: 6 × 32 MiB at 16 heads, T = 4096).
+  rows = jnp.stack([ops[n].reshape(B, H, n_chunks, c) for n in vec_names], axis=3)
+  toks += (layout.flat(rows),)
 
   st_leaves, st_def = _split_pos(P['state'])
   fr_leaves, fr_def = _split_pos(P['fresh'])
@@ -105,6 +108,7 @@ def mlp_memory(
   consts = tuple(to2d(bh(x).astype(f32)) for x in fr_leaves + out_leaves)
   lay = Layout(
     names=names,
+    vec_names=vec_names,
     state_def=st_def,
     state_shapes=tuple(x.shape[2:] for x in st_leaves),
     fresh_def=fr_def,

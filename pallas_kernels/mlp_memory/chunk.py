@@ -6,8 +6,9 @@ inner gradient (the architecture's backprop, the bias's ∂ℓ/∂p), the in-chu
 coefficients' dual-form reads and the primal update are ``chunk_core``'s, for any (architecture,
 bias, retention, algorithm) it handles. This module only maps the kernel's operands onto its
 arguments: the state dict ↔ a tuple of 2-D matrices (scalars as [1, 1]; ``pos`` is 0 at every chunk
-start, the kernel's chunks being aligned), per-token vectors as [c, 1] columns, the chunk
-coefficients (computed outside the kernel, api.py) as [c, c] / [c, 1] slices.
+start, the kernel's chunks being aligned), per-token scalars as rows of one tile, the chunk
+coefficients built from the per-token prefix sums (``chunk_sums``, api.py) by the core's own
+``coefficients_from_sums``.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import math
 import jax
 import jax.numpy as jnp
 
-from miras_jax.memory.chunked import chunk_core
+from miras_jax.memory.chunked import chunk_core, coefficients_from_sums
 
-# Per-token operands of the kernel, in order; 'vec': a [c, 1] column read as [c].
-TOKENS = ('q', 'k', 'v', 'active', 'delta')
-COEFFS = ('cont', 'a', 'C', 'd', 'Cs', 'sdec')
-VECTORS = ('active', 'cont', 'a', 'd', 'sdec')
+# Per-token operands of the kernel, in order; VECTORS are scalars per token, packed as the rows of
+# one [n_vec, c] tile per chunk (the last operand).
+TOKENS = ('q', 'k', 'v', 'eta', 'active', 'delta')
+SUMS = ('segl', 'cum', 'log_a', 'cm')  # chunked.chunk_sums
+VECTORS = ('eta', 'active') + SUMS
 
 
 def as_2d(shape):
@@ -35,7 +37,8 @@ def as_2d(shape):
 class Layout:
   """Static description of the operand tuples (hashable: the kernel is cached on it)."""
 
-  names: tuple  # names of the per-token operands present (TOKENS then COEFFS)
+  names: tuple  # per-token operands [c, d] present (TOKENS then SUMS, not VECTORS)
+  vec_names: tuple  # the rows of the per-token scalar tile [n_vec, c]
   state_def: object  # treedef of the state dict without 'pos'
   state_shapes: tuple
   fresh_def: object
@@ -55,9 +58,12 @@ def mlp_chunk(rule, resets, lay: Layout, S, x, K):
   nf = len(lay.fresh_shapes)
   fresh = dict(_unflat(lay.fresh_def, lay.fresh_shapes, K[:nf]), pos=pos)
   outer = _unflat(lay.outer_def, lay.outer_shapes, K[nf:])
-  ops = {n: (a[:, 0] if n in VECTORS else a) for n, a in zip(lay.names, x)}
+  ops = dict(zip(lay.names, x[:-1]))
+  ops.update(zip(lay.vec_names, x[-1]))  # the [n_vec, c] tile of per-token scalars
   tok = {n: ops.get(n) for n in TOKENS}
-  co = {n: ops[n] for n in COEFFS if n in ops}
+  co = coefficients_from_sums({n: ops.get(n) for n in SUMS}, tok['eta'], tok['active'])
+  # A float mask: Mosaic cannot extract a bool scalar (the chunk end's cont[-1]) from a vector.
+  co['cont'] = co['cont'].astype(jnp.float32)
   new, y = chunk_core(rule, resets, st, tok, co, fresh, outer)
   new = dict(new)
   new.pop('pos')

@@ -39,7 +39,7 @@ def _forward(chunk_fn, c, R, dv, interpret, toks, h0, consts):
 
     def chunk(j, S):
       sl = pl.ds(j * c, c)
-      y, S = chunk_fn(S, tuple(r[sl, :] for r in tok_refs), K)
+      y, S = chunk_fn(S, tuple(r[sl, :] for r in tok_refs[:-1]) + (tok_refs[-1][j],), K)
       y_ref[sl, :] = y.astype(y_ref.dtype)
       return S
 

@@ -13,8 +13,8 @@ holds second-order terms of the inner gradient (LayerNorm, GELU) whose traced fo
 is unmeasured; the forward is where the weights-on-chip saving is largest (no per-chunk HBM round
 trip of the weights).
 
-Inputs: ``toks`` tuple of ``[N, Tp, d_i]`` (tokens, per-token gates as ``[.., 1]`` columns and the
-chunk coefficient rows as ``[.., c]``), ``h0`` tuple of ``[N, o, i]`` (state), ``consts`` tuple of
+Inputs: ``toks`` tuple of ``[N, Tp, d_i]`` (tokens) and last ``[N, n_chunks, n_vec, c]`` (per-token
+scalars, one lane-dense tile per chunk), ``h0`` tuple of ``[N, o, i]`` (state), ``consts`` tuple of
 ``[N, a, b]`` (reset target W_0, LayerNorm parameters); ``Tp`` a multiple of ``c·R``.
 """
 
@@ -32,8 +32,17 @@ from miras_jax.memory.chunk_vjp import segment_backward
 F32 = jnp.float32
 
 
-def _tok_spec(L, d):
-  return pl.BlockSpec((1, L, d), lambda n, s: (n, s, 0))
+def _tok_spec(x, c, R):
+  """[N, Tp, d] token operands (blocks of a segment's c·R tokens), or the last operand
+  [N, n_chunks, n_vec, c] of per-token scalar tiles (blocks of R chunks)."""
+  if x.ndim == 3:
+    return pl.BlockSpec((1, c * R, x.shape[2]), lambda n, s: (n, s, 0))
+  return pl.BlockSpec((1, R) + x.shape[2:], lambda n, s: (n, s, 0, 0))
+
+
+def _chunk_slices(refs, j, c):
+  start = pl.multiple_of(j * c, c)
+  return tuple(r[0, pl.ds(start, c), :] for r in refs[:-1]) + (refs[-1][0, j],), start
 
 
 def _mat_spec(shape):
@@ -66,8 +75,7 @@ def _forward(chunk_fn, c, R, dv, save, interpret, toks, h0, consts):
     K = tuple(r[0].astype(F32) for r in const_refs)
 
     def body(j, S):
-      start = pl.multiple_of(j * c, c)
-      x = tuple(r[0, pl.ds(start, c), :] for r in tok_refs)
+      x, start = _chunk_slices(tok_refs, j, c)
       y, S = chunk_fn(S, x, K)
       y_ref[0, pl.ds(start, c), :] = y.astype(y_ref.dtype)
       return S
@@ -84,14 +92,14 @@ def _forward(chunk_fn, c, R, dv, save, interpret, toks, h0, consts):
   shapes = [h.shape[1:] for h in h0]
   out_shape = [jax.ShapeDtypeStruct((N, Tp, dv), toks[0].dtype)]
   out_shape += [jax.ShapeDtypeStruct((N,) + sh, F32) for sh in shapes]
-  out_specs = [_tok_spec(L, dv)] + [_mat_spec(sh) for sh in shapes]
+  out_specs = [pl.BlockSpec((1, L, dv), lambda n, s: (n, s, 0))] + [_mat_spec(sh) for sh in shapes]
   if save:
     out_shape += [jax.ShapeDtypeStruct((N, n_seg) + sh, F32) for sh in shapes]
     out_specs += [pl.BlockSpec((1, 1) + sh, lambda n, s: (n, s, 0, 0)) for sh in shapes]
   outs = pl.pallas_call(
     kernel,
     grid=(N, n_seg),
-    in_specs=[_tok_spec(L, x.shape[2]) for x in toks]
+    in_specs=[_tok_spec(x, c, R) for x in toks]
     + [_mat_spec(h.shape[1:]) for h in h0]
     + [_mat_spec(k.shape[1:]) for k in consts],
     out_specs=out_specs,
@@ -128,7 +136,8 @@ def mlp_segments(chunk_fn, c, R, interpret, toks, h0, consts):
 
 def out_dim(chunk_fn, c, toks, h0, consts):
   """d_v of the chunk function's output (abstract evaluation)."""
-  x = tuple(jax.ShapeDtypeStruct((c,) + t.shape[2:], t.dtype) for t in toks)
+  x = tuple(jax.ShapeDtypeStruct((c,) + t.shape[2:], t.dtype) for t in toks[:-1])
+  x += (jax.ShapeDtypeStruct(toks[-1].shape[2:], toks[-1].dtype),)
   S = tuple(jax.ShapeDtypeStruct(h.shape[1:], F32) for h in h0)
   K = tuple(jax.ShapeDtypeStruct(k.shape[1:], F32) for k in consts)
   return jax.eval_shape(chunk_fn, S, x, K)[0].shape[-1]
@@ -148,7 +157,7 @@ def xla_backward(chunk_fn, c, R, interpret, saved, cts):
   dy, dhT = cts
   N, Tp = toks[0].shape[:2]
   n_seg = Tp // (c * R)
-  seg = lambda x: x.reshape((N, n_seg, R, c) + x.shape[2:])
+  seg = lambda x: x.reshape((N, n_seg, R) + ((c,) + x.shape[2:] if x.ndim == 3 else x.shape[2:]))
   consts32 = tuple(k.astype(F32) for k in consts)
 
   def one(starts, xs, K, dS, dys):

@@ -22,7 +22,8 @@ def _run(rule, inp, implementation):
   fresh = init_state(rule, inp['w0'], 2)
   keys = iter(jax.random.split(jax.random.PRNGKey(5), 16))
   # A non-trivial state at a chunk boundary (the kernel's chunks start at the call's first token).
-  state = jax.tree.map(lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape), fresh)
+  noise = lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape, x.dtype)
+  state = {n: jax.tree.map(noise, x) for n, x in fresh.items() if n != 'pos'}
   state['pos'] = fresh['pos']
   floats = {n: x for n, x in state.items() if n != 'pos'}
 
