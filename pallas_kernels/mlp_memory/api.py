@@ -62,6 +62,12 @@ def mlp_memory(
       f'rule {rule.name}: no deep-memory Pallas kernel (covered: the general chunk of the MLP '
       f"memories, not Memora's lag form); use implementation='xla'"
     )
+  pos = None if state is None else state['pos']
+  if pos is not None and not isinstance(pos, jax.core.Tracer) and bool(jnp.any(pos != 0)):
+    raise ValueError(
+      'the deep-memory Pallas kernel needs a state on a chunk boundary (pos == 0); use '
+      "implementation='xla' to continue mid-chunk"
+    )
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   lowering, interp = platform.resolve(backend, interpret)
   B, H, T = q.shape[:3]

@@ -71,3 +71,20 @@ def test_kernel_equals_xla_titans():
 @pytest.mark.parametrize('name', ['moneta', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear'])
 def test_kernel_equals_xla(name):
   _check(name)
+
+
+def test_mid_chunk_state_is_a_one_line_error():
+  rule = get_rule('titans')
+  inp = random_inputs(rule, jax.random.PRNGKey(0), B=1, H=1, T=3, dk=4)
+  st = dict(init_state(rule, inp['w0'], 1), pos=jnp.full((1, 1), 2, jnp.int32))
+  with pytest.raises(ValueError, match='needs a state on a chunk boundary'):
+    memory_forward(
+      rule,
+      inp['q'],
+      inp['k'],
+      inp['v'],
+      inp['gates'],
+      w0=inp['w0'],
+      state=st,
+      implementation='pallas',
+    )
