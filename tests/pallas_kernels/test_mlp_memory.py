@@ -88,3 +88,20 @@ def test_mid_chunk_state_is_a_one_line_error():
       state=st,
       implementation='pallas',
     )
+
+
+@pytest.mark.slow
+def test_gpu_lowering_interpret_equals_xla():
+  """The Triton-lowering driver (pallas_gpu.py) in interpret mode: forward values and state."""
+  from miras_jax.memory import chunked
+  from pallas_kernels.mlp_memory.api import mlp_memory
+
+  rule = get_rule('titans')
+  inp = random_inputs(rule, jax.random.PRNGKey(1), B=1, H=2, T=21, dk=8, segments=2)
+  kw = dict(w0=inp['w0'], outer=inp['outer'], segment_ids=inp['segment_ids'], chunk_size=4)
+  args = (inp['q'], inp['k'], inp['v'], inp['gates'])
+  ref = jax.jit(lambda q, k, v, g: chunked(rule, q, k, v, g, **kw))(*args)
+  gpu = jax.jit(
+    lambda q, k, v, g: mlp_memory(rule, q, k, v, g, backend='gpu', interpret=True, **kw)
+  )(*args)
+  assert_tree_close(gpu, ref, 1e-4, 'gpu interpret')
