@@ -2,7 +2,9 @@
 
 Covered rules: linear memory with the Hebbian (dot-product) bias and identity retention map, no
 momentum (linear attention, RetNet, Mamba2, GLA → linear_memory), and the WY-form delta rules
-(DeltaNet, Gated DeltaNet, Longhorn → delta_rule). Others raise a one-line error.
+(DeltaNet, Gated DeltaNet, Longhorn → delta_rule), and the deep memories (Titans, Moneta, Yaad,
+Memora, TTT-MLP, TTT-Linear → mlp_memory, same state dict as the XLA path; the initial state must
+sit on a chunk boundary). Others raise a one-line error.
 
 State: the same dict as the XLA chunked path ({'A', 'Wg', 'pos'}; A = [dv, dk], the transpose of
 the kernels' S). For the delta rules it is identical. For the dot-product rules the gradient point
@@ -22,7 +24,11 @@ from miras_jax.memory.rules import MemoryRule
 
 
 def kernel_for(rule: MemoryRule) -> str | None:
-  """'linear_memory' | 'delta_rule' | None (not covered)."""
+  """'linear_memory' | 'delta_rule' | 'mlp_memory' | None (not covered)."""
+  from pallas_kernels.mlp_memory.api import supported
+
+  if supported(rule):
+    return 'mlp_memory'
   ret = rule.retention
   if not rule.arch.is_linear or ret.map != 'identity' or rule.algorithm.momentum:
     return None
@@ -53,10 +59,16 @@ def memory_pallas(
   if op is None:
     raise ValueError(
       f'rule {rule.name}: no Pallas kernel (covered: linear memory with dot-product bias or the '
-      f"WY delta rules, identity retention, no momentum); use implementation='xla'"
+      f"WY delta rules, identity retention, no momentum; the deep memories but Memora's lag "
+      f"form); use implementation='xla'"
     )
   if grad_horizon:
     raise ValueError("grad_horizon (truncated BPTT) is not supported by implementation='pallas'")
+  if op == 'mlp_memory':
+    from pallas_kernels.mlp_memory.api import mlp_memory
+
+    kw = dict(outer=outer, state=state, segment_ids=segment_ids, chunk_size=chunk_size)
+    return mlp_memory(rule, q, k, v, gates, w0=w0, interpret=interpret, **kw)
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   T = q.shape[2]
   reset = P['reset'] if segment_ids is not None else None

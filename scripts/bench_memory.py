@@ -2,16 +2,23 @@
 
     python scripts/bench_memory.py [--rules=moneta,titans] [--lengths=512,2048,8192]
         [--chunk_size=64] [--ref_max_len=2048] [--out=bench_memory.json]
+    python scripts/bench_memory.py --compare_backward [--rules=titans] [--lengths=2048]
 
 For each rule and length: ms per fwd+bwd of both paths (same chunk size, same inputs),
 the speed ratio, and the peak temporary memory of the compiled chunked step from XLA's
 memory analysis (it should grow linearly in T). Writes JSON and a throughput-vs-length
 plot next to it. B=2, 4 heads, head dim 64 by default (issue "memory core").
+
+``--compare_backward`` (issue 13): for each rule and length, the chunked forward alone, then
+forward+backward with the autodiff backward and with the reverse-recompute backward
+(chunked(backward=...)) at each ``--remat_groups``, all in one run (so machine load hits them
+alike), with the ratio fwd+bwd / fwd.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import time
@@ -29,6 +36,36 @@ def _step(fn, rule, inp, b):
     return jnp.sum(y.astype(jnp.float32) ** 2)
 
   return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
+
+
+def _compare_backward(a):
+  """Forward vs forward+backward of the chunked path, autodiff vs recompute backward."""
+  groups = [int(g) for g in a.remat_groups.split(',')]
+  print(f'{"rule":10s} {"T":>6s} {"backward":>10s} {"group":>5s} {"ms":>9s} {"/fwd":>6s}')
+  rows = []
+  for name in a.rules.split(','):
+    rule = get_rule(name)
+    for T in [int(x) for x in a.lengths.split(',')]:
+      inp = random_inputs(rule, jax.random.PRNGKey(0), B=a.batch, H=a.heads, T=T, dk=a.head_dim)
+      args = (inp['q'], inp['k'], inp['v'], inp['gates'])
+
+      def loss(q, k, v, gates, backward, group):
+        kw = dict(w0=inp['w0'], outer=inp['outer'], chunk_size=a.chunk_size)
+        y, _ = chunked(rule, q, k, v, gates, remat_group=group, backward=backward, **kw)
+        return jnp.sum(y.astype(jnp.float32) ** 2)
+
+      fwd = jax.jit(functools.partial(loss, backward='autodiff', group=groups[0]))
+      t_f = _time(fwd, args, a.repeats)
+      print(f'{name:10s} {T:6d} {"forward":>10s} {"-":>5s} {1e3 * t_f:9.1f} {1.0:6.2f}', flush=True)
+      rows.append(dict(rule=name, T=T, backward='forward', group=None, ms=1e3 * t_f))
+      for bw in ('autodiff', 'recompute'):
+        for g in groups:
+          step = functools.partial(loss, backward=bw, group=g)
+          f = jax.jit(jax.value_and_grad(step, argnums=(0, 1, 2, 3)))
+          t = _time(f, args, a.repeats)
+          rows.append(dict(rule=name, T=T, backward=bw, group=g, ms=1e3 * t, ratio=t / t_f))
+          print(f'{name:10s} {T:6d} {bw:>10s} {g:5d} {1e3 * t:9.1f} {t / t_f:6.2f}', flush=True)
+  return rows
 
 
 def _time(f, args, repeats):
@@ -67,7 +104,19 @@ def main(argv=None):
   )
   p.add_argument('--repeats', type=int, default=3)
   p.add_argument('--out', default='bench_memory.json')
+  p.add_argument(
+    '--compare_backward',
+    action='store_true',
+    help='forward vs forward+backward, autodiff vs recompute backward (issue 13)',
+  )
+  p.add_argument('--remat_groups', default='1,4', help='with --compare_backward')
   a = p.parse_args(argv)
+  if a.compare_backward:
+    rows = _compare_backward(a)
+    with open(a.out, 'w') as f:
+      json.dump(dict(device=jax.devices()[0].device_kind, args=vars(a), rows=rows), f, indent=1)
+    print(f'wrote {a.out}')
+    return
   lengths = [int(x) for x in a.lengths.split(',')]
   rows = []
   print(

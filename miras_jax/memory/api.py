@@ -4,7 +4,8 @@ implementation = 'auto' | 'reference' | 'xla' | 'pallas'
   'reference'  token-by-token lax.scan (reference.py) — the spec, slow.
   'xla'        chunk-parallel dual form (chunked.py) — the default on every platform.
   'pallas'     the Pallas TPU / GPU kernels (pallas_kernels/, interpret mode on CPU) for the
-               linear-memory and delta rules; a one-line error for other rules.
+               linear-memory and delta rules and the deep memories (pallas_kernels/mlp_memory;
+               initial state on a chunk boundary); a one-line error for other rules.
   'auto'       'xla' (the kernels are picked on TPU / GPU only once benchmarks show them faster;
                not yet measured, so 'auto' stays on 'xla' everywhere).
 All give the same outputs, final state and gradients for the same chunk size

@@ -11,8 +11,10 @@ then computed layer by layer *without materialising per-token weights* (TTT "dua
 
     z_l = a ⊙ (H_q B_lᵀ) + s_l · [ d ⊙ (H_q S_lᵀ) + (C ⊙ H_q H_kᵀ) Δ_l ]
 
-and the state is updated once per chunk in primal form. A ``lax.scan`` runs over chunks,
-``remat_group`` chunks per ``jax.checkpoint`` so activation memory grows as T/(b·group).
+and the state is updated once per chunk in primal form. A ``lax.scan`` runs over chunks in
+segments of ``remat_group`` chunks whose start states are the backward's only residuals, so
+activation memory grows as T/(b·group): the deep memories (``recompute_backward``) by the
+reverse-recompute VJP of chunk_vjp.py, the linear ones by autodiff of ``jax.checkpoint``ed groups.
 
 Documents: tokens after a reset in a chunk take their gradients at, and read from, the
 initial memory W_0 and never see earlier tokens (segment-equality mask in C). Inactive
@@ -34,6 +36,7 @@ from jax.scipy.linalg import solve_triangular
 
 from miras_jax.memory import common
 from miras_jax.memory.architectures import backprop, keys_forward
+from miras_jax.memory.chunk_vjp import segment_scan
 from miras_jax.memory.rules import MemoryRule, read_base
 
 
@@ -52,28 +55,48 @@ def coefficients(la, eta, reset, active, lm=None):
   C [b, b] (coefficient of g_i in A_t), and with momentum d [b] (coefficient of S'),
   Cs [b, b], sdec [b] (the same for S_t).
   """
-  b = eta.shape[0]
+  return coefficients_from_sums(chunk_sums(la, reset, lm), eta, active)
+
+
+def chunk_sums(la, reset, lm=None):
+  """The prefix sums behind ``coefficients``, per token: segl [b] (resets up to t), cum
+  [b](, dk) (Σ_{i ≤ t} log α_i), log_a [b](, dk) (log decay from t's segment base), cm [b] or
+  None (Σ_{i ≤ t} log μ_i). The Pallas deep-memory kernel takes these as inputs and builds the
+  [b, b] coefficients on chip (``coefficients_from_sums``)."""
+  b = reset.shape[0]
   idx = jnp.arange(b)
   segl = jnp.cumsum(reset)
-  cont = segl == 0
   M = (segl[:, None] == segl[None, :]) & (idx[None, :] <= idx[:, None])
   is_start = (reset > 0) | (idx == 0)
   cum = jnp.cumsum(la, axis=0)
   cum_ex = cum - la
-  chan = la.ndim == 2
-  Mx = M[..., None] if chan else M
   start_sel = M & is_start[None, :]
-  start_sel = start_sel[..., None] if chan else start_sel
+  start_sel = start_sel[..., None] if la.ndim == 2 else start_sel
   start_ex = jnp.sum(jnp.where(start_sel, cum_ex[None], 0.0), axis=1)
-  a = jnp.exp(cum - start_ex)
+  cm = None if lm is None else jnp.cumsum(lm)
+  return dict(segl=segl, cum=cum, log_a=cum - start_ex, cm=cm)
+
+
+def coefficients_from_sums(sums, eta, active):
+  """``coefficients`` from ``chunk_sums``: element-wise ops, iota masks and matmuls only (so it
+  also runs inside a Mosaic kernel)."""
+  segl, cum = sums['segl'], sums['cum']
+  b = segl.shape[0]
+  t_idx = jax.lax.broadcasted_iota(jnp.int32, (b, b), 0)
+  i_idx = jax.lax.broadcasted_iota(jnp.int32, (b, b), 1)
+  cont = segl == 0
+  M = (segl[:, None] == segl[None, :]) & (i_idx <= t_idx)
+  chan = cum.ndim == 2
+  Mx = M[..., None] if chan else M
+  a = jnp.exp(sums['log_a'])
   Dw = _masked_exp(cum[:, None] - cum[None, :], Mx)
   out = dict(cont=cont, M=M, a=a, Dw=Dw)
   if chan:
     return out
-  if lm is None:
+  if sums['cm'] is None:
     out['C'] = Dw * (-eta)[None, :]
     return out
-  cm = jnp.cumsum(lm)
+  cm = sums['cm']
   Ds = _masked_exp(cm[:, None] - cm[None, :], M)
   Cs = Ds * (-eta)[None, :]
   sdec = jnp.exp(cm) * cont
@@ -153,18 +176,27 @@ def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
     new['R'] = common.tree_where(boundary, phi_a, r_end)
   new['pos'] = jnp.where(boundary, 0, st['pos'] + n_active).astype(jnp.int32)
   if ret.read_mode != 'identity':
-    # The last token of a chunk reads the exact φ(A) (a chunk boundary).
-    y_last = arch.apply(phi_a, q[-1], outer)
-    y = y.at[-1].set(jnp.where(boundary, y_last, y[-1]))
+    # The last token of a chunk reads the exact φ(A) (a chunk boundary). A row mask, not a
+    # scatter: the same code runs inside the Mosaic kernel (pallas_kernels/mlp_memory).
+    y_last = arch.apply(phi_a, q[-1:], outer)
+    last = jax.lax.broadcasted_iota(jnp.int32, y.shape, 0) == y.shape[0] - 1
+    y = jnp.where(last & boundary, y_last, y)
   return new, y
 
 
 def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
-  arch = rule.arch
   if rule.retention.read_mode == 'lag':
     st, x = _lag_token(rule, st, x, fresh, outer)
-  q, k, v = x['q'], x['k'], x['v']
   co = coefficients(x['la'], x['eta'], x['reset'], x['active'], x['lm'])
+  return chunk_core(rule, resets, st, x, co, fresh, outer)
+
+
+def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer):
+  """The general chunk given its coefficients ``co`` (``coefficients``; after the lag token):
+  key factors, dual-form reads, primal update. Shared with pallas_kernels/mlp_memory, which
+  computes ``co`` outside the kernel. Returns (new state, y [b, dv])."""
+  arch = rule.arch
+  q, k, v = x['q'], x['k'], x['v']
   cont, a, C = co['cont'], co['a'], co['C']
   momentum = 'S' in st
 
@@ -286,7 +318,26 @@ def _kernel(rule: MemoryRule):
   return _chunk_general
 
 
-def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
+BACKWARDS = ('auto', 'recompute', 'autodiff')
+
+
+def recompute_backward(rule: MemoryRule) -> bool:
+  """The deep memories' chunk scan differentiates by chunk_vjp.segment_scan (segment-start
+  residuals, reverse recompute); the linear memories keep autodiff through ``jax.checkpoint``ed
+  groups of chunks (their chunk is cheap to store, and the WY / channel kernels were measured so)."""
+  return not rule.arch.is_linear and _kernel(rule) is _chunk_general
+
+
+def _chunk_body(kern, rule, resets, carry, xc, consts):
+  fresh, outer = consts
+  xc = dict(xc)
+  cut = xc.pop('cut')
+  if cut is not None:  # truncated BPTT: cuts fall on chunk starts (common.gradient_cuts)
+    carry = common.stop_gradient_where(cut[0], carry)
+  return kern(rule, resets, carry, xc, fresh, outer)
+
+
+def _run_one(rule, b, group, resets, aligned, n_chunks, recompute, tok, head, st):
   """One (batch, head): lay tokens into chunk slots, scan, read back."""
   fresh, outer = head
   T = tok['q'].shape[0]
@@ -305,19 +356,16 @@ def _run_one(rule, b, group, resets, aligned, n_chunks, tok, head, st):
   xs['active'] = lay(jnp.ones((T,), jnp.float32))
   xs = jax.tree.map(lambda x: x.reshape((n_chunks // group, group, b) + x.shape[1:]), xs)
 
-  kern = functools.partial(_kernel(rule), rule, resets)
+  body = functools.partial(_chunk_body, _kernel(rule), rule, resets)
+  if recompute:
+    st, ys = segment_scan(body, st, xs, (fresh, outer))
+  else:
 
-  def chunk_body(carry, xc):
-    cut = xc.pop('cut')
-    if cut is not None:  # truncated BPTT: cuts fall on chunk starts (common.gradient_cuts)
-      carry = common.stop_gradient_where(cut[0], carry)
-    return kern(carry, xc, fresh, outer)
+    @jax.checkpoint
+    def group_body(carry, xg):
+      return jax.lax.scan(lambda c, x: body(c, x, (fresh, outer)), carry, xg)
 
-  @jax.checkpoint
-  def group_body(carry, xg):
-    return jax.lax.scan(chunk_body, carry, xg)
-
-  st, ys = jax.lax.scan(group_body, st, xs)
+    st, ys = jax.lax.scan(group_body, st, xs)
   ys = ys.reshape((slots,) + ys.shape[3:])
   y = jax.lax.dynamic_slice_in_dim(ys, offset, T, axis=0)
   return y, st
@@ -338,6 +386,7 @@ def chunked(
   remat_group: int = 4,
   aligned: bool | None = None,
   grad_horizon: int | None = None,
+  backward: str = 'auto',
 ):
   """Chunk-parallel memory; same signature and results as ``reference`` with the same b.
 
@@ -347,9 +396,14 @@ def chunked(
   from a previous call or None; segment_ids [B, T] for packed rows.
   ``aligned``: the state is at a chunk boundary (pos == 0); default True when no state is
   passed. Unaligned states cost one extra chunk (front padding). ``grad_horizon``: None for
-  exact gradients, else truncated BPTT (common.gradient_cuts).
+  exact gradients, else truncated BPTT (common.gradient_cuts). ``backward``: 'recompute'
+  (chunk_vjp.segment_scan: segment-start residuals, ``remat_group`` chunks per segment),
+  'autodiff' (autodiff through ``jax.checkpoint`` groups of ``remat_group`` chunks) or 'auto'
+  (``recompute_backward(rule)``); identical values and gradients.
   Returns (y [B, H, T, dv] in q's dtype, final state).
   """
+  if backward not in BACKWARDS:
+    raise ValueError(f'unknown backward {backward!r}; choose one of {BACKWARDS}')
   cut = common.gradient_cuts(grad_horizon, chunk_size, state, q.shape[:3])
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   b = int(chunk_size)
@@ -364,6 +418,7 @@ def chunked(
   resets = segment_ids is not None
   tok = {n: P[n] for n in ('q', 'k', 'v', 'eta', 'la', 'lm', 'delta', 'reset')}
   tok['cut'] = cut
-  fn = functools.partial(_run_one, rule, b, group, resets, aligned, n_chunks)
+  recompute = recompute_backward(rule) if backward == 'auto' else backward == 'recompute'
+  fn = functools.partial(_run_one, rule, b, group, resets, aligned, n_chunks, recompute)
   y, st = common.vmap_bh(fn)(tok, (P['fresh'], P['outer']), P['state'])
   return y.astype(q.dtype), st

@@ -200,8 +200,11 @@ def test_chunked_equals_reference_fp32(rule_name):
   # evaluation orders (Moneta's 1/‖A‖², Memora's softmax); measured worst ≈ 5e-4.
   # Extreme gates are checked in fp64 only: when α → 0 empties the memory, Moneta's
   # ‖W‖_q = 1/‖A‖_q makes the fp32 trajectory itself ill-conditioned (rule, not kernel).
+  # Gradients: Titans' fp32 gradients are themselves ~2e-3 (autodiff backward) to ~4e-3
+  # (recompute backward, chunk_vjp.py) from the fp64 truth at this case (measured, issue 13):
+  # the rule's fp32 conditioning, so the bound is 1e-2.
   CASES['fp32'] = (121, 24, 4, 'normal')
-  _compare(rule_name, 'fp32', jnp.float32, 2e-3, 5e-3, with_state=True)
+  _compare(rule_name, 'fp32', jnp.float32, 2e-3, 1e-2, with_state=True)
 
 
 @pytest.mark.parametrize('rule_name', RULES)

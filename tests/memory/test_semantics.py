@@ -400,9 +400,10 @@ def test_errors_are_clear():
     memory_forward(
       rule, inp['q'], inp['k'], inp['v'], inp['gates'], w0=inp['w0'], implementation='triton'
     )
-  with pytest.raises(ValueError, match='rule titans: no Pallas kernel'):
+  lag = get_rule('memora', retention=Retention('scalar', 'softmax_lag'))  # no kernel (issue 13)
+  with pytest.raises(ValueError, match='rule memora: no Pallas kernel'):
     memory_forward(
-      rule, inp['q'], inp['k'], inp['v'], inp['gates'], w0=inp['w0'], implementation='pallas'
+      lag, inp['q'], inp['k'], inp['v'], inp['gates'], w0=inp['w0'], implementation='pallas'
     )
   with pytest.raises(ValueError, match='WY form needs'):
     get_rule('titans', form='wy')

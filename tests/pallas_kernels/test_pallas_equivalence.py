@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from miras_jax.memory import get_rule, init_state, memory_forward
+from miras_jax.memory import Retention, get_rule, init_state, memory_forward
 from miras_jax.memory.testing import assert_close, assert_tree_close, random_inputs
 from pallas_kernels.memory_dispatch import kernel_for
 from pallas_kernels.tri_inverse import unit_lower_inverse
@@ -137,9 +137,9 @@ def test_unit_lower_inverse_is_exact_and_stable():
 
 
 def test_uncovered_rule_is_a_one_line_error():
-  rule = get_rule('ttt_linear')
-  assert kernel_for(rule) is None and kernel_for(get_rule('yaad')) is None
+  rule = get_rule('memora', retention=Retention('scalar', 'softmax_lag'))
+  assert kernel_for(rule) is None and kernel_for(get_rule('moneta', form='minibatch')) is not None
   x = jnp.zeros((1, 1, 4, 8))
   w0 = tuple(w[None] for w in rule.arch.init_weights(jax.random.PRNGKey(0), 8, 8))
-  with pytest.raises(ValueError, match='rule ttt_linear: no Pallas kernel'):
+  with pytest.raises(ValueError, match='rule memora: no Pallas kernel'):
     memory_forward(rule, x, x, x, w0=w0, implementation='pallas')

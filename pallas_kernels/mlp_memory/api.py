@@ -1,0 +1,135 @@
+"""``mlp_memory``: the deep test-time memories (Titans, Moneta, Yaad, Memora, TTT-MLP, TTT-Linear)
+as one Pallas kernel per chunk segment, with the same results as the XLA chunked path
+(miras_jax.memory.chunked) for the same chunk size.
+
+XLA side (here): the memory core's front end (validated fp32 inputs, gates, resets, fresh state),
+tail padding to whole segments, and the chunk-local prefix sums of the gates
+(``chunked.chunk_sums``: cumulative sums stay outside the kernel as in layout.py; the gradient
+reaches the gates through XLA's autodiff of them). Kernel side (pallas_tpu.py): the chunk of
+chunk.py over the sequence, state on chip; it builds the [c, c] decay / momentum coefficients from
+the per-token sums on chip, so nothing of size T·c leaves it.
+
+Scope: the rules whose chunk is the general one (``chunked.recompute_backward``) except Memora's
+'lag' form (its first-token step changes the coefficients inside the chunk); the initial state must
+sit on a chunk boundary (``pos == 0``: a fresh state, or one that ended on a boundary), since the
+kernel's chunks are aligned to the call's first token.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from miras_jax.memory import common
+from miras_jax.memory.chunked import chunk_sums, recompute_backward
+from miras_jax.memory.rules import MemoryRule
+from pallas_kernels import layout, platform
+from pallas_kernels.mlp_memory import tuned
+from pallas_kernels.mlp_memory.chunk import SUMS, TOKENS, VECTORS, Layout, as_2d, chunk_fn
+
+
+def supported(rule: MemoryRule) -> bool:
+  return recompute_backward(rule) and rule.retention.read_mode != 'lag'
+
+
+def _split_pos(tree):
+  tree = dict(tree)
+  tree.pop('pos')
+  return jax.tree.flatten(tree)
+
+
+def mlp_memory(
+  rule: MemoryRule,
+  q,
+  k,
+  v,
+  gates=None,
+  *,
+  w0,
+  outer=None,
+  state=None,
+  segment_ids=None,
+  chunk_size: int = 64,
+  seg_chunks: int | None = None,
+  backend: str = 'auto',
+  interpret: bool | None = None,
+):
+  """Same arguments and results as ``chunked`` (q, k [B, H, T, dk], v [B, H, T, dv] → y
+  [B, H, T, dv] in q's dtype, final state dict [B, H, ...]); see the module doc for the scope.
+  ``seg_chunks``: chunks per kernel grid step (tuned.py by default)."""
+  if not supported(rule):
+    raise ValueError(
+      f'rule {rule.name}: no deep-memory Pallas kernel (covered: the general chunk of the MLP '
+      f"memories, not Memora's lag form); use implementation='xla'"
+    )
+  pos = None if state is None else state['pos']
+  if pos is not None and not isinstance(pos, jax.core.Tracer) and bool(jnp.any(pos != 0)):
+    raise ValueError(
+      'the deep-memory Pallas kernel needs a state on a chunk boundary (pos == 0); use '
+      "implementation='xla' to continue mid-chunk"
+    )
+  P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
+  lowering, interp = platform.resolve(backend, interpret)
+  B, H, T = q.shape[:3]
+  c = int(chunk_size)
+  n_chunks = -(-T // c)
+  R = max(1, min(int(seg_chunks or tuned.seg_chunks(lowering, interp)), n_chunks))
+  n_chunks = -(-n_chunks // R) * R
+  Tp = n_chunks * c
+  pad = lambda x, val=0.0: layout.pad_time(x, Tp, val)
+  f32 = jnp.float32
+  ops = {
+    'q': pad(P['q']),
+    'k': pad(P['k']),
+    'v': pad(P['v']),
+    'active': pad(jnp.ones((B, H, T), f32)),
+  }
+  if P['delta'] is not None:
+    ops['delta'] = pad(jnp.broadcast_to(P['delta'], (B, H, T, P['delta'].shape[-1])), 1.0)
+  # The prefix sums of every chunk (chunked.chunk_sums, vmapped over B, H and chunks); the kernel
+  # builds the [c, c] coefficients from them on chip (chunked.coefficients_from_sums).
+  per_chunk = lambda x: None if x is None else pad(x).reshape(B, H, n_chunks, c)
+  sums_fn = chunk_sums
+  for _ in range(3):
+    sums_fn = jax.vmap(sums_fn)
+  sums = sums_fn(per_chunk(P['la']), per_chunk(P['reset']), per_chunk(P['lm']))
+  ops['eta'] = pad(P['eta'])
+  for n in SUMS:
+    if sums[n] is not None:
+      ops[n] = sums[n].reshape(B, H, Tp)
+  names = tuple(n for n in TOKENS + SUMS if n in ops and n not in VECTORS)
+  vec_names = tuple(n for n in VECTORS if n in ops)
+  toks = tuple(layout.flat(ops[n]) for n in names)
+  # Per-token scalars packed lane-dense, one [n_vec, c] tile per chunk: as [Tp, 1] columns each
+  # would be padded to 128 lanes in HBM (measured: 6 × 32 MiB at 16 heads, T = 4096).
+  rows = jnp.stack([ops[n].reshape(B, H, n_chunks, c) for n in vec_names], axis=3)
+  toks += (layout.flat(rows),)
+
+  st_leaves, st_def = _split_pos(P['state'])
+  fr_leaves, fr_def = _split_pos(P['fresh'])
+  out_leaves, out_def = jax.tree.flatten(P['outer'])
+  bh = lambda x: jnp.broadcast_to(x[None], (B,) + x.shape)  # per-head → [B, H, ...]
+  to2d = lambda x: layout.flat(x).reshape((B * H,) + as_2d(x.shape[2:]))
+  h0 = tuple(to2d(x.astype(f32)) for x in st_leaves)
+  consts = tuple(to2d(bh(x).astype(f32)) for x in fr_leaves + out_leaves)
+  lay = Layout(
+    names=names,
+    vec_names=vec_names,
+    state_def=st_def,
+    state_shapes=tuple(x.shape[2:] for x in st_leaves),
+    fresh_def=fr_def,
+    fresh_shapes=tuple(x.shape[1:] for x in fr_leaves),
+    outer_def=out_def,
+    outer_shapes=tuple(x.shape[1:] for x in out_leaves),
+  )
+  fn = chunk_fn(rule, segment_ids is not None, lay)
+  if lowering == 'gpu':
+    from pallas_kernels.mlp_memory.pallas_gpu import mlp_segments_gpu as core
+  else:
+    from pallas_kernels.mlp_memory.pallas_tpu import mlp_segments as core
+  y, hT = core(fn, c, R, interp, toks, h0, consts)
+  y = y.reshape(B, H, Tp, -1)[:, :, :T].astype(q.dtype)
+  fin = [h.reshape((B, H) + s) for h, s in zip(hT, lay.state_shapes)]
+  fin = dict(jax.tree.unflatten(st_def, fin))
+  fin['pos'] = jnp.full((B, H), T % c, jnp.int32)
+  return y, fin
