@@ -1,6 +1,6 @@
 """Which families recall? Train each from scratch on multi-query associative recall (MQAR).
 
-    python scripts/mqar_study.py                       # the default study (CPU, ~30 min)
+    python scripts/mqar_study.py                       # the default study (CPU: 6 families took 36 min on 2 busy cores)
     python scripts/mqar_study.py --families=transformer,moneta --widths=64 --steps=300  # smaller
     python scripts/mqar_study.py --seq_len=512 --pairs=16,32,64,128 --steps=4000        # larger
 
