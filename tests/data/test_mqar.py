@@ -1,0 +1,52 @@
+"""The token-level MQAR generator (miras_jax/data/mqar.py) and scripts/mqar_study.py's machinery."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from miras_jax.data.mqar import make_mqar_batch, mqar_chance
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_answers_are_the_values_bound_to_the_queried_keys():
+  b = make_mqar_batch(np.random.default_rng(3), batch=8, seq_len=96, num_pairs=12, vocab_size=64)
+  x, y, m = b['inputs'], b['targets'], b['loss_mask']
+  assert x.shape == y.shape == m.shape == (8, 96)
+  for row in range(8):
+    # Read the pairs back from the tokens themselves (not from the generator's arrays).
+    bound = {int(x[row, 2 * i]): int(x[row, 2 * i + 1]) for i in range(12)}
+    assert len(bound) == 12  # distinct keys
+    assert all(1 <= k < 32 for k in bound) and all(32 <= v < 64 for v in bound.values())
+    pos = np.flatnonzero(m[row])
+    assert len(pos) == 12 and pos.min() >= 24 and np.all((pos - 24) % 2 == 0)
+    assert sorted(int(x[row, p]) for p in pos) == sorted(bound)  # every key queried once
+    for p in pos:
+      assert y[row, p] == bound[int(x[row, p])]
+  assert mqar_chance(64) == 1 / 32
+
+
+def test_generator_rejects_impossible_sizes():
+  with pytest.raises(ValueError, match='seq_len'):
+    make_mqar_batch(np.random.default_rng(0), 1, 30, 8, 256)
+  with pytest.raises(ValueError, match='vocabulary'):
+    make_mqar_batch(np.random.default_rng(0), 1, 256, 40, 64)
+
+
+def test_study_script_trains_scores_and_writes_its_outputs(tmp_path, capsys):
+  spec = importlib.util.spec_from_file_location('mqar_study', REPO_ROOT / 'scripts/mqar_study.py')
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  argv = '--families=transformer --widths=16 --seq_len=16 --pairs=2,4 --vocab=32 --steps=2'
+  argv += f' --batch=4 --eval_examples=4 --out_dir={tmp_path} --name=t'
+  assert mod.main(argv.split()) == 0
+  res = json.loads((tmp_path / 't.json').read_text())['results']
+  assert [(r['family'], r['width']) for r in res] == [('transformer', 16)]
+  assert set(res[0]['acc']) == {'2', '4'} and all(0 <= a <= 1 for a in res[0]['acc'].values())
+  assert (tmp_path / 't.png').stat().st_size > 0
+  assert '| Transformer++ | 16 |' in (tmp_path / 't.md').read_text()
+  assert '| Transformer++ | 16 |' in capsys.readouterr().out
+  assert mod.main(['--families=nope', f'--out_dir={tmp_path}']) == 2
