@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from miras_jax.memory import common
 from miras_jax.memory.chunked import chunk_sums, recompute_backward
@@ -63,7 +64,8 @@ def mlp_memory(
       f"memories, not Memora's lag form); use implementation='xla'"
     )
   pos = None if state is None else state['pos']
-  if pos is not None and not isinstance(pos, jax.core.Tracer) and bool(jnp.any(pos != 0)):
+  # Checked on the host (numpy): inside a trace, jnp on a concrete array would be staged too.
+  if pos is not None and not isinstance(pos, jax.core.Tracer) and np.any(np.asarray(pos) != 0):
     raise ValueError(
       'the deep-memory Pallas kernel needs a state on a chunk boundary (pos == 0); use '
       "implementation='xla' to continue mid-chunk"
