@@ -5,6 +5,7 @@
         [--step=N] [--data_dir=data/evals] [--limit=N] [--batch_size=8] [--max_len=4096] \\
         [--tokenizer=path/tokenizer.model] [--pack] [--output=results.json]
     python -m miras_jax.eval --workdir=... --tasks=niah,mqar --niah_lengths=1024,2048,4096
+    python -m miras_jax.eval --workdir=runs/quickstart --tasks=heldout,repeat  # the run's own split
 
 ``--workdir`` is a run directory (``config.json`` + ``checkpoints/``), its
 ``checkpoints/`` directory, or one ``checkpoints/<step>`` directory; the latest
