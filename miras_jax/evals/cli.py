@@ -5,6 +5,7 @@
         [--step=N] [--data_dir=data/evals] [--limit=N] [--batch_size=8] [--max_len=4096] \\
         [--tokenizer=path/tokenizer.model] [--pack] [--output=results.json]
     python -m miras_jax.eval --workdir=... --tasks=niah,mqar --niah_lengths=1024,2048,4096
+    python -m miras_jax.eval --workdir=runs/quickstart --tasks=heldout,repeat  # the run's own split
 
 ``--workdir`` is a run directory (``config.json`` + ``checkpoints/``), its
 ``checkpoints/`` directory, or one ``checkpoints/<step>`` directory; the latest
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     '--tasks',
     default='paper',
     help='comma-separated: piqa,hellaswag,winogrande,arc_easy,arc_challenge,siqa,boolq,lambada,'
-    "wikitext,niah,mqar ('paper' = the nine zero-shot tasks)",
+    "wikitext,niah,mqar,copy,heldout,repeat ('paper' = the nine zero-shot tasks)",
   )
   p.add_argument(
     '--data_dir',
@@ -159,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--copy_words', type=_ints, default=[8, 16])
   p.add_argument('--copy_samples', type=_count(1), default=16)
   p.add_argument('--heldout_tokens', type=_count(1), default=16384)
+  p.add_argument('--repeat_passages', type=_count(1), default=64)
+  p.add_argument(
+    '--repeat_length',
+    type=_count(2),
+    default=None,
+    help='tokens per passage (default: half the context)',
+  )
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--quiet', action='store_true')
   return p
@@ -170,6 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   from miras_jax.evals import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.harness import evaluate, format_table, parse_tasks  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.heldout import run_heldout_dir  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.repeat import format_repeat, initial_params  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.tasks import check_task_files  # pylint: disable=import-outside-toplevel
   from miras_jax.logs import quiet_logs  # pylint: disable=import-outside-toplevel
   from miras_jax.models.config import LMConfig  # pylint: disable=import-outside-toplevel
@@ -225,8 +234,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mqar_samples=args.mqar_samples,
     copy_words=args.copy_words,
     copy_samples=args.copy_samples,
-    heldout_dir=run_heldout_dir(config, ckpt.run_dir) if 'heldout' in tasks else None,
+    heldout_dir=run_heldout_dir(config, ckpt.run_dir)
+    if {'heldout', 'repeat'} & set(tasks)
+    else None,
     heldout_tokens=args.heldout_tokens,
+    repeat_passages=args.repeat_passages,
+    repeat_length=args.repeat_length or 0,
+    init_params=initial_params(model_cfg, int(config.get('seed') or 0))
+    if 'repeat' in tasks
+    else None,
     seed=args.seed,
     verbose=verbose,
   )
@@ -239,6 +255,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       f'held-out perplexity {h["perplexity"]:.1f} (unigram baseline {h["unigram_perplexity"]:.1f}) '
       f'on {h["tokens"]} validation tokens'
     )
+  if 'repeat' in out:
+    print(format_repeat(out['repeat']))
   for name, res in (out.get('synthetic') or {}).items():
     print(f'{name}: {json.dumps(res)}')
   tmp = path.with_suffix('.json.tmp')

@@ -8,6 +8,7 @@ is the one entry point (the CLI and the trainer call it). It returns::
                "Hella. acc_n": .., "Wino. acc": .., "ARC-e acc": .., "ARC-c acc_n": ..,
                "SIQA acc": .., "BoolQ acc": .., "Avg.": ..},  # accuracies in %
      "synthetic": {"niah": {...}, "mqar": {...}},             # when asked for
+     "heldout": {...}, "repeat": {"trained": {...}, "init": {...}},  # the run's own split
      "settings": {...}}
 
 "Avg." is the mean of the accuracy columns present (the papers average the
@@ -61,7 +62,9 @@ TABLE_COLUMNS = (
   ('BoolQ acc', 'boolq', 'acc', True),
 )
 SYNTHETIC_TASKS = ('niah', 'mqar', 'copy')
-RUN_TASKS = ('heldout',)  # the run's own validation split (evals/heldout.py)
+# the run's own validation split: perplexity (evals/heldout.py), recall of a passage read twice
+# (evals/repeat.py)
+RUN_TASKS = ('heldout', 'repeat')
 
 
 def parse_tasks(tasks: str | Sequence[str] | None) -> list[str]:
@@ -171,6 +174,9 @@ def evaluate(
   copy_samples: int = 16,
   heldout_dir: Any = None,
   heldout_tokens: int = 16384,
+  repeat_passages: int = 64,
+  repeat_length: int = 0,
+  init_params: Any = None,
   seed: int = 0,
   verbose: bool = False,
 ) -> dict[str, Any]:
@@ -190,7 +196,10 @@ def evaluate(
           ``max_len``.
       pack: several requests per row (segments) instead of one per row; same results.
       apply_fn: ``(params, tokens, segment_ids, positions) -> logits``, to bypass ``model_cfg``.
-      heldout_dir: the run's prepared dataset, for the ``heldout`` task (evals/heldout.py).
+      heldout_dir: the run's prepared dataset, for the ``heldout`` and ``repeat`` tasks.
+      repeat_passages, repeat_length: the ``repeat`` task's validation passages, each read
+          twice (evals/repeat.py); length 0: half the context.
+      init_params: the same model at initialisation; the ``repeat`` task scores it too.
   """
   if isinstance(tokenizer, str) or hasattr(tokenizer, '__fspath__'):
     from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
@@ -260,6 +269,27 @@ def evaluate(
 
     vocab = int(getattr(tokenizer, 'vocab_size', 0) or 0)
     out['heldout'] = heldout_perplexity(scorer, heldout_dir, vocab, heldout_tokens)
+  if 'repeat' in names:
+    if heldout_dir is None:
+      raise ValueError("the repeat task needs the run's prepared dataset (heldout_dir)")
+    from miras_jax.evals import repeat as repeat_lib  # pylint: disable=import-outside-toplevel
+    from miras_jax.evals.heldout import split_docs  # pylint: disable=import-outside-toplevel
+
+    segments = repeat_lib.repeat_segments(
+      split_docs(heldout_dir, 'val'), repeat_length or max_len // 2, repeat_passages
+    )
+    out['repeat'] = {'trained': repeat_lib.repeat_scores(scorer, segments)}
+    if init_params is not None:
+      at_init = Scorer(
+        apply_fn,
+        init_params,
+        tokenizer,
+        max_len=max_len,
+        batch_size=batch_size,
+        prefix_token_id=prefix_token_id,
+        pad_id=getattr(tokenizer, 'pad_id', 0),
+      )
+      out['repeat']['init'] = repeat_lib.repeat_scores(at_init, segments)
   out['settings'] = {
     'tasks': names,
     'limit': limit,

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ['heldout_perplexity', 'unigram_log_probs', 'run_heldout_dir']
+__all__ = ['heldout_perplexity', 'unigram_log_probs', 'run_heldout_dir', 'split_docs']
 
 
 def unigram_log_probs(train_tokens: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -27,13 +28,18 @@ def unigram_log_probs(train_tokens: np.ndarray, vocab_size: int) -> np.ndarray:
   return np.log((counts + 1.0) / (counts.sum() + vocab_size))
 
 
-def _split_tokens(data_dir: Path, split: str, max_tokens: int | None) -> list[np.ndarray]:
+def split_docs(data_dir: str | os.PathLike, split: str) -> Iterator[np.ndarray]:
+  """The token ids of each record of a prepared dataset's ``split``, in order (read lazily)."""
   from miras_jax.data.pipeline import split_dataset  # pylint: disable=import-outside-toplevel
 
-  ds = split_dataset(data_dir, split)
-  docs, total = [], 0
+  ds = split_dataset(Path(data_dir), split)
   for i in range(len(ds)):
-    toks = ds[i]['tokens']
+    yield ds[i]['tokens']
+
+
+def _split_tokens(data_dir: Path, split: str, max_tokens: int | None) -> list[np.ndarray]:
+  docs, total = [], 0
+  for toks in split_docs(data_dir, split):
     if max_tokens is not None:
       toks = toks[: max_tokens - total]
     docs.append(toks)
