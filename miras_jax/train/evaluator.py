@@ -30,6 +30,16 @@ def has_val_split(data_dir: Path) -> bool:
   return int(split.get('num_docs', 0) or 0) > 0
 
 
+def _flatten(row: dict[str, float], prefix: str, tree: Any) -> None:
+  """The numbers of a nested result dict as ``row['<prefix>/<key>/.../<key>']``."""
+  for key, val in tree.items():
+    name = f'{prefix}/{key}'
+    if isinstance(val, dict):
+      _flatten(row, name, val)
+    elif isinstance(val, (int, float)) and not isinstance(val, bool):
+      row[name] = float(val)
+
+
 class Evaluator:
   """Validation loss and the zero-shot ``eval.tasks`` at evaluation steps; a failure is logged."""
 
@@ -92,17 +102,13 @@ class Evaluator:
       limit=int(e.limit) or None,
       max_len=int(self.config.train.seq_len),
       apply_fn=make_apply_fn(self.plan.model),
+      heldout_dir=self.data_dir,  # the run's own validation split (heldout, repeat)
     )
+    # 'results' / 'synthetic' group tasks by kind; 'heldout' and 'repeat' are tasks of their own.
     row = {}
-    for group in ('results', 'synthetic'):
-      for task, metrics in res.get(group, {}).items():
-        for name, val in metrics.items():
-          if isinstance(val, (int, float)):
-            row[f'eval/{task}/{name}'] = float(val)
-          elif isinstance(val, dict):  # per-length accuracies (niah, mqar)
-            for sub, x in val.items():
-              if isinstance(x, (int, float)):
-                row[f'eval/{task}/{name}/{sub}'] = float(x)
+    for group in ('results', 'synthetic', 'heldout', 'repeat'):
+      tree = res.get(group, {})
+      _flatten(row, 'eval', {group: tree} if group in ('heldout', 'repeat') else tree)
     return row
 
   @staticmethod

@@ -214,7 +214,7 @@ def test_zero_shot_tasks_during_training(tmp_path, dataset, tinyshakespeare):
       train__steps=2,
       checkpoint__every_steps=0,
       eval__every_steps=2,
-      eval__tasks='piqa,mqar',
+      eval__tasks='piqa,mqar,heldout',
       eval__data_dir=str(data_dir),
       eval__limit=4,
     ),
@@ -225,3 +225,4 @@ def test_zero_shot_tasks_during_training(tmp_path, dataset, tinyshakespeare):
   assert zs and zs[-1]['step'] == 2
   assert 0.0 <= zs[-1]['eval/piqa/acc'] <= 1.0
   assert any(k.startswith('eval/mqar/acc/') for k in zs[-1])
+  assert zs[-1]['eval/heldout/perplexity'] > 1.0  # scored on the run's own validation split
