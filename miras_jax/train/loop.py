@@ -6,11 +6,11 @@
    mesh ``(data, fsdp, tensor)`` from ``train.mesh`` (a mismatch with the device
    count fails here), the model from ``miras_jax.models.build_model(config.model)``
    and its abstract init (so e.g. an unknown ``model.rule`` fails here);
-2. the run directory: refused when it is a file or not writable, created,
-   and locked for the whole run (``train/lock.py``; process 0 takes the lock and
-   broadcasts a refusal, so on several hosts every process stops at once with
-   the same line); a directory created by a command that then fails before
-   training is removed again when empty;
+2. the run directory (train/run_directory.py): refused when it is a file or not
+   writable, created, and locked for the whole run (``train/lock.py``; process 0
+   takes the lock and broadcasts a refusal, so on several hosts every process
+   stops at once with the same line); a directory created by a command that then
+   fails before training is removed again when empty;
 3. a resume check: the config stored with the newest checkpoint must agree on
    the model and the optimiser's structure (``config.resume_mismatch``), else a
    one-line refusal that changes nothing;
