@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent("""
     from miras_jax.layers.attention import Attention
     from miras_jax.train.sharding import LOGICAL_AXIS_RULES, make_mesh
     from miras_jax.testing import assert_close
-from tests.layers._util import numpy_params
+    from tests.layers._util import numpy_params
 
     jax.config.update('jax_default_matmul_precision', 'highest')
     # rows and heads split (2, 2, 2); heads that cannot split over 8 (1, 1, 8): replicated heads
