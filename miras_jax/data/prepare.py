@@ -38,7 +38,6 @@ sha256, vocab size, special ids), the source options, and per split
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -48,10 +47,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from array_record.python import array_record_module
-
 from miras_jax.data.errors import DataError, EmptyCorpusError, MissingDependencyError
+from miras_jax.data.shard_writer import SplitWriter, is_val, split_records
 from miras_jax.data.sources import FORMATS, TEXT_UNITS, iter_documents, split_inputs
 from miras_jax.data.tokenizer import Tokenizer
 from miras_jax.progress import Progress
@@ -63,65 +60,11 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 INDEX_FILE = 'index.json'
 SPLITS = ('train', 'val')
-WRITER_OPTIONS = 'group_size:1'  # one record per chunk: cheap random access for global shuffling
 
 
 def record_dtype(vocab_size: int) -> str:
   """Name of the on-disk id dtype for a vocabulary: ``uint16`` if it fits, else ``int32``."""
   return 'uint16' if vocab_size <= 1 << 16 else 'int32'
-
-
-def _is_val(doc_index: int, seed: int, val_fraction: float) -> bool:
-  if val_fraction <= 0.0:
-    return False
-  h = hashlib.blake2b(f'{seed}:{doc_index}'.encode(), digest_size=8).digest()
-  return int.from_bytes(h, 'little') / 2.0**64 < val_fraction
-
-
-class _SplitWriter:
-  """Writes one split's records, rotating shards every ``docs_per_shard`` documents."""
-
-  def __init__(self, name: str, output_dir: Path, docs_per_shard: int, dtype: str):
-    self.name = name
-    self._dir = output_dir
-    self._docs_per_shard = docs_per_shard
-    self._dtype = np.dtype(dtype).newbyteorder('<')
-    self._writer = None
-    self._docs_in_shard = 0
-    self.shards: list[str] = []
-    self.num_docs = 0
-    self.num_records = 0
-    self.num_tokens = 0
-
-  def write_doc(self, records: Sequence[np.ndarray]) -> None:
-    if self._writer is None or self._docs_in_shard >= self._docs_per_shard:
-      self._rotate()
-    for rec in records:
-      self._writer.write(np.asarray(rec, dtype=self._dtype).tobytes())
-      self.num_records += 1
-      self.num_tokens += len(rec)
-    self._docs_in_shard += 1
-    self.num_docs += 1
-
-  def _rotate(self) -> None:
-    self.close()
-    name = f'{self.name}-{len(self.shards):05d}.array_record'
-    self._writer = array_record_module.ArrayRecordWriter(str(self._dir / name), WRITER_OPTIONS)
-    self.shards.append(name)
-    self._docs_in_shard = 0
-
-  def close(self) -> None:
-    if self._writer is not None:
-      self._writer.close()
-      self._writer = None
-
-  def summary(self) -> dict[str, Any]:
-    return {
-      'num_docs': self.num_docs,
-      'num_records': self.num_records,
-      'num_tokens': self.num_tokens,
-      'shards': list(self.shards),
-    }
 
 
 def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
@@ -136,12 +79,6 @@ def _prepare_output_dir(output_dir: Path, overwrite: bool) -> None:
     )
   for p in existing:
     p.unlink()
-
-
-def _chunk(ids: list[int], max_record_tokens: int) -> list[list[int]]:
-  if max_record_tokens <= 0 or len(ids) <= max_record_tokens:
-    return [ids]
-  return [ids[i : i + max_record_tokens] for i in range(0, len(ids), max_record_tokens)]
 
 
 def _batched(docs: Iterable[str], size: int) -> Iterable[list[str]]:
@@ -222,7 +159,7 @@ def prepare(
   out = Path(output_dir).expanduser()
   _prepare_output_dir(out, overwrite)
   dtype = record_dtype(tok.vocab_size)
-  writers = {name: _SplitWriter(name, out, docs_per_shard, dtype) for name in SPLITS}
+  writers = {name: SplitWriter(name, out, docs_per_shard, dtype) for name in SPLITS}
 
   def all_docs() -> Iterable[str]:
     yield first
@@ -241,8 +178,8 @@ def prepare(
       encoded = tok.encode_batch(batch, add_bos=add_bos, add_eos=True)
       bar.update(len(encoded), tokens=sum(len(ids) for ids in encoded))
       for ids in encoded:
-        records = _chunk(ids, max_record_tokens)
-        if _is_val(doc_index, seed, val_fraction):
+        records = split_records(ids, max_record_tokens)
+        if is_val(doc_index, seed, val_fraction):
           writers['val'].write_doc(records)
         else:
           if held is not None:
@@ -267,8 +204,8 @@ def prepare(
             'a train and a val split (add text, or set val_fraction=0)'
           )
         n_val = min(len(ids) - 1, max(1, round(val_fraction * len(ids))))
-        writers['train'].write_doc(_chunk(ids[:-n_val], max_record_tokens))
-        writers['val'].write_doc(_chunk(ids[-n_val:], max_record_tokens))
+        writers['train'].write_doc(split_records(ids[:-n_val], max_record_tokens))
+        writers['val'].write_doc(split_records(ids[-n_val:], max_record_tokens))
         log.info('one document: its last %d of %d tokens are the val split', n_val, len(ids))
       else:
         writers['train'].write_doc(held)

@@ -1,4 +1,5 @@
-"""A bias-free N-D projection whose kernel is created in its N-D shape.
+"""Bias-free N-D projections whose kernels are created in their N-D shape (``DenseND``, and
+``HeadsToEmbed``, the per-head output projection of the Miras layer).
 
 ``nn.DenseGeneral`` builds multi-axis kernels flat and reshapes them after the initializer,
 so an initializer boxed with ``nn.with_logical_partitioning(init, ('embed', 'heads',
@@ -54,3 +55,25 @@ class DenseND(nn.Module):
     # dot_general puts x's free axes first (in order), then the kernel's feature axes —
     # the same layout as DenseGeneral when the contracted axes are trailing.
     return y
+
+
+class HeadsToEmbed(nn.Module):
+  """Output projection ``[B, T, H, D] -> [B, T, E]``; kernel ``[H, D, E]`` ('heads',
+  'head_dim', 'embed'), fan-in H·D. E is a call argument (known only from the layer input)."""
+
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, y: jax.Array, embed: int) -> jax.Array:
+    init = nn.initializers.variance_scaling(
+      1.0, 'fan_in', 'truncated_normal', in_axis=(0, 1), out_axis=2
+    )
+    kernel = self.param(
+      'kernel',
+      nn.with_logical_partitioning(init, ('heads', 'head_dim', 'embed')),
+      y.shape[-2:] + (embed,),
+      self.param_dtype,
+    )
+    dtype = y.dtype if self.dtype is None else self.dtype
+    return jnp.einsum('bthd,hde->bte', y.astype(dtype), kernel.astype(dtype))

@@ -10,49 +10,8 @@ Per the papers (Miras, arXiv 2504.13173 §5 "Architecture backbone"; Titans, arX
     y       = memory(q, k, v, gates)                               one memory per head
     out     = W_o [RMSNorm_head(y) ⊙ act(W_g x)]                   act = SiLU (default) | sigmoid
 
-Gates (Miras §5 "data-dependent, from low-rank projections"; activations and initialisation are
-not given in the paper — miras-math.md "Gates" — so these are our choices):
-  η (learning rate)     η = eta_max · sigmoid(U_η D_η x + b_η), b_η = ``eta_bias_init``
-                        (η ≡ 1 and no gate for rules with ``eta_style == 'one'``: linear
-                        attention, RetNet, GLA).
-  α (retention keep)    log α = log_sigmoid(U_α D_α x + b_α), b_α initialised per head (per key
-                        channel for GLA) so that α spans ``alpha_init`` = (0.99, 0.999).
-                        RetNet (``decay_style == 'fixed'``): α_h = γ_h = 1 − 2^(−5−h), a
-                        constant per head with no data dependence (Sun et al. 2023, §2.2).
-  μ (momentum decay)    log μ = log_sigmoid(U_μ D_μ x + b_μ), μ ≈ ``mu_init`` at init
-                        (Titans eq. 10's η_t; only for momentum rules).
-  δ (Huber threshold)   δ = softplus(U_δ D_δ x + b_δ), δ ≈ ``delta_init`` at init (Yaad), per
-                        head ([B, H, T]), or per value channel with ``channel_delta``
-                        ([B, H, T, D]). With Yaad's Eq. 26 (``huber_mode`` 'mask') a per-channel
-                        δ switches per token on ‖e ⊘ δ_t‖ ≤ 1 and steps δ_t ⊙ sign(e) outside;
-                        'clip' (Eq. 14) tests each channel; 'norm' (Eq. 15) uses δ's first
-                        channel (memory/biases.py ``Huber``).
-All gates are computed in float32 and passed to the memory core in log space where it wants it.
-
-Outer-loop parameters of the memory (miras-math.md "Memory architectures"): the initial memory
-``W_0`` per head (``w0_<l>`` [H, out, in]; zero for linear memories, fan-in normal for MLP ones;
-Memora: ``W_0 = c · softmax(raw)`` over each row so that the memory starts on the scaled
-simplex its KL retention needs, raw ~ N(0, ``simplex_w0_std``²)) and the MLP memory's LayerNorm
-scale/bias (``outer_<name>`` [H, D]). Memora's logits need a spread: with near-uniform rows
-(std 0.02) every output channel of the memory is the same average of its input, the
-pre-LayerNorm activations vary across channels by ~1e-7 at D = 64, the memory contributes
-nothing at initialisation and the LayerNorm's 1/√eps gain amplifies its gradients ~1000×;
-std 2 gives a spread of 2e-2 at D = 16 and 6e-3 at D = 64 and a LayerNorm output of unit
-scale (scripts/bench_bptt.py prints it).
-
-The MLP memory's output LayerNorm, LN(z) = (z − μ)/√(var(z) + ε) (Titans §3.1, Miras §5: the
-papers print no ε), uses ε = ``ln_eps`` = 1 here, not the usual 1e-6: its gain 1/√(var + ε) is
-then at most 1 whatever the memory's state (issue 10 §3, benchmarks/README.md "Back-propagation
-through the memory"). With 1e-6 the gain is unbounded and set by the memory's scale: at
-initialisation the keys are unit vectors, so with fan-in weights the pre-LayerNorm activations
-have std ≈ 1/(2√D) (gain ≈ 2√D); forgetting shrinks the last layer further (α^T, and the
-LayerNorm hides it from the forward pass), and Memora's simplex rows make them nearly constant.
-The inner gradient scales with the gain and its linearisation (what the outer gradient goes
-back through, chunk after chunk) with its square, so the exact gradient through thousands of
-tokens overflowed unless the gates forgot little; a learned gate could move back there.
-With ε = 1 a shrinking memory fades into the residual (the read is k + (z − μ)/√(var + 1))
-instead of being rescaled; where var(z) ≫ 1 it is the usual LayerNorm. The learned LayerNorm
-scale (``outer_ln_scale``) can still raise the memory's contribution.
+Gates (η, α, μ, δ from low-rank projections), the initial memory W_0 and the MLP memory's
+LayerNorm (ε = ``ln_eps`` = 1: a gain bounded by 1): layers/miras_params.py.
 
 Decoding: ``init_cache(batch)`` → ``{'conv_q', 'conv_k', 'conv_v': [B, K−1, H·D],
 'memory': state [B, H, ...], 'started': bool}`` and ``decode(x [B, T_new, E], cache)``, which
@@ -72,7 +31,6 @@ in packed rows the last chunk may straddle a document boundary.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -81,7 +39,15 @@ import jax.numpy as jnp
 
 from miras_jax.layers import partitioning
 from miras_jax.layers.conv import CausalDepthwiseConv1D, init_conv_state
-from miras_jax.layers.dense import DenseND
+from miras_jax.layers.dense import DenseND, HeadsToEmbed
+from miras_jax.layers.miras_params import (  # noqa: F401 (retnet_log_gamma: re-exported for tests)
+  gate_specs,
+  gate_values,
+  memory_params,
+  retnet_log_gamma,
+  to_bht,
+  w0_initializer,
+)
 from miras_jax.layers.norms import RMSNorm, l2_normalize
 from miras_jax.memory import get_rule, init_state, memory_forward, memory_step, with_options
 from miras_jax.models.config import LMConfig
@@ -90,52 +56,9 @@ Dtype = Any
 Initializer = Callable[..., jax.Array]
 
 OUTPUT_GATES = ('silu', 'sigmoid')
-SIMPLEX_MAPS = ('softmax', 'softmax_lag')  # Memora: W_0 parametrised on the scaled simplex
-
-
-def _logit(p: float) -> float:
-  return math.log(p) - math.log1p(-p)
-
-
-def _softplus_inv(y: float) -> float:
-  return math.log(math.expm1(y))
-
-
-def retnet_log_gamma(num_heads: int) -> jax.Array:
-  """RetNet's fixed per-head decay, log(1 − 2^(−5−h)) for h = 0..H−1 (float32 [H])."""
-  h = jnp.arange(num_heads, dtype=jnp.float32)
-  return jnp.log1p(-jnp.exp2(-5.0 - h))
-
 
 # Logical names of the memory's leading [B, H, ...] dimensions (train/sharding.py's rules table).
 _BATCH_HEADS = ('activation_batch', 'activation_heads')
-
-
-def _to_bht(g: jax.Array) -> jax.Array:
-  """[B, T, H(, c)] -> [B, H, T(, c)] (and back: the swap is its own inverse)."""
-  return jnp.swapaxes(g, 1, 2)
-
-
-class _HeadsToEmbed(nn.Module):
-  """Output projection ``[B, T, H, D] -> [B, T, E]``; kernel ``[H, D, E]`` ('heads',
-  'head_dim', 'embed'), fan-in H·D. E is a call argument (known only from the layer input)."""
-
-  dtype: Dtype | None = None
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, y: jax.Array, embed: int) -> jax.Array:
-    init = nn.initializers.variance_scaling(
-      1.0, 'fan_in', 'truncated_normal', in_axis=(0, 1), out_axis=2
-    )
-    kernel = self.param(
-      'kernel',
-      nn.with_logical_partitioning(init, ('heads', 'head_dim', 'embed')),
-      y.shape[-2:] + (embed,),
-      self.param_dtype,
-    )
-    dtype = y.dtype if self.dtype is None else self.dtype
-    return jnp.einsum('bthd,hde->bte', y.astype(dtype), kernel.astype(dtype))
 
 
 class MirasLayer(nn.Module):
@@ -157,8 +80,8 @@ class MirasLayer(nn.Module):
       huber_mode: Yaad's bias variant, 'mask' (Eq. 26) | 'clip' (Eq. 14) | 'norm' (Eq. 15).
       memora_form: Memora's chunked form, 'logits' | 'lag' (Eq. 30–32; memory/retention.py).
       simplex_w0_std: std of the logits of Memora's initial memory W_0 = c · softmax(raw).
-      ln_eps: ε of the MLP memory's output LayerNorm; 1 bounds its gain by 1 (module
-          docstring; 1e-6 is the usual, unbounded choice).
+      ln_eps: ε of the MLP memory's output LayerNorm; 1 bounds its gain by 1
+          (layers/miras_params.py; 1e-6 is the usual, unbounded choice).
       output_gate: 'silu' (default, as Gated DeltaNet / FLA) or 'sigmoid'.
       remat_group: chunks per ``jax.checkpoint`` in the chunked memory.
       grad_horizon: 0 for exact gradients; else truncated back-propagation through the memory
@@ -237,29 +160,22 @@ class MirasLayer(nn.Module):
     )
     self.conv_q, self.conv_k, self.conv_v = conv(), conv(), conv()
     self.g_proj = self._dense((H, D), proj)
-    self.o_proj = _HeadsToEmbed(dtype=self.dtype, param_dtype=self.param_dtype)
+    self.o_proj = HeadsToEmbed(dtype=self.dtype, param_dtype=self.param_dtype)
     self.out_norm = RMSNorm(
       dtype=jnp.float32, param_dtype=self.param_dtype, scale_axis_name='head_dim'
     )
 
     # Low-rank gates: x -> [rank] -> [H] (or [H, c]) + bias.
-    uses = rule.uses
-    specs = {}  # name -> (per-head channels or None, bias init [H(, c)])
-    if uses['eta']:
-      specs['eta'] = (None, jnp.full((H,), self.eta_bias_init, jnp.float32))
-    if uses['log_alpha'] and rule.decay_style != 'fixed':
-      lo, hi = (_logit(p) for p in self.alpha_init)
-      if rule.retention.decay == 'channel':
-        b = jnp.linspace(lo, hi, H * D, dtype=jnp.float32).reshape(H, D)
-        specs['alpha'] = (D, b)
-      else:
-        specs['alpha'] = (None, jnp.linspace(lo, hi, H, dtype=jnp.float32))
-    if uses['log_mu']:
-      specs['mu'] = (None, jnp.full((H,), _logit(self.mu_init), jnp.float32))
-    if uses['delta']:
-      c = D if self.channel_delta else None
-      shape = (H,) if c is None else (H, c)
-      specs['delta'] = (c, jnp.full(shape, _softplus_inv(self.delta_init), jnp.float32))
+    specs = gate_specs(
+      rule,
+      H,
+      D,
+      eta_bias_init=self.eta_bias_init,
+      alpha_init=self.alpha_init,
+      mu_init=self.mu_init,
+      delta_init=self.delta_init,
+      channel_delta=self.channel_delta,
+    )
     self._gate_specs = {n: c for n, (c, _) in specs.items()}
     downs, ups, biases = {}, {}, {}
     for n, (c, b0) in specs.items():
@@ -281,21 +197,12 @@ class MirasLayer(nn.Module):
     # Outer-loop memory parameters: W_0 per head and the architecture's outer params.
     arch = rule.arch
     shapes = tuple(arch.shapes(D, D))
-    softmax_w0 = rule.retention.map in SIMPLEX_MAPS
-
-    def w0_init(l):
-      def init(key, shape, dtype):
-        if softmax_w0:  # raw logits of W_0 = c · softmax(raw), spread: see the module docstring
-          return self.simplex_w0_std * jax.random.normal(key, shape, dtype)
-        keys = jax.random.split(key, H)
-        return jax.vmap(lambda kk: arch.init_weights(kk, D, D, dtype)[l])(keys)
-
-      return init
-
     self.w0_raw = [
       self.param(
         f'w0_{l}',
-        nn.with_logical_partitioning(w0_init(l), ('heads', None, None)),
+        nn.with_logical_partitioning(
+          w0_initializer(rule, l, H, D, self.simplex_w0_std), ('heads', None, None)
+        ),
         (H,) + tuple(s),
         self.param_dtype,
       )
@@ -319,36 +226,17 @@ class MirasLayer(nn.Module):
   # Pieces shared by __call__ and decode.
 
   def _memory_params(self):
-    rule = self.memory_rule
-    w0 = tuple(jnp.asarray(w, jnp.float32) for w in self.w0_raw)
-    if rule.retention.map in SIMPLEX_MAPS:
-      w0 = tuple(rule.retention.scale_c * jax.nn.softmax(w, axis=-1) for w in w0)
-    outer = {n: jnp.asarray(v, jnp.float32) for n, v in self.outer.items()}
-    return w0, outer
+    return memory_params(self.memory_rule, self.w0_raw, self.outer)
 
   def _gates(self, x):
     """Gates as the memory core wants them: dict of float32 [B, H, T(, c)]."""
-    rule = self.memory_rule
-    B, T = x.shape[:2]
-    H = self.num_heads
 
     def lowrank(n):
       z = self.gate_up[n](self.gate_down[n](x)).astype(jnp.float32)
       return z + jnp.asarray(self.gate_bias[n], jnp.float32)
 
-    g = {}
-    if 'eta' in self._gate_specs:
-      g['eta'] = _to_bht(self.eta_max * jax.nn.sigmoid(lowrank('eta')))
-    if rule.uses['log_alpha']:
-      if rule.decay_style == 'fixed':
-        g['log_alpha'] = jnp.broadcast_to(retnet_log_gamma(H)[None, :, None], (B, H, T))
-      else:
-        g['log_alpha'] = _to_bht(jax.nn.log_sigmoid(lowrank('alpha')))
-    if 'mu' in self._gate_specs:
-      g['log_mu'] = _to_bht(jax.nn.log_sigmoid(lowrank('mu')))
-    if 'delta' in self._gate_specs:
-      g['delta'] = _to_bht(jax.nn.softplus(lowrank('delta')))
-    return g
+    shape = (*x.shape[:2], self.num_heads)
+    return gate_values(self.memory_rule, lowrank, self._gate_specs, self.eta_max, shape)
 
   def _project(self, x):
     """Raw q, k, v projections, flattened to [B, T, H·D] for the convs."""
@@ -359,13 +247,13 @@ class MirasLayer(nn.Module):
   def _post_conv(self, q, k, v):
     """SiLU, split heads, ℓ2-normalise q and k; returns [B, H, T, D] each."""
     B, T = q.shape[:2]
-    heads = lambda z: _to_bht(nn.silu(z).reshape(B, T, self.num_heads, self.head_dim))
+    heads = lambda z: to_bht(nn.silu(z).reshape(B, T, self.num_heads, self.head_dim))
     q, k, v = heads(q), heads(k), heads(v)
     return l2_normalize(q), l2_normalize(k), v
 
   def _output(self, x, y):
     """y [B, H, T, D] -> out [B, T, E]: per-head RMSNorm, gate from x, projection."""
-    y = self.out_norm(_to_bht(y).astype(jnp.float32))  # [B, T, H, D]
+    y = self.out_norm(to_bht(y).astype(jnp.float32))  # [B, T, H, D]
     g = self.g_proj(x).astype(jnp.float32)
     g = nn.silu(g) if self.output_gate == 'silu' else jax.nn.sigmoid(g)
     out_dtype = x.dtype if self.dtype is None else self.dtype

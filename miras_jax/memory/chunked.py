@@ -37,72 +37,12 @@ from jax.scipy.linalg import solve_triangular
 from miras_jax.memory import common
 from miras_jax.memory.architectures import backprop, keys_forward
 from miras_jax.memory.chunk_vjp import segment_scan
+from miras_jax.memory.coefficients import (  # noqa: F401 (re-exported: pallas_kernels/mlp_memory)
+  chunk_sums,
+  coefficients,
+  coefficients_from_sums,
+)
 from miras_jax.memory.rules import MemoryRule, read_base
-
-
-def _masked_exp(diff, mask):
-  # exp only where the mask holds: masked entries get exp(0)·0, never exp(±large), so
-  # neither the value nor its gradient can overflow.
-  return jnp.where(mask, jnp.exp(jnp.where(mask, diff, 0.0)), 0.0)
-
-
-def coefficients(la, eta, reset, active, lm=None):
-  """In-chunk coefficients. la [b] or [b, dk] (log keep factor), eta [b], reset [b],
-  active [b], lm [b] (log momentum decay) or None.
-
-  Returns a dict: cont [b] (token continues the carried segment), M [b, b] (same segment
-  and i ≤ t), a [b](, dk) (decay from the segment's base), Dw [b, b](, dk) (decay i → t),
-  C [b, b] (coefficient of g_i in A_t), and with momentum d [b] (coefficient of S'),
-  Cs [b, b], sdec [b] (the same for S_t).
-  """
-  return coefficients_from_sums(chunk_sums(la, reset, lm), eta, active)
-
-
-def chunk_sums(la, reset, lm=None):
-  """The prefix sums behind ``coefficients``, per token: segl [b] (resets up to t), cum
-  [b](, dk) (Σ_{i ≤ t} log α_i), log_a [b](, dk) (log decay from t's segment base), cm [b] or
-  None (Σ_{i ≤ t} log μ_i). The Pallas deep-memory kernel takes these as inputs and builds the
-  [b, b] coefficients on chip (``coefficients_from_sums``)."""
-  b = reset.shape[0]
-  idx = jnp.arange(b)
-  segl = jnp.cumsum(reset)
-  M = (segl[:, None] == segl[None, :]) & (idx[None, :] <= idx[:, None])
-  is_start = (reset > 0) | (idx == 0)
-  cum = jnp.cumsum(la, axis=0)
-  cum_ex = cum - la
-  start_sel = M & is_start[None, :]
-  start_sel = start_sel[..., None] if la.ndim == 2 else start_sel
-  start_ex = jnp.sum(jnp.where(start_sel, cum_ex[None], 0.0), axis=1)
-  cm = None if lm is None else jnp.cumsum(lm)
-  return dict(segl=segl, cum=cum, log_a=cum - start_ex, cm=cm)
-
-
-def coefficients_from_sums(sums, eta, active):
-  """``coefficients`` from ``chunk_sums``: element-wise ops, iota masks and matmuls only (so it
-  also runs inside a Mosaic kernel)."""
-  segl, cum = sums['segl'], sums['cum']
-  b = segl.shape[0]
-  t_idx = jax.lax.broadcasted_iota(jnp.int32, (b, b), 0)
-  i_idx = jax.lax.broadcasted_iota(jnp.int32, (b, b), 1)
-  cont = segl == 0
-  M = (segl[:, None] == segl[None, :]) & (i_idx <= t_idx)
-  chan = cum.ndim == 2
-  Mx = M[..., None] if chan else M
-  a = jnp.exp(sums['log_a'])
-  Dw = _masked_exp(cum[:, None] - cum[None, :], Mx)
-  out = dict(cont=cont, M=M, a=a, Dw=Dw)
-  if chan:
-    return out
-  if sums['cm'] is None:
-    out['C'] = Dw * (-eta)[None, :]
-    return out
-  cm = sums['cm']
-  Ds = _masked_exp(cm[:, None] - cm[None, :], M)
-  Cs = Ds * (-eta)[None, :]
-  sdec = jnp.exp(cm) * cont
-  DwA = Dw * active[None, :]
-  out.update(C=DwA @ Cs, d=DwA @ sdec, Cs=Cs, sdec=sdec)
-  return out
 
 
 def _sel(cont, x_c, x_0):

@@ -1,4 +1,5 @@
-"""Random inputs for memory tests and benchmarks (shared so both use the same gates)."""
+"""Random inputs for memory tests and benchmarks (shared so both use the same gates); the
+comparison helpers are miras_jax/testing.py's (re-exported here)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from miras_jax.memory.rules import MemoryRule
+from miras_jax.testing import assert_close, assert_tree_close, rel_err  # noqa: F401 (re-exported)
 
 
 def random_w0(rule: MemoryRule, key, H: int, dk: int, dv: int, scale: float | None = None):
@@ -84,30 +86,3 @@ def random_inputs(
     seg = jnp.sum(jnp.arange(T)[None, :, None] >= cuts[:, None, :], axis=-1).astype(jnp.int32)
   cast = lambda x: x.astype(dtype)
   return dict(q=cast(q), k=cast(k), v=cast(v), gates=gates, w0=w0, outer=outer, segment_ids=seg)
-
-
-def rel_err(a, b):
-  """Relative RMS error ‖a − b‖ / ‖b‖ (absolute when ‖b‖ is ~0)."""
-  import numpy as np
-
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  den = np.linalg.norm(b)
-  num = np.linalg.norm(a - b)
-  return num / den if den > 1e-12 else num
-
-
-def assert_close(a, b, tol, what=''):
-  import numpy as np
-
-  assert np.all(np.isfinite(np.asarray(a, np.float64))), f'{what}: non-finite values'
-  e = rel_err(a, b)
-  assert e <= tol, f'{what}: relative error {e:.3e} > {tol:.1e}'
-
-
-def assert_tree_close(a, b, tol, what=''):
-  la = jax.tree_util.tree_flatten_with_path(a)[0]
-  lb = jax.tree_util.tree_flatten_with_path(b)[0]
-  assert len(la) == len(lb), f'{what}: different structures'
-  for (pa, xa), (_, xb) in zip(la, lb):
-    assert_close(xa, xb, tol, f'{what}{jax.tree_util.keystr(pa)}')

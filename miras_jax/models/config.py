@@ -68,11 +68,14 @@ REMAT_POLICIES = (
   'everything_saveable',
 )
 
+# Model keys that configs stored by older runs hold but LMConfig no longer has, dropped on
+# loading so those run directories still evaluate and resume (``family``: never read, gone).
+LEGACY_KEYS = frozenset({'family'})
+
 
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
   name: str = 'lm'
-  family: str = 'transformer'
   vocab_size: int = 256
   d_model: int = 64
   n_layers: int = 2
@@ -192,6 +195,7 @@ class LMConfig:
     if isinstance(cfg, cls):
       return cfg
     d = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
+    d = {k: v for k, v in d.items() if k not in LEGACY_KEYS}  # old run directories' configs
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - fields)
     if unknown:

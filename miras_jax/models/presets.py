@@ -28,7 +28,7 @@ tests/models/test_presets.py within 10 % of the nominal size):
   * embeddings: untied at 170m and 760m, tied at 340m and 1.3b (whichever fits the nominal
     count better at the papers' depth × width).
 Keys (all plain values; ``LMConfig`` in miras_jax/models/config.py reads them and rejects
-unknown ones): name, family, vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim,
+unknown ones): name, vocab_size, d_model, n_layers, n_heads, n_kv_heads, head_dim,
 mlp_dim, pattern, rule, chunk_size, memory_impl, gate_rank, conv_size, eta_max, alpha_init,
 huber_mode, delta_init, channel_delta, memora_form, memory_ln_eps, output_gate, memory_remat_group, memory_grad_horizon, window, rope_theta, attention_backend,
 persistent_tokens, max_len, tie_embeddings, norm_eps, embed_init_std, dtype, param_dtype, remat,
@@ -116,7 +116,6 @@ def model_config(family: str, size: str) -> ConfigDict:
     mlp = _MEMORY_MLP[size]
   c = ConfigDict()
   c.name = LMConfig.name
-  c.family = family
   c.vocab_size = 256 if tiny else 32000
   c.d_model = d
   c.n_layers = n_layers

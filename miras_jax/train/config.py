@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from ml_collections import ConfigDict
 
+from miras_jax.models.config import LEGACY_KEYS
 from miras_jax.workdir import CONFIG_FILE
 
 __all__ = [
@@ -207,8 +208,8 @@ def resume_mismatch(stored: dict[str, Any], requested: dict[str, Any]) -> list[s
   b = {k: v for k, v in _flat(requested.get('model') or {}, 'model.').items()}
   diffs = []
   for key in sorted(set(a) | set(b)):
-    if key.split('.', 1)[1].split('.')[0] in RUNTIME_MODEL_KEYS:
-      continue
+    if key.split('.', 1)[1].split('.')[0] in RUNTIME_MODEL_KEYS | LEGACY_KEYS:
+      continue  # LEGACY_KEYS: old run directories' stored configs resume
     if a.get(key, '<unset>') != b.get(key, '<unset>'):
       diffs.append(f'{key}: {a.get(key, "<unset>")} -> {b.get(key, "<unset>")}')
   clip_a = float((stored.get('train') or {}).get('grad_clip', 0) or 0)

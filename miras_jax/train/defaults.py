@@ -3,8 +3,9 @@
     python -m miras_jax.train --config=configs/base.py:moneta,170m --workdir=runs/x \\
         --config.train.steps=1000
 
-``get_config(arg)`` takes ``"<family>[,<size>]"`` (default ``moneta,tiny``) and
-builds the model section with ``miras_jax.models.presets.model_config(family, size)``.
+configs/base.py's ``get_config(arg)`` takes ``"<family>[,<size>]"`` (default
+``moneta,tiny``) and builds the model section with
+``miras_jax.models.presets.model_config(family, size)``.
 Config files in ``configs/`` call these functions and set values.
 Sections (keys users type most are marked *):
 

@@ -13,14 +13,10 @@ import jax
 from miras_jax.train import config as config_lib
 from miras_jax.train import data as data_lib
 from miras_jax.train import metrics as metrics_lib
+from miras_jax.train.metrics import print0
 from miras_jax.train.steps import global_batch
 
 log = logging.getLogger('miras_jax.train.loop')
-
-
-def _print(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
 
 
 def has_val_split(data_dir: Path) -> bool:
@@ -47,10 +43,10 @@ class Evaluator:
     self.plan, self.config, self.data_dir = plan, plan.config, data_dir
     self.has_val = has_val_split(data_dir)
     if not self.has_val:
-      _print(f'data: {data_dir} has no val split; the validation loss is not computed')
+      print0(f'data: {data_dir} has no val split; the validation loss is not computed')
     self.tasks = [n.strip() for n in str(self.config.eval.tasks).split(',') if n.strip()]
     if self.tasks and jax.process_count() > 1:
-      _print('eval.tasks: zero-shot evaluation during training runs on one host only; skipped')
+      print0('eval.tasks: zero-shot evaluation during training runs on one host only; skipped')
       self.tasks = []
     self.tokenizer = None
     if self.tasks:  # the tokenizer the data was prepared with, loaded once
@@ -73,7 +69,7 @@ class Evaluator:
       row = self._guarded(lambda: self.zero_shot(params), 'zero-shot evaluation (eval.tasks)', step)
       if row:
         writer.write(step, row)
-        _print(f'step {step} | ' + ' | '.join(f'{k[5:]} {v:.4g}' for k, v in row.items()))
+        print0(f'step {step} | ' + ' | '.join(f'{k[5:]} {v:.4g}' for k, v in row.items()))
     return val_loss
 
   def validation_loss(self, params: Any) -> float | None:
@@ -119,5 +115,5 @@ class Evaluator:
     except Exception as e:  # pylint: disable=broad-except
       reason = ' '.join(f'{type(e).__name__}: {e}'.split())[:300]
       log.error('%s at step %d failed: %s', what, step, reason)
-      _print(f'WARNING: {what} at step {step} failed ({reason}); training continues')
+      print0(f'WARNING: {what} at step {step} failed ({reason}); training continues')
       return None

@@ -6,11 +6,11 @@
    mesh ``(data, fsdp, tensor)`` from ``train.mesh`` (a mismatch with the device
    count fails here), the model from ``miras_jax.models.build_model(config.model)``
    and its abstract init (so e.g. an unknown ``model.rule`` fails here);
-2. the run directory: refused when it is a file or not writable, created,
-   and locked for the whole run (``train/lock.py``; process 0 takes the lock and
-   broadcasts a refusal, so on several hosts every process stops at once with
-   the same line); a directory created by a command that then fails before
-   training is removed again when empty;
+2. the run directory (train/run_directory.py): refused when it is a file or not
+   writable, created, and locked for the whole run (``train/lock.py``; process 0
+   takes the lock and broadcasts a refusal, so on several hosts every process
+   stops at once with the same line); a directory created by a command that then
+   fails before training is removed again when empty;
 3. a resume check: the config stored with the newest checkpoint must agree on
    the model and the optimiser's structure (``config.resume_mismatch``), else a
    one-line refusal that changes nothing;
@@ -50,7 +50,6 @@ import dataclasses
 import logging
 import math
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -58,7 +57,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
@@ -69,12 +67,13 @@ from miras_jax.models.lm import count_params
 from miras_jax.train import checkpoint as ckpt_lib
 from miras_jax.train import config as config_lib
 from miras_jax.train import data as data_lib
-from miras_jax.train import lock as lock_lib
 from miras_jax.train import metrics as metrics_lib
 from miras_jax.train import optimizer as optimizer_lib
 from miras_jax.train import sharding as sharding_lib
 from miras_jax.train.divergence import DivergenceError, DivergenceMonitor
 from miras_jax.train.evaluator import Evaluator
+from miras_jax.train.metrics import print0
+from miras_jax.train.run_directory import RunDirectory, check_resume_config
 from miras_jax.train.step_timer import StepTimer
 from miras_jax.train.steps import (  # noqa: F401 (re-exported: aot, tests)
   TrainState,
@@ -139,96 +138,6 @@ def build_model(config: ConfigDict) -> nn.Module:
     raise config_lib.ConfigError(f'config.model: {e}') from None
 
 
-# ------------------------------------------------------------------ helpers
-def _print(msg: str) -> None:
-  if jax.process_index() == 0:
-    print(msg, flush=True)
-
-
-def _from_process_0(message: str | None, size: int = 1024) -> str | None:
-  """Process 0's ``message`` (None: nothing to say) on every process, as one broadcast."""
-  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-
-  buf = np.zeros(size + 1, np.uint8)
-  if message is not None:
-    raw = message.encode()[:size]
-    buf[0], buf[1 : 1 + len(raw)] = 1, np.frombuffer(raw, np.uint8)
-  buf = np.asarray(multihost_utils.broadcast_one_to_all(buf))
-  return bytes(buf[1:]).rstrip(b'\0').decode(errors='replace') if buf[0] else None
-
-
-class _RunDirectory:
-  """The run directory, checked, created and locked before anything is written into it.
-
-  On a failure before the run starts (``started`` still False), a directory this invocation
-  created is removed again when nothing but empty folders / the lock are in it, so a rejected
-  command leaves no trace.
-  """
-
-  def __init__(self, workdir: Path):
-    self.path = workdir
-    self.created: Path | None = None
-    self.lock = lock_lib.WorkdirLock(workdir)
-    self.started = False
-
-  def __enter__(self) -> _RunDirectory:
-    path = self.path
-    if path.exists() and not path.is_dir():
-      raise config_lib.ConfigError(f'--workdir {str(path)!r} is not a directory')
-    if not path.exists():
-      top = path
-      while not top.parent.exists():
-        top = top.parent
-      try:
-        path.mkdir(parents=True, exist_ok=True)  # exist_ok: other processes of the run
-      except OSError as e:
-        raise config_lib.ConfigError(
-          f'cannot create --workdir {str(path)!r}: {e.strerror or e}'
-        ) from None
-      self.created = top
-    if not os.access(path, os.W_OK | os.X_OK):
-      raise config_lib.ConfigError(f'--workdir {str(path)!r} is not writable')
-    refusal = None
-    if jax.process_index() == 0:
-      try:
-        self.lock.acquire()
-      except lock_lib.WorkdirLockedError as e:
-        refusal = str(e)
-    if jax.process_count() > 1:  # the others stop too, at once, instead of at the first barrier
-      refusal = _from_process_0(refusal)
-    if refusal is not None:
-      raise lock_lib.WorkdirLockedError(refusal)
-    if jax.process_index() == 0:
-      if self.lock.took_over:
-        _print(
-          f'lock: the previous run ({self.lock.took_over}) ended without releasing '
-          f'{self.lock.path.name}; taking it over'
-        )
-    return self
-
-  def __exit__(self, exc_type, *_) -> None:
-    self.lock.release()
-    if exc_type is not None and not self.started and self.created is not None:
-      if jax.process_index() == 0 and not any(p.is_file() for p in self.created.rglob('*')):
-        shutil.rmtree(self.created, ignore_errors=True)
-
-
-def _check_resume_config(checkpoints: Path, config_dict: dict[str, Any]) -> None:
-  """Refuse (one line, nothing touched) when the newest checkpoint was made by another model."""
-  for step in reversed(workdir_lib.committed_steps(checkpoints)):
-    stored = workdir_lib.read_stored_config(workdir_lib.step_dir(checkpoints, step))
-    if stored is None:
-      continue
-    diffs = config_lib.resume_mismatch(stored, config_dict)
-    if diffs:
-      raise ckpt_lib.CheckpointMismatchError(
-        f'the checkpoints in {checkpoints} (newest step {step}) were trained with another '
-        f'config: {"; ".join(diffs)}; resume with the stored values or use a new --workdir '
-        '(no checkpoint was changed)'
-      )
-    return
-
-
 # --------------------------------------------------------------------- train
 @dataclasses.dataclass
 class _Plan:
@@ -260,8 +169,8 @@ def _plan(config: ConfigDict) -> _Plan:
   mesh = sharding_lib.mesh_from_config(mesh_cfg)
   config_lib.check_mesh_batch(config, dict(mesh.shape))
   for warning in config_lib.warnings(config):
-    _print(f'WARNING: {warning}')
-  _print(
+    print0(f'WARNING: {warning}')
+  print0(
     f'devices: {jax.device_count()} x {jax.devices()[0].device_kind} on {jax.process_count()} process(es); '
     f'mesh {dict(mesh.shape)}'
   )
@@ -346,11 +255,11 @@ def _init_or_restore(plan: _Plan, ckpt: ckpt_lib.Checkpointer, data_iter: Any) -
   if restored is None:
     with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
       state = plan.init_state(jax.random.key(int(config.seed)))
-    _print('init: fresh parameters')
+    print0('init: fresh parameters')
     return 0, state
   start, state, data_state = restored
   data_iter.set_state(data_state)
-  _print(f'resume: restored step {start} from {ckpt.directory}')
+  print0(f'resume: restored step {start} from {ckpt.directory}')
   return start, state
 
 
@@ -358,14 +267,14 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
   """Train (or resume) the run in ``workdir``; see the module docstring."""
   workdir = Path(workdir).expanduser()
   plan = _plan(config)  # nothing written yet
-  with _RunDirectory(workdir) as run_dir:  # checked, created, locked
+  with RunDirectory(workdir) as run_dir:  # checked, created, locked
     checkpoints = workdir / workdir_lib.CHECKPOINT_DIR
-    _check_resume_config(checkpoints, plan.config_dict)
+    check_resume_config(checkpoints, plan.config_dict)
     data_dir = data_lib.resolve_dataset(config.data, workdir, plan.model.cfg.vocab_size)
-    _print(f'data: {data_dir}')
+    print0(f'data: {data_dir}')
     evaluator = Evaluator(plan, data_dir)
     flops_tok, flops_src = plan.flops
-    _print(
+    print0(
       f'model: {plan.num_params:,} parameters; {flops_tok:.3g} training FLOPs/token ({flops_src})'
       + ('' if plan.peak else '; MFU not reported (device peak FLOP/s unknown)')
     )
@@ -443,12 +352,12 @@ def _steps(
           if saved_step != step:
             save(step)
           preempted = True
-          _print(f'preempted (SIGTERM): saved checkpoint at step {step}; exiting cleanly')
+          print0(f'preempted (SIGTERM): saved checkpoint at step {step}; exiting cleanly')
           break
         if delay:
           time.sleep(delay)
     if not preempted and start >= total:
-      _print(f'nothing to do: checkpoint step {start} >= train.steps={t.steps}')
+      print0(f'nothing to do: checkpoint step {start} >= train.steps={t.steps}')
     ckpt.wait()
   except DivergenceError as e:
     ckpt.wait()
@@ -465,9 +374,9 @@ def _steps(
   if jax.process_index() == 0 and not preempted:
     png = metrics_lib.plot_loss_curve(workdir)
     if png is not None:
-      _print(f'wrote {png}')
+      print0(f'wrote {png}')
   if val_loss is not None:
-    _print(
+    print0(
       f'final: step {step} val_loss {val_loss:.4f} val_perplexity {math.exp(min(val_loss, 50.0)):.2f}'
     )
   return TrainResult(step=step, preempted=preempted, val_loss=val_loss, history=history)

@@ -58,6 +58,12 @@ PEAK_FLOPS: tuple[tuple[str, float], ...] = (
 )
 
 
+def print0(msg: str) -> None:
+  """A console line, printed by process 0 only (flushed: progress under a pipe)."""
+  if jax.process_index() == 0:
+    print(msg, flush=True)
+
+
 def device_peak_flops(device: jax.Device | None = None) -> float | None:
   """Peak dense bf16 FLOP/s of one device, or None when unknown (e.g. CPU)."""
   device = device or jax.devices()[0]

@@ -1,25 +1,9 @@
-"""Shared helpers for the layer tests."""
+"""Shared helpers for the layer tests (comparisons: miras_jax/testing.py)."""
 
 import functools
 
 import jax
 import numpy as np
-
-
-def assert_close(ref, got, rel=1e-5, atol=1e-6):
-  """Pass if max |ref - got| <= atol, else require ||ref - got||_2 / ||ref||_2 <= rel.
-
-  The relative-RMS criterion of STYLE.md: tolerant of a few ulps on large entries, strict on
-  systematic error.
-  """
-  ref = np.asarray(ref, np.float64)
-  got = np.asarray(got, np.float64)
-  assert ref.shape == got.shape, (ref.shape, got.shape)
-  err = np.abs(ref - got)
-  if err.max(initial=0.0) <= atol:
-    return
-  ratio = np.linalg.norm(ref - got) / max(np.linalg.norm(ref), 1e-30)
-  assert ratio <= rel, f'relative error {ratio:.3e} > {rel:.1e} (max abs err {err.max():.3e})'
 
 
 def numpy_params(module, *args, seed=0, std=0.3, method=None):

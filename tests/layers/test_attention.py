@@ -13,8 +13,9 @@ from jax.sharding import PartitionSpec as P
 from miras_jax.layers.attention import Attention, init_kv_cache
 from miras_jax.layers.attention_backends import causal_attention
 from miras_jax.models.lm import positions_from_segments
+from miras_jax.testing import assert_close
 
-from ._util import assert_close, numpy_params, out_and_grads
+from ._util import numpy_params, out_and_grads
 
 # Row 0 packs three documents; row 1 is one document. T = 37 is odd and not a multiple of 128,
 # so the Pallas paths pad.
@@ -58,7 +59,7 @@ def test_xla_reference_matches_loop(window, use_seg):
   got = jax.jit(causal_attention, static_argnames='window_size')(
     q, k, v, segment_ids=seg, window_size=window
   )
-  assert_close(_loop_reference(q, k, v, seg, window), got, rel=1e-5)
+  assert_close(got, _loop_reference(q, k, v, seg, window), 1e-5, atol=1e-6)
 
 
 # (backend, B, H, Hkv, D, window, segments). The Pallas cases run in interpret mode (slow), so
@@ -85,9 +86,9 @@ def test_backend_matches_xla(backend, b, h, hkv, d, window, use_seg):
   ref_out, ref_grads = out_and_grads(q, k, v, ct, seg, 'xla', window)
   out, grads = out_and_grads(q, k, v, ct, seg, backend, window)
   assert out.shape == q.shape and out.dtype == q.dtype
-  assert_close(ref_out, out, rel=1e-5)
+  assert_close(out, ref_out, 1e-5, atol=1e-6)
   for r, g in zip(ref_grads, grads):  # d/dq, d/dk, d/dv
-    assert_close(r, g, rel=1e-4)
+    assert_close(g, r, 1e-4, atol=1e-6)
 
 
 def test_flash_rejects_sliding_window_and_unknown_backend():
@@ -147,9 +148,9 @@ def test_packed_row_equals_separate_documents():
   for lo, hi in [(0, 9), (9, 14)]:
     alone = np.zeros_like(x)
     alone[:, : hi - lo] = x[:, lo:hi]
-    assert_close(apply(params, alone)[:, : hi - lo], packed[:, lo:hi], rel=1e-5)
+    assert_close(packed[:, lo:hi], apply(params, alone)[:, : hi - lo], 1e-5, atol=1e-6)
   # Without restarting positions the result is the same up to rounding (RoPE is relative).
-  assert_close(packed, apply(params, x, None, seg), rel=1e-4)
+  assert_close(apply(params, x, None, seg), packed, 1e-4, atol=1e-6)
 
 
 def test_module_backend_switch():
@@ -158,7 +159,7 @@ def test_module_backend_switch():
   params = numpy_params(_module(), x)
   ref = jax.jit(_module(window_size=6).apply)(params, x, None, SEG)
   got = jax.jit(_module(window_size=6, backend='pallas_tpu_splash').apply)(params, x, None, SEG)
-  assert_close(ref, got, rel=1e-5)
+  assert_close(got, ref, 1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize('window,prefill', [(None, 4), (4, 4), (4, 6), (3, 2)])
@@ -180,7 +181,7 @@ def test_kv_cache_decode_equals_full_forward(window, prefill):
     y, cache = decode(params, x[:, i : i + 1], cache)
     outs.append(y)
   assert int(cache['index']) == t
-  assert_close(full, jnp.concatenate(outs, axis=1), rel=1e-5)
+  assert_close(jnp.concatenate(outs, axis=1), full, 1e-5, atol=1e-6)
 
 
 def test_kv_cache_init_helper():
@@ -246,7 +247,7 @@ def test_persistent_tokens_equal_a_literal_prepend(window, always_visible):
   seg = SEG[:, :t]
   pos = positions_from_segments(jnp.asarray(seg))  # restart at every document
   got = jax.jit(layer.apply)(params, x, pos, seg)
-  assert_close(_literal_prepend(params, x, seg, n_p, window, always_visible), got, rel=1e-5)
+  assert_close(got, _literal_prepend(params, x, seg, n_p, window, always_visible), 1e-5, atol=1e-6)
 
 
 def test_persistent_tokens_cudnn_matches_xla_and_decode_matches_full():
@@ -264,8 +265,8 @@ def test_persistent_tokens_cudnn_matches_xla_and_decode_matches_full():
   assert float(jnp.max(jnp.abs(g_ref['params']['persistent']))) > 0
   if jax.default_backend() != 'gpu':  # on GPU cuDNN takes only bf16: test_attention_gpu.py
     (_, out), g = jax.jit(jax.value_and_grad(lambda p: loss(p, 'cudnn'), has_aux=True))(params)
-    assert_close(ref, out, rel=1e-5)
-    assert_close(g_ref['params']['persistent'], g['params']['persistent'], rel=1e-4)
+    assert_close(out, ref, 1e-5, atol=1e-6)
+    assert_close(g['params']['persistent'], g_ref['params']['persistent'], 1e-4, atol=1e-6)
 
   layer = _module(**kw)
   xs = x[:, :9]
@@ -275,7 +276,7 @@ def test_persistent_tokens_cudnn_matches_xla_and_decode_matches_full():
   outs = [y0] + [None] * 6
   for i in range(3, 9):
     outs[i - 2], cache = decode(params, xs[:, i : i + 1], cache)
-  assert_close(full, jnp.concatenate(outs, axis=1), rel=1e-5)
+  assert_close(jnp.concatenate(outs, axis=1), full, 1e-5, atol=1e-6)
 
   with pytest.raises(NotImplementedError, match='persistent'):
     jax.eval_shape(_module(backend='pallas_tpu_splash', **kw).apply, params, x)

@@ -7,8 +7,9 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from miras_jax.layers.conv import CausalDepthwiseConv1D, init_conv_state
+from miras_jax.testing import assert_close
 
-from ._util import assert_close, numpy_params
+from ._util import numpy_params
 
 B, T, C, K = 2, 11, 6, 4
 SEG = np.array([[0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2], [5] * T], np.int32)
@@ -33,8 +34,8 @@ def _naive(x, w, b, seg):
 def test_full_matches_naive_reference_axes_and_dtype():
   w, b = PARAMS['params']['kernel'], PARAMS['params']['bias']
   assert w.shape == (K, C) and b.shape == (C,)
-  assert_close(_naive(X, w, b, None), APPLY(PARAMS, X), rel=1e-6)
-  assert_close(_naive(X, w, b, SEG), APPLY(PARAMS, X, SEG), rel=1e-6)
+  assert_close(APPLY(PARAMS, X), _naive(X, w, b, None), 1e-6, atol=1e-6)
+  assert_close(APPLY(PARAMS, X, SEG), _naive(X, w, b, SEG), 1e-6, atol=1e-6)
   abstract = jax.eval_shape(LAYER.init, jax.random.PRNGKey(1), X)
   assert nn.get_partition_spec(abstract)['params'] == {
     'kernel': P(None, 'embed'),
@@ -54,7 +55,7 @@ def test_no_leak_across_segments():
   for lo, hi in [(0, 3), (3, 5), (5, 11)]:
     alone = np.zeros_like(X[:1])
     alone[0, : hi - lo] = X[0, lo:hi]
-    assert_close(APPLY(PARAMS, alone)[0, : hi - lo], y[0, lo:hi], rel=1e-6)
+    assert_close(y[0, lo:hi], APPLY(PARAMS, alone)[0, : hi - lo], 1e-6, atol=1e-6)
 
 
 def test_extend_equals_full_prefill_then_steps():

@@ -7,8 +7,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from miras_jax.layers.norms import RMSNorm, l2_normalize
-
-from ._util import assert_close
+from miras_jax.testing import assert_close
 
 
 def test_rmsnorm_matches_formula_and_keeps_dtype():
@@ -25,13 +24,13 @@ def test_rmsnorm_matches_formula_and_keeps_dtype():
   y = apply(params, x)
   ref = x / np.sqrt((x.astype(np.float64) ** 2).mean(-1, keepdims=True) + 1e-6) * scale
   assert y.shape == x.shape and y.dtype == jnp.float32
-  assert_close(ref, y, rel=1e-6)
+  assert_close(y, ref, 1e-6, atol=1e-6)
 
   # bf16 in -> bf16 out (fp32 inside); dtype= sets the output dtype.
   x16 = x.astype(jnp.bfloat16)
   y16 = apply(params, x16)
   assert y16.dtype == jnp.bfloat16
-  assert_close(apply(params, x16.astype(np.float32)), y16, rel=1e-2)
+  assert_close(y16, apply(params, x16.astype(np.float32)), 1e-2, atol=1e-6)
   assert jax.eval_shape(RMSNorm(dtype=jnp.bfloat16).apply, params, x).dtype == jnp.bfloat16
 
 
@@ -44,7 +43,7 @@ def test_l2_normalize():
     return l2_normalize(x, axis=-1, eps=0.0), l2_normalize(x, axis=1, eps=0.0), grad_at_zero
 
   last, middle, grad_at_zero = run(x)
-  assert_close(np.ones((3, 4)), np.linalg.norm(last, axis=-1), rel=1e-6)
-  assert_close(x / np.linalg.norm(x, axis=1, keepdims=True), middle, rel=1e-6)
+  assert_close(np.linalg.norm(last, axis=-1), np.ones((3, 4)), 1e-6, atol=1e-6)
+  assert_close(middle, x / np.linalg.norm(x, axis=1, keepdims=True), 1e-6, atol=1e-6)
   assert np.all(np.isfinite(grad_at_zero))  # eps keeps the gradient finite at the origin
   assert jax.eval_shape(l2_normalize, x.astype(jnp.bfloat16)).dtype == jnp.bfloat16

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 
 from miras_jax.models import build_model
 from miras_jax.models.presets import model_config
-from tests.layers._util import assert_close, numpy_params  # noqa: F401  (re-exported)
+from tests.layers._util import numpy_params  # noqa: F401  (re-exported)
 
 VOCAB = 256
 

@@ -14,7 +14,8 @@ from miras_jax.models import LMConfig
 from miras_jax.models.lm import memory_layer
 from miras_jax.models.mac import MAC
 from miras_jax.models.presets import model_config
-from tests.models._util import assert_close, numpy_params, random_params, tiny, tokens
+from miras_jax.testing import assert_close
+from tests.models._util import numpy_params, random_params, tiny, tokens
 from tests.models.test_lm import _greedy_and_full
 
 # ----------------------------------------------------------------------------------------------
@@ -181,7 +182,7 @@ def test_mac_matches_the_literal_segment_loop():
   p64 = jax.tree.map(lambda a: np.asarray(a, np.float64), params['params'])
   for row in range(2):
     want = literal_mac(p64, np.asarray(x[row], np.float64), cfg)
-    assert_close(want, got[row], rel=1e-4, atol=1e-5)
+    assert_close(got[row], want, 1e-4, atol=1e-5)
   # the memory matters: another initial memory changes the output from the second segment on
   p2 = jax.tree.map(lambda a: a, params)
   p2['params']['memory']['w0_1'] = params['params']['memory']['w0_1'] * 2
@@ -203,7 +204,7 @@ def test_decoding_crosses_segments_and_equals_the_full_pass():
     model, params, prompt, 16, 128
   )
   assert int(index) == 35
-  assert_close(full, dec[:, : full.shape[1]], rel=2e-5, atol=2e-5)
+  assert_close(dec[:, : full.shape[1]], full, 2e-5, atol=2e-5)
   cache = model.init_cache(2, 4096)
   kv = cache['layers'][0]['k_s']
   assert kv.shape == (cfg.n_layers, 2, cfg.window, cfg.n_heads, cfg.head_dim)
@@ -230,8 +231,8 @@ def test_packed_rows_follow_documents():
   # the memory's inner-loss proxy (layers/miras.py) is sown once per scanned layer
   losses = jax.tree.leaves(inter)
   assert len(losses) == 2 and all(x.shape == (cfg.n_layers,) for x in losses)
-  assert_close(jnp.concatenate([alone[0], alone[1]]), packed[:32], rel=2e-5, atol=2e-5)
-  assert_close(packed[35:], packed_other[35:], rel=1e-6, atol=1e-6)
+  assert_close(packed[:32], jnp.concatenate([alone[0], alone[1]]), 2e-5, atol=2e-5)
+  assert_close(packed_other[35:], packed[35:], 1e-6, atol=1e-6)
   assert float(jnp.max(jnp.abs(packed[:35] - packed_other[:35]))) > 1e-3
 
 

@@ -182,7 +182,8 @@ def _config_file(name):
 
 def test_configs_load_and_lock():
   c = _config_file('quickstart').get_config()
-  assert c.model.family == 'moneta' and c.data.corpus == 'default'
+  assert (list(c.model.pattern), c.model.rule) == (['memory'], 'moneta')
+  assert c.data.corpus == 'default'
   config_lib.validate(c, process_count=1)
   c.lock()
   with pytest.raises(AttributeError):
@@ -191,15 +192,44 @@ def test_configs_load_and_lock():
     c.train.steps = 'ten'
   assert presets.parse_arg('yaad,170m') == ('yaad', '170m')
   c = _config_file('moneta').get_config('340m')
-  assert (c.model.family, c.model.d_model, c.train.seq_len, c.train.batch_size) == (
+  assert (c.model.rule, c.model.d_model, c.train.seq_len, c.train.batch_size) == (
     'moneta',
     1024,
     4096,
     128,
   )
   assert c.train.steps == int(15e9 // (128 * 4096))
-  assert _config_file('transformer').get_config('tiny').model.family == 'transformer'
-  assert _config_file('base').get_config('transformer').model.family == 'transformer'
+  assert list(_config_file('transformer').get_config('tiny').model.pattern) == ['attention']
+  assert list(_config_file('base').get_config('transformer').model.pattern) == ['attention']
+
+
+def test_run_directory_with_legacy_family_key_loads_and_resumes(tmp_path):
+  """Configs stored before LMConfig dropped ``model.family`` still evaluate and resume."""
+  from miras_jax import workdir as workdir_lib
+  from miras_jax.evals.checkpoint import load_config, resolve_checkpoint
+  from miras_jax.models.config import LMConfig
+  from miras_jax.train import checkpoint as ckpt_lib
+  from miras_jax.train.run_directory import check_resume_config
+
+  now = config_lib.to_dict(base.family_config('moneta', 'tiny'))
+  assert 'family' not in now['model']
+  old = json.loads(json.dumps(now))
+  old['model']['family'] = 'moneta'
+  step = workdir_lib.step_dir(tmp_path / workdir_lib.CHECKPOINT_DIR, 5)
+  workdir_lib.stored_config_path(step).parent.mkdir(parents=True)
+  workdir_lib.stored_config_path(step).write_text(json.dumps(old))
+  (step / workdir_lib.COMMIT_MARKERS[0]).write_text('')
+  (step / 'state').mkdir()
+  (tmp_path / workdir_lib.CONFIG_FILE).write_text(json.dumps(old))
+
+  stored = load_config(resolve_checkpoint(tmp_path))
+  assert stored['model']['family'] == 'moneta'
+  assert LMConfig.from_config(stored['model']) == LMConfig.from_config(now['model'])
+  check_resume_config(step.parent, now)  # no refusal
+  with pytest.raises(ckpt_lib.CheckpointMismatchError, match='model.d_model'):
+    check_resume_config(step.parent, {**now, 'model': {**now['model'], 'd_model': 32}})
+  with pytest.raises(ValueError, match='famly'):  # other unknown keys are still refused
+    LMConfig.from_config({**now['model'], 'famly': 'moneta'})
 
 
 # ------------------------------------------------------------------- metrics

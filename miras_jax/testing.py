@@ -1,0 +1,44 @@
+"""Comparison helpers of the test suite, one home for every test folder (and the benchmarks'
+error column): the relative-RMS criterion of STYLE.md, tolerant of a few ulps on large
+entries, strict on systematic error.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+__all__ = ['rel_err', 'assert_close', 'assert_tree_close']
+
+
+def rel_err(a, b) -> float:
+  """Relative RMS error ‖a − b‖ / ‖b‖ (absolute when ‖b‖ is ~0); ``b`` is the reference."""
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  den = np.linalg.norm(b)
+  num = np.linalg.norm(a - b)
+  return num / den if den > 1e-12 else num
+
+
+def assert_close(a, b, tol: float = 1e-5, what: str = '', *, atol: float = 0.0) -> None:
+  """``a`` (the result) equals the reference ``b``: same shape, and either every entry within
+  ``atol`` or ``a`` finite with ``rel_err(a, b) <= tol``."""
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  assert a.shape == b.shape, f'{what}: shapes {a.shape} != {b.shape}'
+  if np.abs(a - b).max(initial=0.0) <= atol:
+    return
+  assert np.all(np.isfinite(a)), f'{what}: non-finite values'
+  e = rel_err(a, b)
+  assert e <= tol, (
+    f'{what}: relative error {e:.3e} > {tol:.1e} (max abs err {np.abs(a - b).max():.3e})'
+  )
+
+
+def assert_tree_close(a, b, tol: float, what: str = '') -> None:
+  """`assert_close` on every leaf of two trees of the same structure."""
+  la = jax.tree_util.tree_flatten_with_path(a)[0]
+  lb = jax.tree_util.tree_flatten_with_path(b)[0]
+  assert len(la) == len(lb), f'{what}: different structures'
+  for (pa, xa), (_, xb) in zip(la, lb):
+    assert_close(xa, xb, tol, f'{what}{jax.tree_util.keystr(pa)}')
