@@ -203,28 +203,52 @@ def plot(results: list[dict], pairs, widths, chance: float, path: Path) -> None:
   plt.close(fig)
 
 
-def write_outputs(results, args, widths, chance, wall, out: Path) -> str:
+def write_outputs(results, args, widths, chance, out: Path) -> str:
   """``<name>.md``, ``.json`` and ``.png`` of the models trained so far; returns the markdown."""
+  # Resumed runs may cover other widths and pair counts than this invocation's.
+  widths = sorted(set(widths) | {r['width'] for r in results})
+  pairs = sorted(set(args.pairs) | {int(n) for r in results for n in r['acc']})
+  train_min = sum(r['train_s'] for r in results) / 60
   setting = (
-    f'MQAR (Zoology): seq_len {args.seq_len}, vocab {args.vocab}, pairs {args.pairs} '
+    f'MQAR (Zoology): seq_len {args.seq_len}, vocab {args.vocab}, pairs {pairs} '
     f'({"a model per count" if args.per_pairs else "mixed in training"}), '
     f'{args.steps} steps x {args.batch} rows, lr {args.lr}, '
     f'chunk {args.chunk}, {args.eval_examples} held-out rows per count; '
-    f'{wall / 60:.1f} min on {jax.devices()[0].platform}'
+    f'{train_min:.1f} min of training in all on {jax.devices()[0].platform}'
   )
-  md = f'{setting}\n\n{table(results, args.pairs, chance)}\n'
+  md = f'{setting}\n\n{table(results, pairs, chance)}\n'
   (out / f'{args.name}.md').write_text(md)
   (out / f'{args.name}.json').write_text(
     json.dumps({'setting': setting, 'args': vars(args), 'results': results}, indent=1) + '\n'
   )
   plot(
     results,
-    args.pairs,
+    pairs,
     [w for w in widths if any(r['width'] == w for r in results)],
     chance,
     out / f'{args.name}.png',
   )
   return md
+
+
+# The arguments that define a run's training and scoring: ``--resume`` reuses only runs that agree.
+RUN_ARGS = ('seq_len', 'vocab', 'steps', 'batch', 'lr', 'chunk', 'eval_examples', 'seed')
+
+
+def load_resumed(path: Path, args) -> list[dict]:
+  """The runs of an earlier study at ``path`` (``--resume``): [] if there is none; an error if it
+  was run at another setting (its runs would not be comparable)."""
+  if not path.exists():
+    return []
+  try:
+    prev = json.loads(path.read_text())
+    runs, prev_args = prev['results'], prev['args']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'--resume: {path} is not a result file of this script ({e})') from None
+  diff = [k for k in RUN_ARGS if prev_args.get(k) != getattr(args, k)]
+  if diff:
+    raise ValueError(f'--resume: {path} was run at another setting ({", ".join(diff)})')
+  return runs
 
 
 def _ints(s: str) -> list[int]:
@@ -249,6 +273,12 @@ def main(argv=None) -> int:
   p.add_argument(
     '--per_pairs', type=int, default=0, help='1: a model per pair count (else one on the mixture)'
   )
+  p.add_argument(
+    '--resume',
+    type=int,
+    default=0,
+    help='1: keep the runs already in <out_dir>/<name>.json (same setting) and train only the rest',
+  )
   args = p.parse_args(argv)
   try:
     families = [f for f in args.families.split(',') if f]
@@ -260,18 +290,21 @@ def main(argv=None) -> int:
       make_mqar_batch(np.random.default_rng(0), 1, args.seq_len, n, args.vocab)
     if any(w % 4 for w in widths):
       raise ValueError(f'widths must be multiples of 4 (4 heads), got {widths}')
+    out = Path(args.out_dir)
+    results = load_resumed(out / f'{args.name}.json', args) if args.resume else []
   except ValueError as e:
     print(f'mqar_study: {e}', file=sys.stderr)
     return 2
-  out = Path(args.out_dir)
   out.mkdir(parents=True, exist_ok=True)
   chance = mqar_chance(args.vocab)
-  results: list[dict] = []
-  t_all = time.perf_counter()
+  done = {(r['family'], r['width'], tuple(r['train_pairs'])) for r in results if 'train_pairs' in r}
+  md = write_outputs(results, args, widths, chance, out) if results else ''
   # A model per (pair counts, width, family): the mixture once, or each count (smallest first).
   groups = [[n] for n in sorted(args.pairs)] if args.per_pairs else [args.pairs]
   for pairs in groups:
     for w, f in [(w, f) for w in widths for f in families]:
+      if (f, w, tuple(pairs)) in done:
+        continue
       best = None
       for lr in lrs:
         r = train_and_score(f, w, lr, args, pairs)
@@ -284,7 +317,7 @@ def main(argv=None) -> int:
           best = (mean, r)
       results.append(best[1])
       # Written after every model, so a long study interrupted keeps what it measured.
-      md = write_outputs(results, args, widths, chance, time.perf_counter() - t_all, out)
+      md = write_outputs(results, args, widths, chance, out)
   print(f'\n{md}')
   print(f'wrote {out / args.name}.{{md,json,png}}')
   return 0

@@ -50,6 +50,12 @@ def test_study_script_trains_scores_and_writes_its_outputs(tmp_path, capsys):
   assert '| Transformer++ | 16 |' in (tmp_path / 't.md').read_text()
   assert '| Transformer++ | 16 |' in capsys.readouterr().out
   assert mod.main(['--families=nope', f'--out_dir={tmp_path}']) == 2
+  # --resume keeps the runs already there and trains only the rest (here: none).
+  before = (tmp_path / 't.json').read_text()
+  assert mod.main([*argv.split(), '--resume=1']) == 0
+  assert json.loads((tmp_path / 't.json').read_text())['results'] == json.loads(before)['results']
+  assert mod.main([*argv.split(), '--resume=1', '--steps=3']) == 2  # another setting
+  assert 'another setting (steps)' in capsys.readouterr().err
 
 
 def test_table_gathers_the_per_pair_count_runs_of_a_model_in_one_row():
