@@ -183,8 +183,14 @@ def plot(results: list[dict], path: Path) -> None:
   names = [LABELS.get(r['family'], r['family']) for r in results]
   b.bar(range(len(results)), [r['val_loss'] for r in results])
   b.set_xticks(range(len(results)), names, rotation=30, ha='right', fontsize=8)
-  lo = min(r['val_loss'] for r in results)
-  b.set_ylim(lo - 0.3, max(r['val_loss'] for r in results) + 0.1)
+  # The earlier loss of each rerun family (``--before``) as a black tick above or below its bar.
+  moved = [(i, r['before_val_loss']) for i, r in enumerate(results) if r.get('rerun')]
+  moved = [(i, v) for i, v in moved if v is not None]
+  if moved:
+    b.scatter(*zip(*moved), marker='_', s=500, color='k', label='before (--before file)')
+    b.legend(fontsize=8)
+  losses = [r['val_loss'] for r in results] + [v for _, v in moved]
+  b.set_ylim(min(losses) - 0.3, max(losses) + 0.1)
   b.set_ylabel('validation loss')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
