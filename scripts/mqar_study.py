@@ -15,7 +15,9 @@ value (chance = 1 / (vocab / 2)). Zoology trains far longer and sweeps the learn
 several, comma separated, to keep the best per model, as Zoology reports). With
 ``--per_pairs=1`` every pair count gets its own model, trained on that count only, and the runs
 go pair count by pair count (the smallest first, every width and family), so that a study cut
-short still has a complete column.
+short still has a complete column. ``--resume=1`` keeps the runs already in the output file (at
+the same setting) and trains only the missing ones, so a study can be cut short, reordered
+(``--families``, ``--widths``) and continued.
 
 Writes ``<out_dir>/<name>.json``, ``.md`` (the table) and ``.png`` (accuracy against pairs, a
 panel per width) and prints the table.
@@ -126,6 +128,7 @@ def train_and_score(family: str, width: int, lr: float, args, pairs=None) -> dic
     params, opt, loss = step(params, opt, {k: jnp.asarray(v) for k, v in b.items()})
     # One step in flight at a time: with several queued, XLA:CPU hung (0% CPU, every thread
     # waiting) on the memory models here (jax 0.10, 2 cores); blocking costs nothing measurable.
+    # It still hung (twice, Gated DeltaNet at seq 256) with async dispatch on: see __main__.
     loss = jax.block_until_ready(loss)
     if (i + 1) % max(1, args.steps // 10) == 0:
       losses.append([i + 1, float(loss)])
@@ -324,4 +327,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+  # A workaround, not a fix: XLA:CPU (jax 0.10.2) deadlocked here in block_until_ready on a
+  # training step (every pool thread idle) with async dispatch; the CPU client made with it off
+  # runs each step on the calling thread. Read when the backend starts, so set before any jax
+  # computation (here, not in main(), which tests call in a process whose backend is running).
+  jax.config.update('jax_cpu_enable_async_dispatch', False)
   sys.exit(main())
