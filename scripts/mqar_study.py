@@ -128,7 +128,8 @@ def train_and_score(family: str, width: int, lr: float, args, pairs=None) -> dic
     params, opt, loss = step(params, opt, {k: jnp.asarray(v) for k, v in b.items()})
     # One step in flight at a time: with several queued, XLA:CPU hung (0% CPU, every thread
     # waiting) on the memory models here (jax 0.10, 2 cores); blocking costs nothing measurable.
-    # It still hung (twice, Gated DeltaNet at seq 256) with async dispatch on: see __main__.
+    # It still hangs at times at seq 256 (Gated DeltaNet, DeltaNet; also with synchronous CPU
+    # dispatch): rerun with --resume=1, which keeps the finished runs.
     loss = jax.block_until_ready(loss)
     if (i + 1) % max(1, args.steps // 10) == 0:
       losses.append([i + 1, float(loss)])
@@ -327,9 +328,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-  # A workaround, not a fix: XLA:CPU (jax 0.10.2) deadlocked here in block_until_ready on a
-  # training step (every pool thread idle) with async dispatch; the CPU client made with it off
-  # runs each step on the calling thread. Read when the backend starts, so set before any jax
-  # computation (here, not in main(), which tests call in a process whose backend is running).
-  jax.config.update('jax_cpu_enable_async_dispatch', False)
   sys.exit(main())
