@@ -82,9 +82,9 @@ def counts(config) -> tuple[int, int]:
 
 def matched_configs(families, args) -> dict:
   """Each family's config, its MLP widened or narrowed (a multiple of 8) so that its
-  non-embedding count is within ``args.match`` of Transformer++'s (or of the first family's)."""
-  ref_family = 'transformer' if 'transformer' in families else families[0]
-  target = counts(family_run_config(ref_family, args))[1]
+  non-embedding count is within ``args.match`` of Transformer++'s (whether or not Transformer++ is
+  among ``families``, so that a partial rerun matches the same count)."""
+  target = counts(family_run_config('transformer', args))[1]
   out = {}
   for f in families:
     c = family_run_config(f, args)
@@ -105,17 +105,65 @@ def matched_configs(families, args) -> dict:
   return out
 
 
+# The arguments that define the measurement: a ``--before`` file must agree on all of them.
+SETTING_ARGS = ('d_model', 'n_layers', 'vocab', 'seq_len', 'chunk', 'batch', 'steps', 'lr')
+SETTING_ARGS += ('eval_batches', 'match', 'corpus')
+
+
+def load_before(path: str, args) -> list[dict]:
+  """The rows of an earlier run of this script at the same setting (``--before``)."""
+  try:
+    prev = json.loads(Path(path).read_text())
+    rows, prev_args = prev['results'], prev['args']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'--before {path}: not a result file of this script ({e})') from None
+  diff = [k for k in SETTING_ARGS if prev_args.get(k) != getattr(args, k)]
+  if diff:
+    raise ValueError(f'--before {path}: different setting ({", ".join(diff)})')
+  return rows
+
+
+def merge(before: list[dict], results: list[dict]) -> list[dict]:
+  """``results`` with each row's earlier loss as ``before_val_loss``, plus the ``before`` rows of
+  the families not rerun (marked ``rerun: False``, before = after), in ``before``'s order."""
+  old = {r['family']: r for r in before}
+  new = {r['family']: r for r in results}
+  order = [r['family'] for r in before] + [f for f in new if f not in old]
+  out = []
+  for f in order:
+    if f in new:
+      row = dict(new[f], rerun=True)
+      if f in old:
+        row['before_val_loss'] = old[f].get('before_val_loss', old[f]['val_loss'])
+    else:  # not rerun: its model did not change, its loss is both the before and the after
+      row = dict(old[f], rerun=False)
+      row.setdefault('before_val_loss', row['val_loss'])
+    out.append(row)
+  return out
+
+
 def table(results: list[dict]) -> str:
-  lines = [
-    '| family | params | non-embedding | MLP | val loss | val ppl | train tok/s | wall |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- |',
-  ]
+  before = any('before_val_loss' in r for r in results)
+  cols = ['family', 'params', 'non-embedding', 'MLP', 'val loss', 'val ppl', 'train tok/s', 'wall']
+  if before:
+    cols.insert(4, 'before')
+  lines = ['| ' + ' | '.join(cols) + ' |', '|' + ' --- |' * len(cols)]
   for r in results:
-    lines.append(
-      f'| {LABELS.get(r["family"], r["family"])} | {r["params"] / 1e3:.0f}K | '
-      f'{r["non_embedding"] / 1e3:.1f}K | {r["mlp_dim"]} | {r["val_loss"]:.4f} | '
-      f'{math.exp(min(r["val_loss"], 50)):.1f} | {r["tokens_per_s"]:.0f} | {r["wall_s"]:.0f}s |'
-    )
+    name = LABELS.get(r['family'], r['family']) + ('' if r.get('rerun', True) else ' (not rerun)')
+    cells = [
+      name,
+      f'{r["params"] / 1e3:.0f}K',
+      f'{r["non_embedding"] / 1e3:.1f}K',
+      str(r['mlp_dim']),
+      f'{r["val_loss"]:.4f}',
+      f'{math.exp(min(r["val_loss"], 50)):.1f}',
+      f'{r["tokens_per_s"]:.0f}',
+      f'{r["wall_s"]:.0f}s',
+    ]
+    if before:
+      b = r.get('before_val_loss')
+      cells.insert(4, '' if b is None else f'{b:.4f}')
+    lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
@@ -135,8 +183,14 @@ def plot(results: list[dict], path: Path) -> None:
   names = [LABELS.get(r['family'], r['family']) for r in results]
   b.bar(range(len(results)), [r['val_loss'] for r in results])
   b.set_xticks(range(len(results)), names, rotation=30, ha='right', fontsize=8)
-  lo = min(r['val_loss'] for r in results)
-  b.set_ylim(lo - 0.3, max(r['val_loss'] for r in results) + 0.1)
+  # The earlier loss of each rerun family (``--before``) as a black tick above or below its bar.
+  moved = [(i, r['before_val_loss']) for i, r in enumerate(results) if r.get('rerun')]
+  moved = [(i, v) for i, v in moved if v is not None]
+  if moved:
+    b.scatter(*zip(*moved), marker='_', s=500, color='k', label='before (--before file)')
+    b.legend(fontsize=8)
+  losses = [r['val_loss'] for r in results] + [v for _, v in moved]
+  b.set_ylim(min(losses) - 0.3, max(losses) + 0.1)
   b.set_ylabel('validation loss')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -161,11 +215,18 @@ def main(argv=None) -> int:
   p.add_argument('--out_dir', default='benchmarks/results')
   p.add_argument('--name', default='compare_families_cpu')
   p.add_argument('--quiet', type=int, default=1, help="hide the trainer's per-step lines")
+  p.add_argument(
+    '--before',
+    default='',
+    help='an earlier result json of this script at the same setting: its losses become the '
+    '"before" column and its families not in --families are kept as rows',
+  )
   args = p.parse_args(argv)
   families = [f for f in args.families.split(',') if f]
   try:
     if args.d_model % 16:
       raise ValueError(f'--d_model must be a multiple of 16 (heads of 16), got {args.d_model}')
+    before = load_before(args.before, args) if args.before else None
     configs = matched_configs(families, args)
   except ValueError as e:
     print(f'compare_families: {e}', file=sys.stderr)
@@ -212,12 +273,13 @@ def main(argv=None) -> int:
       f'training tokens each, lr {args.lr:g} (warmup + cosine), chunk {args.chunk}, '
       f'{args.eval_batches} x {args.batch} validation rows; corpus {args.corpus}'
     )
-    md = f'{setting}\n\n{table(results)}\n'
+    rows = results if before is None else merge(before, results)
+    md = f'{setting}\n\n{table(rows)}\n'
     (out / f'{args.name}.md').write_text(md)
     (out / f'{args.name}.json').write_text(
-      json.dumps({'setting': setting, 'args': vars(args), 'results': results}, indent=1) + '\n'
+      json.dumps({'setting': setting, 'args': vars(args), 'results': rows}, indent=1) + '\n'
     )
-    plot(results, out / f'{args.name}.png')
+    plot(rows, out / f'{args.name}.png')
   print(f'\n{md}')
   print(f'wrote {out / args.name}.{{md,json,png}}; runs in {run_root}')
   return 0

@@ -3,6 +3,7 @@
     python scripts/mqar_study.py                       # the default study (CPU: 6 families took 36 min on 2 busy cores)
     python scripts/mqar_study.py --families=transformer,moneta --widths=64 --steps=300  # smaller
     python scripts/mqar_study.py --seq_len=512 --pairs=16,32,64,128 --steps=4000        # larger
+    python scripts/mqar_study.py --seq_len=256 --pairs=16,64 --per_pairs=1 --widths=64,128  # a model per count
 
 The Zoology protocol (Arora et al. 2023, §3.1; the generator: miras_jax/data/mqar.py): every
 model is a 2-layer LM of the given width (a family's ``tiny`` preset from
@@ -11,7 +12,12 @@ mixing every ``--pairs`` count (loss on the query positions only, as Zoology), t
 held-out examples of each count: accuracy = fraction of queries whose argmax is the bound
 value (chance = 1 / (vocab / 2)). Zoology trains far longer and sweeps the learning rate
 (their App. E); this is the CPU-minutes version, one learning rate per run (``--lr``; give
-several, comma separated, to keep the best per model, as Zoology reports).
+several, comma separated, to keep the best per model, as Zoology reports). With
+``--per_pairs=1`` every pair count gets its own model, trained on that count only, and the runs
+go pair count by pair count (the smallest first, every width and family), so that a study cut
+short still has a complete column. ``--resume=1`` keeps the runs already in the output file (at
+the same setting) and trains only the missing ones, so a study can be cut short, reordered
+(``--families``, ``--widths``) and continued.
 
 Writes ``<out_dir>/<name>.json``, ``.md`` (the table) and ``.png`` (accuracy against pairs, a
 panel per width) and prints the table.
@@ -82,8 +88,10 @@ def _batch(rng, batch, seq_len, pairs, vocab):
   return {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
 
 
-def train_and_score(family: str, width: int, lr: float, args) -> dict:
-  """Train one model; accuracy per pair count on ``args.eval_examples`` held-out rows."""
+def train_and_score(family: str, width: int, lr: float, args, pairs=None) -> dict:
+  """Train one model on the mixture of ``pairs`` (default ``args.pairs``); accuracy per pair
+  count of ``pairs`` on ``args.eval_examples`` held-out rows."""
+  pairs = list(pairs or args.pairs)
   mcfg = mqar_model_config(family, width, args.vocab, args.seq_len, args.chunk)
   model = build_model(mcfg)
   tcfg = family_config(family, 'tiny').train
@@ -91,7 +99,7 @@ def train_and_score(family: str, width: int, lr: float, args) -> dict:
   tcfg.weight_decay = 0.1
   tx = make_optimizer(tcfg)
   rng = np.random.default_rng(args.seed)
-  first = _batch(rng, args.batch, args.seq_len, args.pairs, args.vocab)
+  first = _batch(rng, args.batch, args.seq_len, pairs, args.vocab)
   params = jax.jit(model.init)(jax.random.PRNGKey(args.seed), jnp.asarray(first['inputs']))
   params = params['params']
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
@@ -120,14 +128,16 @@ def train_and_score(family: str, width: int, lr: float, args) -> dict:
     params, opt, loss = step(params, opt, {k: jnp.asarray(v) for k, v in b.items()})
     # One step in flight at a time: with several queued, XLA:CPU hung (0% CPU, every thread
     # waiting) on the memory models here (jax 0.10, 2 cores); blocking costs nothing measurable.
+    # It still hangs at times at seq 256 (Gated DeltaNet, DeltaNet; also with synchronous CPU
+    # dispatch): rerun with --resume=1, which keeps the finished runs.
     loss = jax.block_until_ready(loss)
     if (i + 1) % max(1, args.steps // 10) == 0:
       losses.append([i + 1, float(loss)])
-    b = _batch(rng, args.batch, args.seq_len, args.pairs, args.vocab)
+    b = _batch(rng, args.batch, args.seq_len, pairs, args.vocab)
   train_s = time.perf_counter() - t0
   eval_rng = np.random.default_rng(10_000 + args.seed)  # the same held-out rows for everyone
   acc = {}
-  for n in args.pairs:
+  for n in pairs:
     h = c = 0.0
     for start in range(0, args.eval_examples, args.batch):
       rows = min(args.batch, args.eval_examples - start)
@@ -139,6 +149,7 @@ def train_and_score(family: str, width: int, lr: float, args) -> dict:
     'family': family,
     'width': width,
     'lr': lr,
+    'train_pairs': pairs,
     'params': n_params,
     'acc': acc,
     'loss_curve': losses,
@@ -146,15 +157,26 @@ def train_and_score(family: str, width: int, lr: float, args) -> dict:
   }
 
 
+def grid(results: list[dict]) -> dict:
+  """``{(family, width): {'params', 'acc': {pairs: acc}, 'lr': {pairs: lr}}}``: the runs of one
+  model (a mixture run, or one run per pair count with ``--per_pairs``) gathered in one row, in
+  the order the rows first appear."""
+  rows: dict = {}
+  for r in results:
+    row = rows.setdefault((r['family'], r['width']), {'params': r['params'], 'acc': {}, 'lr': {}})
+    for n, a in r['acc'].items():
+      row['acc'][n], row['lr'][n] = a, r['lr']
+  return rows
+
+
 def table(results: list[dict], pairs, chance: float) -> str:
+  """One row per family and width, a column per pair count (blank: not run yet)."""
   head = '| family | width | params | ' + ' | '.join(f'{n} pairs' for n in pairs) + ' | lr |'
   lines = [head, '|' + ' --- |' * (len(pairs) + 4)]
-  for r in results:
-    accs = ' | '.join(f'{r["acc"][str(n)]:.3f}' for n in pairs)
-    lines.append(
-      f'| {LABELS.get(r["family"], r["family"])} | {r["width"]} | {r["params"] / 1e3:.0f}K | '
-      f'{accs} | {r["lr"]:g} |'
-    )
+  for (f, w), row in sorted(grid(results).items(), key=lambda kv: kv[0][1]):
+    accs = ' | '.join(f'{row["acc"][str(n)]:.3f}' if str(n) in row['acc'] else '' for n in pairs)
+    lrs = ', '.join(sorted({f'{lr:g}' for lr in row['lr'].values()}))
+    lines.append(f'| {LABELS.get(f, f)} | {w} | {row["params"] / 1e3:.0f}K | {accs} | {lrs} |')
   lines.append(f'\nchance = {chance:.4f}')
   return '\n'.join(lines)
 
@@ -166,11 +188,12 @@ def plot(results: list[dict], pairs, widths, chance: float, path: Path) -> None:
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
 
   fig, axes = plt.subplots(1, len(widths), figsize=(5 * len(widths), 4), squeeze=False)
+  rows = grid(results)
   for ax, w in zip(axes[0], widths):
-    for r in results:
-      if r['width'] == w:
-        ys = [r['acc'][str(n)] for n in pairs]
-        ax.plot(pairs, ys, marker='o', label=LABELS.get(r['family'], r['family']))
+    for (f, rw), row in rows.items():
+      if rw == w:
+        xs = [n for n in pairs if str(n) in row['acc']]
+        ax.plot(xs, [row['acc'][str(n)] for n in xs], marker='o', label=LABELS.get(f, f))
     ax.axhline(chance, color='grey', ls=':', lw=1, label='chance')
     ax.set_xscale('log', base=2)
     ax.set_xticks(pairs, [str(n) for n in pairs])
@@ -184,27 +207,52 @@ def plot(results: list[dict], pairs, widths, chance: float, path: Path) -> None:
   plt.close(fig)
 
 
-def write_outputs(results, args, widths, chance, wall, out: Path) -> str:
+def write_outputs(results, args, widths, chance, out: Path) -> str:
   """``<name>.md``, ``.json`` and ``.png`` of the models trained so far; returns the markdown."""
+  # Resumed runs may cover other widths and pair counts than this invocation's.
+  widths = sorted(set(widths) | {r['width'] for r in results})
+  pairs = sorted(set(args.pairs) | {int(n) for r in results for n in r['acc']})
+  train_min = sum(r['train_s'] for r in results) / 60
   setting = (
-    f'MQAR (Zoology): seq_len {args.seq_len}, vocab {args.vocab}, pairs {args.pairs} '
-    f'(mixed in training), {args.steps} steps x {args.batch} rows, lr {args.lr}, '
+    f'MQAR (Zoology): seq_len {args.seq_len}, vocab {args.vocab}, pairs {pairs} '
+    f'({"a model per count" if args.per_pairs else "mixed in training"}), '
+    f'{args.steps} steps x {args.batch} rows, lr {args.lr}, '
     f'chunk {args.chunk}, {args.eval_examples} held-out rows per count; '
-    f'{wall / 60:.1f} min on {jax.devices()[0].platform}'
+    f'{train_min:.1f} min of training in all on {jax.devices()[0].platform}'
   )
-  md = f'{setting}\n\n{table(results, args.pairs, chance)}\n'
+  md = f'{setting}\n\n{table(results, pairs, chance)}\n'
   (out / f'{args.name}.md').write_text(md)
   (out / f'{args.name}.json').write_text(
     json.dumps({'setting': setting, 'args': vars(args), 'results': results}, indent=1) + '\n'
   )
   plot(
     results,
-    args.pairs,
+    pairs,
     [w for w in widths if any(r['width'] == w for r in results)],
     chance,
     out / f'{args.name}.png',
   )
   return md
+
+
+# The arguments that define a run's training and scoring: ``--resume`` reuses only runs that agree.
+RUN_ARGS = ('seq_len', 'vocab', 'steps', 'batch', 'lr', 'chunk', 'eval_examples', 'seed')
+
+
+def load_resumed(path: Path, args) -> list[dict]:
+  """The runs of an earlier study at ``path`` (``--resume``): [] if there is none; an error if it
+  was run at another setting (its runs would not be comparable)."""
+  if not path.exists():
+    return []
+  try:
+    prev = json.loads(path.read_text())
+    runs, prev_args = prev['results'], prev['args']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise ValueError(f'--resume: {path} is not a result file of this script ({e})') from None
+  diff = [k for k in RUN_ARGS if prev_args.get(k) != getattr(args, k)]
+  if diff:
+    raise ValueError(f'--resume: {path} was run at another setting ({", ".join(diff)})')
+  return runs
 
 
 def _ints(s: str) -> list[int]:
@@ -226,6 +274,15 @@ def main(argv=None) -> int:
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out_dir', default='benchmarks/results')
   p.add_argument('--name', default='mqar_cpu')
+  p.add_argument(
+    '--per_pairs', type=int, default=0, help='1: a model per pair count (else one on the mixture)'
+  )
+  p.add_argument(
+    '--resume',
+    type=int,
+    default=0,
+    help='1: keep the runs already in <out_dir>/<name>.json (same setting) and train only the rest',
+  )
   args = p.parse_args(argv)
   try:
     families = [f for f in args.families.split(',') if f]
@@ -237,19 +294,24 @@ def main(argv=None) -> int:
       make_mqar_batch(np.random.default_rng(0), 1, args.seq_len, n, args.vocab)
     if any(w % 4 for w in widths):
       raise ValueError(f'widths must be multiples of 4 (4 heads), got {widths}')
+    out = Path(args.out_dir)
+    results = load_resumed(out / f'{args.name}.json', args) if args.resume else []
   except ValueError as e:
     print(f'mqar_study: {e}', file=sys.stderr)
     return 2
-  out = Path(args.out_dir)
   out.mkdir(parents=True, exist_ok=True)
   chance = mqar_chance(args.vocab)
-  results: list[dict] = []
-  t_all = time.perf_counter()
-  for w in widths:
-    for f in families:
+  done = {(r['family'], r['width'], tuple(r['train_pairs'])) for r in results if 'train_pairs' in r}
+  md = write_outputs(results, args, widths, chance, out) if results else ''
+  # A model per (pair counts, width, family): the mixture once, or each count (smallest first).
+  groups = [[n] for n in sorted(args.pairs)] if args.per_pairs else [args.pairs]
+  for pairs in groups:
+    for w, f in [(w, f) for w in widths for f in families]:
+      if (f, w, tuple(pairs)) in done:
+        continue
       best = None
       for lr in lrs:
-        r = train_and_score(f, w, lr, args)
+        r = train_and_score(f, w, lr, args, pairs)
         mean = float(np.mean(list(r['acc'].values())))
         print(
           f'{f:>16} w={w:<4} lr={lr:g} params={r["params"]} acc={r["acc"]} ({r["train_s"]}s)',
@@ -259,7 +321,7 @@ def main(argv=None) -> int:
           best = (mean, r)
       results.append(best[1])
       # Written after every model, so a long study interrupted keeps what it measured.
-      md = write_outputs(results, args, widths, chance, time.perf_counter() - t_all, out)
+      md = write_outputs(results, args, widths, chance, out)
   print(f'\n{md}')
   print(f'wrote {out / args.name}.{{md,json,png}}')
   return 0

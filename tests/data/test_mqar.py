@@ -50,3 +50,29 @@ def test_study_script_trains_scores_and_writes_its_outputs(tmp_path, capsys):
   assert '| Transformer++ | 16 |' in (tmp_path / 't.md').read_text()
   assert '| Transformer++ | 16 |' in capsys.readouterr().out
   assert mod.main(['--families=nope', f'--out_dir={tmp_path}']) == 2
+  # --resume keeps the runs already there and trains only the rest (here: none).
+  before = (tmp_path / 't.json').read_text()
+  assert mod.main([*argv.split(), '--resume=1']) == 0
+  assert json.loads((tmp_path / 't.json').read_text())['results'] == json.loads(before)['results']
+  assert mod.main([*argv.split(), '--resume=1', '--steps=3']) == 2  # another setting
+  assert 'another setting (steps)' in capsys.readouterr().err
+
+
+def test_table_gathers_the_per_pair_count_runs_of_a_model_in_one_row():
+  spec = importlib.util.spec_from_file_location('mqar_study', REPO_ROOT / 'scripts/mqar_study.py')
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+
+  def run(f, w, n, a, lr=3e-3):
+    return {'family': f, 'width': w, 'lr': lr, 'params': 1000 * w, 'acc': {str(n): a}}
+
+  # --per_pairs order: every model at 4 pairs, then at 8; deltanet at 8 not run yet.
+  runs = [run('transformer', 16, 4, 0.5), run('deltanet', 16, 4, 0.25)]
+  runs += [run('transformer', 32, 4, 0.75), run('transformer', 16, 8, 0.125, 1e-3)]
+  rows = mod.grid(runs)
+  assert list(rows) == [('transformer', 16), ('deltanet', 16), ('transformer', 32)]
+  assert rows[('transformer', 16)]['acc'] == {'4': 0.5, '8': 0.125}
+  lines = mod.table(runs, [4, 8], 0.1).splitlines()
+  assert lines[2] == '| Transformer++ | 16 | 16K | 0.500 | 0.125 | 0.001, 0.003 |'
+  assert lines[3] == '| DeltaNet | 16 | 16K | 0.250 |  | 0.003 |'
+  assert lines[4] == '| Transformer++ | 32 | 32K | 0.750 |  | 0.003 |'
