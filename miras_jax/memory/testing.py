@@ -1,12 +1,13 @@
-"""Random inputs for memory tests and benchmarks (shared so both use the same gates); the
-comparison helpers are miras_jax/testing.py's (re-exported here)."""
+"""Random inputs for memory tests and benchmarks (shared so both use the same gates), a perturbed
+initial state and the all-input gradient of a memory call; the comparison helpers are
+miras_jax/testing.py's (re-exported here)."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from miras_jax.memory.rules import MemoryRule
+from miras_jax.memory.rules import MemoryRule, init_state
 from miras_jax.testing import assert_close, assert_tree_close, rel_err  # noqa: F401 (re-exported)
 
 
@@ -86,3 +87,32 @@ def random_inputs(
     seg = jnp.sum(jnp.arange(T)[None, :, None] >= cuts[:, None, :], axis=-1).astype(jnp.int32)
   cast = lambda x: x.astype(dtype)
   return dict(q=cast(q), k=cast(k), v=cast(v), gates=gates, w0=w0, outer=outer, segment_ids=seg)
+
+
+def perturbed_state(rule: MemoryRule, w0, batch: int, key, pos: int = 0, scale: float = 0.1):
+  """A non-trivial initial state: the fresh state of ``batch`` rows with every float leaf
+  perturbed (so the weights, the momentum and the gradient point all differ), at in-chunk
+  position ``pos``."""
+  fresh = init_state(rule, w0, batch)
+  keys = iter(jax.random.split(key, 16))
+  noise = lambda x: x + scale * jax.random.normal(next(keys), x.shape, x.dtype)
+  state = {n: jax.tree.map(noise, x) for n, x in fresh.items() if n != 'pos'}
+  state['pos'] = jnp.full_like(fresh['pos'], pos)
+  return state
+
+
+def value_and_input_grads(call, inp, state):
+  """``call(q, k, v, gates, w0=, outer=, state=) -> (y, final state)``; returns
+  ``((loss, (y, final)), grads)`` with the gradients of q, k, v, gates, the state's float leaves,
+  W_0 and the outer (LayerNorm) parameters, of a non-linear loss of every output (the cotangents
+  differ per element): sum sin(y) + sum cos(final state)."""
+  pos = state['pos']
+  floats = {n: x for n, x in state.items() if n != 'pos'}
+
+  def loss(q, k, v, gates, st, w0, outer):
+    y, fin = call(q, k, v, gates, w0=w0, outer=outer, state=dict(st, pos=pos))
+    leaves = jax.tree.leaves({n: x for n, x in fin.items() if n != 'pos'})
+    return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(x)) for x in leaves), (y, fin)
+
+  args = (inp['q'], inp['k'], inp['v'], inp['gates'], floats, inp['w0'], inp['outer'])
+  return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(7)), has_aux=True))(*args)

@@ -11,9 +11,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from miras_jax.memory import chunked, get_rule, init_state
+from miras_jax.memory import chunked, get_rule
 from miras_jax.memory.chunked import recompute_backward
-from miras_jax.memory.testing import assert_tree_close, random_inputs
+from miras_jax.memory.testing import (
+  assert_tree_close,
+  perturbed_state,
+  random_inputs,
+  value_and_input_grads,
+)
 
 DEEP = ('titans', 'moneta', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear')
 B_CHUNK = 4
@@ -23,42 +28,24 @@ def _inputs(rule):
   f64 = lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x
   inp = random_inputs(rule, jax.random.PRNGKey(3), B=2, H=1, T=23, dk=4, segments=3)
   inp = jax.tree.map(f64, inp)
-  # A non-trivial initial state two tokens into a chunk: the fresh state, perturbed (every leaf,
-  # so A, the momentum and the gradient point all differ).
-  fresh = init_state(rule, inp['w0'], 2)
-  keys = iter(jax.random.split(jax.random.PRNGKey(5), 16))
-  noise = lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape, x.dtype)
-  state = {n: jax.tree.map(noise, x) for n, x in fresh.items() if n != 'pos'}
-  state['pos'] = jnp.full_like(fresh['pos'], 2)
-  return inp, state
+  # A non-trivial initial state two tokens into a chunk.
+  return inp, perturbed_state(rule, inp['w0'], 2, jax.random.PRNGKey(5), pos=2)
 
 
 def _grads(rule, inp, state, backward):
-  pos = state['pos']
-  floats = {n: x for n, x in state.items() if n != 'pos'}
-
-  def loss(q, k, v, gates, st, w0, outer):
-    y, fin = chunked(
-      rule,
-      q,
-      k,
-      v,
-      gates,
-      w0=w0,
-      outer=outer,
-      state=dict(st, pos=pos),
-      segment_ids=inp['segment_ids'],
-      chunk_size=B_CHUNK,
-      remat_group=2,
-      backward=backward,
-    )
-    leaves = [x for n, x in fin.items() if n != 'pos']
-    # A non-linear loss of every output: the cotangents differ per element.
-    l = jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(x)) for x in jax.tree.leaves(leaves))
-    return l, (y, fin)
-
-  args = (inp['q'], inp['k'], inp['v'], inp['gates'], floats, inp['w0'], inp['outer'])
-  return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(7)), has_aux=True))(*args)
+  call = lambda q, k, v, gates, **kw: chunked(
+    rule,
+    q,
+    k,
+    v,
+    gates,
+    segment_ids=inp['segment_ids'],
+    chunk_size=B_CHUNK,
+    remat_group=2,
+    backward=backward,
+    **kw,
+  )
+  return value_and_input_grads(call, inp, state)
 
 
 def _check(name):

@@ -12,41 +12,32 @@ import jax.numpy as jnp
 import pytest
 
 from miras_jax.memory import get_rule, init_state, memory_forward
-from miras_jax.memory.testing import assert_tree_close, random_inputs
+from miras_jax.memory.testing import (
+  assert_tree_close,
+  perturbed_state,
+  random_inputs,
+  value_and_input_grads,
+)
 from pallas_kernels.memory_dispatch import kernel_for
 
 B_CHUNK = 4
 
 
 def _run(rule, inp, implementation):
-  fresh = init_state(rule, inp['w0'], 2)
-  keys = iter(jax.random.split(jax.random.PRNGKey(5), 16))
   # A non-trivial state at a chunk boundary (the kernel's chunks start at the call's first token).
-  noise = lambda x: x + 0.1 * jax.random.normal(next(keys), x.shape, x.dtype)
-  state = {n: jax.tree.map(noise, x) for n, x in fresh.items() if n != 'pos'}
-  state['pos'] = fresh['pos']
-  floats = {n: x for n, x in state.items() if n != 'pos'}
-
-  def loss(q, k, v, gates, st, w0, outer):
-    y, fin = memory_forward(
-      rule,
-      q,
-      k,
-      v,
-      gates,
-      w0=w0,
-      outer=outer,
-      state=dict(st, pos=state['pos']),
-      segment_ids=inp['segment_ids'],
-      chunk_size=B_CHUNK,
-      implementation=implementation,
-    )
-    leaves = jax.tree.leaves({n: x for n, x in fin.items() if n != 'pos'})
-    l = jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(x)) for x in leaves)
-    return l, (y, fin)
-
-  args = (inp['q'], inp['k'], inp['v'], inp['gates'], floats, inp['w0'], inp['outer'])
-  return jax.jit(jax.value_and_grad(loss, argnums=tuple(range(7)), has_aux=True))(*args)
+  state = perturbed_state(rule, inp['w0'], 2, jax.random.PRNGKey(5))
+  call = lambda q, k, v, gates, **kw: memory_forward(
+    rule,
+    q,
+    k,
+    v,
+    gates,
+    segment_ids=inp['segment_ids'],
+    chunk_size=B_CHUNK,
+    implementation=implementation,
+    **kw,
+  )
+  return value_and_input_grads(call, inp, state)
 
 
 def _check(name):
