@@ -82,6 +82,10 @@ class MirasLayer(nn.Module):
       simplex_w0_std: std of the logits of Memora's initial memory W_0 = c · softmax(raw).
       ln_eps: ε of the MLP memory's output LayerNorm; 1 bounds its gain by 1
           (layers/miras_params.py; 1e-6 is the usual, unbounded choice).
+      retention_target: what the scalar decay forgets towards, 'zero' (the papers) or
+          'initial' (the learned W_0; memory/retention.py ``target``).
+      momentum_form: 'sum' (Titans eq. 10: S_t = μ_t S_{t−1} − θ_t ∇ℓ) or 'ema' (the step
+          θ_t (1 − μ_t): an average of the gradients; layers/miras_params.py).
       output_gate: 'silu' (default, as Gated DeltaNet / FLA) or 'sigmoid'.
       remat_group: chunks per ``jax.checkpoint`` in the chunked memory.
       grad_horizon: 0 for exact gradients; else truncated back-propagation through the memory
@@ -114,6 +118,8 @@ class MirasLayer(nn.Module):
   memora_form: str = LMConfig.memora_form
   simplex_w0_std: float = 2.0
   ln_eps: float = LMConfig.memory_ln_eps
+  retention_target: str = LMConfig.retention_target
+  momentum_form: str = LMConfig.momentum_form
   output_gate: str = LMConfig.output_gate
   remat_group: int = LMConfig.memory_remat_group
   grad_horizon: int = LMConfig.memory_grad_horizon
@@ -131,6 +137,7 @@ class MirasLayer(nn.Module):
       huber_mode=self.huber_mode,
       memora_form=self.memora_form,
       ln_eps=self.ln_eps,
+      retention_target=self.retention_target,
     )
 
   def _dense(self, features, axes, axis=-1):
@@ -236,7 +243,9 @@ class MirasLayer(nn.Module):
       return z + jnp.asarray(self.gate_bias[n], jnp.float32)
 
     shape = (*x.shape[:2], self.num_heads)
-    return gate_values(self.memory_rule, lowrank, self._gate_specs, self.eta_max, shape)
+    return gate_values(
+      self.memory_rule, lowrank, self._gate_specs, self.eta_max, shape, self.momentum_form
+    )
 
   def _project(self, x):
     """Raw q, k, v projections, flattened to [B, T, H·D] for the convs."""

@@ -54,7 +54,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from miras_jax.memory.rules import MemoryRule
+from miras_jax.memory.rules import MOMENTUM_FORMS, MemoryRule
 
 SIMPLEX_MAPS = ('softmax', 'softmax_lag')  # Memora: W_0 parametrised on the scaled simplex
 
@@ -113,13 +113,21 @@ def gate_specs(
 
 
 def gate_values(
-  rule: MemoryRule, lowrank: Callable[[str], jax.Array], names: Any, eta_max: float, shape
+  rule: MemoryRule,
+  lowrank: Callable[[str], jax.Array],
+  names: Any,
+  eta_max: float,
+  shape,
+  momentum_form: str = 'sum',
 ) -> dict[str, jax.Array]:
   """Gates as the memory core wants them: dict of float32 [B, H, T(, c)].
 
   ``lowrank(name)`` is the gate's pre-activation U D x + b, float32 [B, T, H(, c)]; ``names``
-  the learned gates (`gate_specs`'s keys); ``shape`` = (B, T, H).
+  the learned gates (`gate_specs`'s keys); ``shape`` = (B, T, H); ``momentum_form`` 'ema' hands
+  the core η_t (1 − μ_t) for momentum rules (the module docstring).
   """
+  if momentum_form not in MOMENTUM_FORMS:
+    raise ValueError(f'unknown momentum_form {momentum_form!r}; choose one of {MOMENTUM_FORMS}')
   B, T, H = shape
   g = {}
   if 'eta' in names:
@@ -131,6 +139,8 @@ def gate_values(
       g['log_alpha'] = to_bht(jax.nn.log_sigmoid(lowrank('alpha')))
   if 'mu' in names:
     g['log_mu'] = to_bht(jax.nn.log_sigmoid(lowrank('mu')))
+    if momentum_form == 'ema' and 'eta' in g:  # θ_t (1 − μ_t), 1 − μ = −expm1(log μ)
+      g['eta'] = g['eta'] * -jnp.expm1(g['log_mu'])
   if 'delta' in names:
     g['delta'] = to_bht(jax.nn.softplus(lowrank('delta')))
   return g

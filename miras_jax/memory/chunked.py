@@ -143,6 +143,9 @@ def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer):
   deltas, hk = _key_factors(rule, st['Wg'], fresh['Wg'], k, v, x['delta'], outer, cont, resets)
   base_c, s_c = read_base(rule, st)
   base_0, s_0 = read_base(rule, fresh)
+  # Retention towards A_0 (retention.py 'initial'): A_t = A_0 + a_t (A' − A_0) + Σ C g, so the
+  # read adds (1 − a_t) s · A_0 to the decayed base a_t B (s: the read scale, 1 or Moneta's).
+  anchor = rule.retention.target == 'initial'
 
   L = len(deltas)
   z = q
@@ -156,6 +159,8 @@ def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer):
     upd = ((h @ hk[l].T) * C) @ deltas[l]
     if momentum:
       upd = upd + co['d'][:, None] * (h @ st['S'][l].T)
+    if anchor:
+      upd = upd + (1.0 - a)[:, None] * (h @ fresh['A'][l].T)
     z = a[:, None] * zb + s_tok[:, None] * upd
   y = arch.final(z, q, outer)
 
@@ -166,6 +171,8 @@ def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer):
   for l in range(L):
     step = (C[-1][:, None] * deltas[l]).T @ hk[l]
     acc = a[-1] * a_base[l] + step
+    if anchor:
+      acc = acc + (1.0 - a[-1]) * fresh['A'][l]
     if momentum:
       acc = acc + co['d'][-1] * st['S'][l]
       s_end.append(co['sdec'][-1] * st['S'][l] + (co['Cs'][-1][:, None] * deltas[l]).T @ hk[l])

@@ -35,6 +35,10 @@ def step(rule: MemoryRule, b: int, st: dict, x: dict, fresh: dict, outer):
   wg = st['Wg']
   alpha = jnp.exp(x['la'])  # scalar, or [dk] for channel decay (W Diag(α))
   decay = lambda m: m * alpha
+  if ret.target == 'initial':  # forget towards the initial accumulator A_0 (retention.py)
+    decay_a = lambda m, m0: m * alpha + (1.0 - alpha) * m0
+  else:
+    decay_a = lambda m, m0: decay(m)
 
   # 'decayed' (Gated DeltaNet, b = 1): the delta step is taken at α_t W_{t−1}.
   wpt = tuple(decay(w) for w in wg) if rule.grad_point == 'decayed' else wg
@@ -56,9 +60,9 @@ def step(rule: MemoryRule, b: int, st: dict, x: dict, fresh: dict, outer):
   elif rule.algorithm.momentum:
     mu = jnp.exp(x['lm'])
     new['S'] = tuple(mu * s - eta * gi for s, gi in zip(st['S'], g))
-    new['A'] = tuple(decay(a) + s for a, s in zip(st['A'], new['S']))
+    new['A'] = tuple(decay_a(a, a0) + s for a, a0, s in zip(st['A'], fresh['A'], new['S']))
   else:
-    new['A'] = tuple(decay(a) - eta * gi for a, gi in zip(st['A'], g))
+    new['A'] = tuple(decay_a(a, a0) - eta * gi for a, a0, gi in zip(st['A'], fresh['A'], g))
 
   boundary = pos == b - 1
   phi_a = tuple(ret.phi(a) for a in new['A'])

@@ -35,6 +35,20 @@ How a non-linear φ is read *inside* a chunk (``read_mode``; b = 1 makes all exa
               token: it takes linear steps from W_0 with gradients at W_0 until the boundary.
   and the last token of every chunk reads the exact φ(A_t) (a boundary).
 
+What the decay forgets towards (``target``):
+  'zero'     A_t = α_t A_{t−1} + …   (the papers: the global retention term ½‖W‖², Miras §4)
+  'initial'  A_t = α_t A_{t−1} + (1 − α_t) A_0 + …   (towards the learned initial memory:
+             the term ½‖W − W_0‖²; A_0 = φ^{-1}(W_0), the state a reset returns to)
+'initial' is the same linear recurrence on A − A_0, so the chunked form only adds (1 − a_t) A_0
+to the decayed base (chunked.py); it is defined for a scalar decay with the identity or ℓq map.
+Why (issue 10 §3, benchmarks/README.md): at the training length (128 tokens) the memory stays
+near its learned W_0; over thousands of tokens forgetting towards zero moves its scale where
+training never saw it. Moneta's printed map inverts the scale (‖φ(A)‖_q = ‖A‖_q^{3−q} = 1/‖A‖_q
+at q = 4), so forgetting *grows* its weights, up to the norm floor, and a step that shrinks A
+grows W; Titans' memory shrinks, and its output LayerNorm (ε = 1e-6) is scale-invariant, so
+its effective step grows as 1/‖W‖². Either way the exact gradient through 4K–8K tokens
+overflowed after training. Towards W_0 the memory keeps the scale it was trained at.
+
 log⁺ is the guard for non-positive entries, which the linear steps can produce: log⁺ x =
 log max(x, clamp_min), so such an entry leaves the chunk end with weight ≈ clamp_min/row sum
 (≈ 0) and no gradient, never NaN.
@@ -54,6 +68,8 @@ import jax.numpy as jnp
 # evaluation orders even in fp64.
 _NORM_EPS = 1e-2
 MAPS = ('identity', 'lq', 'softmax', 'softmax_lag', 'elastic')
+# What the decay forgets towards (``Retention.target``): 'zero' (the papers) or 'initial'.
+TARGETS = ('zero', 'initial')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +81,7 @@ class Retention:
   l1: float = 1e-3  # elastic net threshold λ
   clamp_min: float = 1e-12  # Memora: clamp before log (the log⁺ guard)
   norm_floor: float = _NORM_EPS  # Moneta: ‖A‖_q ≥ norm_floor in W = A/‖A‖_q^{q−2}
+  target: str = 'zero'  # zero | initial: A_t = α_t A_{t−1} + (1 − α_t) A_0 + … (module doc)
 
   def __post_init__(self):
     if self.decay not in ('none', 'scalar', 'channel'):
@@ -73,6 +90,15 @@ class Retention:
       raise ValueError(f'unknown retention map {self.map!r}')
     if self.map == 'lq' and self.q == 3.0:
       raise ValueError('ℓq retention with q = 3 is not invertible (‖W‖_q = 1 always)')
+    if self.target not in TARGETS:
+      raise ValueError(f'unknown retention target {self.target!r}; choose one of {TARGETS}')
+    if self.target == 'initial' and (
+      self.decay != 'scalar' or self.read_mode not in ('identity', 'scale')
+    ):
+      raise ValueError(
+        "retention target 'initial' needs a scalar decay and the identity or ℓq map "
+        f'(got decay {self.decay!r}, map {self.map!r})'
+      )
 
   @property
   def read_mode(self) -> str:

@@ -254,6 +254,8 @@ RULES: dict[str, Callable[..., MemoryRule]] = _zoo()
 # can hold them all.
 
 MEMORA_FORMS = ('logits', 'lag')
+# How the layer scales the momentum rules' step (layers/miras_params.py ``gate_values``).
+MOMENTUM_FORMS = ('sum', 'ema')
 
 
 def with_options(
@@ -262,6 +264,7 @@ def with_options(
   huber_mode: str | None = None,
   memora_form: str | None = None,
   ln_eps: float | None = None,
+  retention_target: str | None = None,
 ) -> MemoryRule:
   """``rule`` with its variant options applied.
 
@@ -272,6 +275,9 @@ def with_options(
                Eq. 30–32; retention.py). Identical at chunk size 1.
   ln_eps       the ε of an MLP memory's output LayerNorm, LN(z) = (z − μ)/√(var(z) + ε):
                it bounds the LayerNorm's gain by 1/√ε (architectures.MLPMemory).
+  retention_target  what the scalar decay forgets towards: 'zero' (the papers: α_t A) or
+               'initial' (α_t A + (1 − α_t) A_0, retention.py); for rules with a scalar decay
+               and the identity or ℓq map (Titans, Moneta, Yaad).
   """
   if huber_mode is not None and isinstance(rule.bias, Huber):
     rule = rule.replace(bias=dataclasses.replace(rule.bias, mode=huber_mode))
@@ -284,6 +290,14 @@ def with_options(
     if not ln_eps > 0:
       raise ValueError(f'ln_eps must be positive, got {ln_eps}')
     rule = rule.replace(arch=dataclasses.replace(rule.arch, ln_eps=float(ln_eps)))
+  ret = rule.retention
+  if (
+    retention_target is not None
+    and ret.decay == 'scalar'
+    and ret.read_mode in ('identity', 'scale')
+    and not rule.arch.is_linear
+  ):
+    rule = rule.replace(retention=dataclasses.replace(ret, target=retention_target))
   return rule
 
 
@@ -304,6 +318,7 @@ __all__ = [
   'list_rules',
   'with_options',
   'MEMORA_FORMS',
+  'MOMENTUM_FORMS',
   'init_state',
   'fresh_state',
   'prepare_gates',

@@ -56,7 +56,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from miras_jax.memory.biases import HUBER_MODES
-from miras_jax.memory.rules import MEMORA_FORMS
+from miras_jax.memory.retention import TARGETS
+from miras_jax.memory.rules import MEMORA_FORMS, MOMENTUM_FORMS
 
 MIXERS = ('attention', 'swa', 'memory', 'mag', 'mac')
 REMAT_POLICIES = (
@@ -97,6 +98,8 @@ class LMConfig:
   channel_delta: bool = False
   memora_form: str = 'logits'
   memory_ln_eps: float = 1.0
+  retention_target: str = 'zero'
+  momentum_form: str = 'sum'
   output_gate: str = 'silu'
   memory_remat_group: int = 4
   memory_grad_horizon: int = 0
@@ -125,6 +128,12 @@ class LMConfig:
       raise ValueError(f'unknown huber_mode {self.huber_mode!r}; choose from {HUBER_MODES}')
     if self.memora_form not in MEMORA_FORMS:
       raise ValueError(f'unknown memora_form {self.memora_form!r}; choose from {MEMORA_FORMS}')
+    if self.retention_target not in TARGETS:
+      raise ValueError(f'unknown retention_target {self.retention_target!r}; choose from {TARGETS}')
+    if self.momentum_form not in MOMENTUM_FORMS:
+      raise ValueError(
+        f'unknown momentum_form {self.momentum_form!r}; choose from {MOMENTUM_FORMS}'
+      )
     bad = [m for m in self.pattern if m not in MIXERS]
     if bad or not self.pattern:
       raise ValueError(f'pattern {self.pattern}: unknown mixer(s) {bad}; choose from {MIXERS}')

@@ -69,6 +69,8 @@ def memory_layer(cfg: LMConfig, **kw) -> MirasLayer:
     channel_delta=cfg.channel_delta,
     memora_form=cfg.memora_form,
     ln_eps=cfg.memory_ln_eps,
+    retention_target=cfg.retention_target,
+    momentum_form=cfg.momentum_form,
     output_gate=cfg.output_gate,
     remat_group=cfg.memory_remat_group,
     grad_horizon=cfg.memory_grad_horizon,

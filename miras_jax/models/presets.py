@@ -139,6 +139,8 @@ def model_config(family: str, size: str) -> ConfigDict:
   # Titans' 4K growth does not come from the LayerNorm gain, and ε = 1 costs Titans MAG 0.19 of
   # validation loss in the tiny run (benchmarks/README.md "Issue 10 §3"): it keeps the usual ε.
   c.memory_ln_eps = 1e-6 if rule == 'titans' else LMConfig.memory_ln_eps
+  c.retention_target = LMConfig.retention_target
+  c.momentum_form = LMConfig.momentum_form
   c.output_gate = LMConfig.output_gate
   c.memory_remat_group = LMConfig.memory_remat_group
   c.memory_grad_horizon = LMConfig.memory_grad_horizon  # 0: exact gradients (opt-in truncation)

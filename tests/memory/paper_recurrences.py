@@ -82,10 +82,12 @@ def u_yaad_norm(e, delta):
 # --- rules -------------------------------------------------------------------------------
 
 
-def run_gd(memory, ws, xs, b, u_fn, momentum=False):
+def run_gd(memory, ws, xs, b, u_fn, momentum=False, to_initial=False):
   """W_t = α_t W_{t−1} − η_t g_t (or Titans: S_t = μ_t S_{t−1} − η_t g_t, W_t = α_t W_{t−1} +
-  S_t), g_t at the chunk-start memory; y_t = M(W_t; q_t). Yaad, Titans, TTT."""
+  S_t), g_t at the chunk-start memory; y_t = M(W_t; q_t). Yaad, Titans, TTT.
+  ``to_initial``: the decay forgets towards W_0, α_t W_{t−1} + (1 − α_t) W_0."""
   ws = [jnp.asarray(w) for w in ws]
+  w_init = ws
   S = [jnp.zeros_like(w) for w in ws]
   wb = ws
   ys = []
@@ -95,11 +97,12 @@ def run_gd(memory, ws, xs, b, u_fn, momentum=False):
     e = memory(wb, xs['k'][t]) - xs['v'][t]
     g = weight_grad(memory, wb, xs['k'][t], u_fn(e, xs['delta'][t]))
     al, eta = xs['alpha'][t], xs['eta'][t]
+    kept = [al * w + (1.0 - al) * w_i if to_initial else al * w for w, w_i in zip(ws, w_init)]
     if momentum:
       S = [xs['mu'][t] * s - eta * gi for s, gi in zip(S, g)]
-      ws = [al * w + s for w, s in zip(ws, S)]
+      ws = [k + s for k, s in zip(kept, S)]
     else:
-      ws = [al * w - eta * gi for w, gi in zip(ws, g)]
+      ws = [k - eta * gi for k, gi in zip(kept, g)]
     ys.append(memory(ws, xs['q'][t]))
   return jnp.stack(ys), ws
 
@@ -110,11 +113,13 @@ def moneta_map(a, q=4.0, floor=1e-2):
   return a / n ** (q - 2.0)
 
 
-def run_moneta(memory, w0, xs, b, q=4.0):
+def run_moneta(memory, w0, xs, b, q=4.0, to_initial=False):
   """A_t = α_t A_{t−1} − η_t ∇ℓp(W'); W = A/‖A‖_q^{q−2} once per chunk, reads inside a chunk
-  with the chunk start's scale (miras-math.md "Chunk-parallel semantics")."""
+  with the chunk start's scale (miras-math.md "Chunk-parallel semantics"). ``to_initial``: the
+  accumulator decays towards A_0, α_t A_{t−1} + (1 − α_t) A_0."""
   # A_0 with φ(A_0) = W_0: ‖φ(A)‖_q = ‖A‖_q^{3−q}, so A_0 = W_0 ‖W_0‖_q^{(q−2)/(3−q)}.
   A = [w * (jnp.sum(jnp.abs(w) ** q) ** (1.0 / q)) ** ((q - 2.0) / (3.0 - q)) for w in w0]
+  A_init = A
   wb = [moneta_map(a, q) for a in A]
   scale = [jnp.sum(jnp.abs(a) ** q) ** (-(q - 2.0) / q) for a in A]
   ys = []
@@ -122,7 +127,11 @@ def run_moneta(memory, w0, xs, b, q=4.0):
   for t in range(T):
     e = memory(wb, xs['k'][t]) - xs['v'][t]
     g = weight_grad(memory, wb, xs['k'][t], u_lp(e))
-    A = [xs['alpha'][t] * a - xs['eta'][t] * gi for a, gi in zip(A, g)]
+    al = xs['alpha'][t]
+    A = [
+      al * a + ((1.0 - al) * a_i if to_initial else 0.0) - xs['eta'][t] * gi
+      for a, a_i, gi in zip(A, A_init, g)
+    ]
     if t % b == b - 1:  # chunk end: the exact map, the new gradient point and read scale
       wb = [moneta_map(a, q) for a in A]
       scale = [jnp.maximum(jnp.sum(jnp.abs(a) ** q) ** (1.0 / q), 1e-2) ** (2.0 - q) for a in A]

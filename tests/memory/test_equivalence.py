@@ -25,6 +25,7 @@ from miras_jax.memory import (
   get_rule,
   list_rules,
   reference,
+  with_options,
 )
 from miras_jax.memory.testing import assert_close, assert_tree_close, random_inputs
 
@@ -49,6 +50,9 @@ VARIANTS = {
   # and the norm variant (Eq. 15, below) are covered already.
   'memora_lag': lambda: get_rule('memora', retention=Retention('scalar', 'softmax_lag')),
   'yaad_clip': lambda: get_rule('yaad', bias=Huber(mode='clip')),
+  # Forgetting towards the initial memory (retention.py 'initial'; models/presets.py).
+  'titans_to_initial': lambda: with_options(get_rule('titans'), retention_target='initial'),
+  'moneta_to_initial': lambda: with_options(get_rule('moneta'), retention_target='initial'),
   'mlp3_l2_momentum': lambda: MemoryRule(
     'mlp3_l2_momentum', MLPMemory(depth=3, expansion=2), L2(), Retention('none'), Momentum()
   ),

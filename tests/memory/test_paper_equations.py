@@ -10,7 +10,15 @@ import numpy as np
 import paper_recurrences as pr
 import pytest
 
-from miras_jax.memory import Huber, LinearMemory, Retention, chunked, get_rule, reference
+from miras_jax.memory import (
+  Huber,
+  LinearMemory,
+  Retention,
+  chunked,
+  get_rule,
+  reference,
+  with_options,
+)
 from miras_jax.memory.testing import assert_close
 
 T, D = 21, 6  # T not a multiple of b: the last chunk is partial
@@ -112,19 +120,23 @@ def test_yaad_mask_is_the_default():
   assert get_rule('yaad').bias.mode == 'mask'
 
 
-def test_titans_momentum_chunked():
-  """Titans Eq. 10–13 with μ > 0 at b = 8."""
-  rule = get_rule('titans')
+@pytest.mark.parametrize('target', ['zero', 'initial'])
+def test_titans_momentum_chunked(target):
+  """Titans Eq. 10–13 with μ > 0 at b = 8; forgetting towards zero (the paper) or W_0."""
+  rule = with_options(get_rule('titans'), retention_target=target)
   x, w0, ln = _inputs(2, rule)
-  run = lambda x, w0, ln: pr.run_gd(_mlp()(ln), w0, x, 8, pr.u_l2, momentum=True)
+  to_init = target == 'initial'
+  run = lambda x, w0, ln: pr.run_gd(_mlp()(ln), w0, x, 8, pr.u_l2, True, to_init)
   _check(rule, 8, x, w0, ln, run, lambda st: st['A'])
 
 
-def test_moneta_mlp_chunked():
-  """Moneta (p, q) = (3, 4) with the MLP memory at b = 8."""
-  rule = get_rule('moneta')
+@pytest.mark.parametrize('target', ['zero', 'initial'])
+def test_moneta_mlp_chunked(target):
+  """Moneta (p, q) = (3, 4) with the MLP memory at b = 8; forgetting towards zero or A_0."""
+  rule = with_options(get_rule('moneta'), retention_target=target)
   x, w0, ln = _inputs(3, rule)
-  run = lambda x, w0, ln: pr.run_moneta(_mlp()(ln), w0, x, 8)
+  to_init = target == 'initial'
+  run = lambda x, w0, ln: pr.run_moneta(_mlp()(ln), w0, x, 8, to_initial=to_init)
   _check(rule, 8, x, w0, ln, run, lambda st: st['A'])
 
 
