@@ -21,7 +21,9 @@ Learned: ``--checkpoints=name=workdir`` takes the first memory layer of a traine
 parameter, the gates included, as learned; ``miras_jax.train`` run directory) and measures the
 same exact gradient of that layer at each ``--lengths`` (its own chunk size and head dim) on
 unit-variance inputs (``--learned_ln_eps`` adds the same parameters with other LayerNorm ε;
-``--learned_init=1`` the same layer freshly initialised, the baseline).
+``--learned_init=1`` the same layer freshly initialised, the baseline;
+``--learned_variants=retention_target=initial,momentum_form=ema+retention_target=initial``
+the same parameters with other MirasLayer options, ``+`` joining the options of one variant).
 Memora is also measured with the initial memory's logit std of
 ``--memora_w0_std`` (layer gates, exact): 0.02 is the former near-uniform W_0 whose memory is a
 no-op at initialisation (layers/miras.py).
@@ -138,6 +140,12 @@ def main(argv=None):
   p.add_argument(
     '--learned_init', type=int, default=0, help='also measure each learned layer at its init'
   )
+  p.add_argument(
+    '--learned_variants',
+    default='',
+    help='also measure the learned layers with these MirasLayer options (k=v, "+" joins the '
+    'options of one variant, "," separates variants; e.g. retention_target=initial)',
+  )
   p.add_argument('--out', default='')
   a = p.parse_args(argv)
   lengths = [int(t) for t in a.lengths.split(',')]
@@ -208,6 +216,12 @@ def main(argv=None):
         g0, gn = grad_norms(layer.clone(ln_eps=eps), params, T, E)
         base = gn if base is None else base
         emit(rule, f'learned:{name}', eps, T, 0, g0, gn, base, t0)
+      for variant in [v for v in a.learned_variants.split(',') if v]:
+        opts = dict(o.split('=', 1) for o in variant.split('+'))
+        t0 = time.perf_counter()
+        g0, gn = grad_norms(layer.clone(**opts), params, T, E)
+        base = gn if base is None else base
+        emit(rule, f'learned:{name}:{variant}', layer.ln_eps, T, 0, g0, gn, base, t0)
   if a.out:
     with open(a.out, 'w') as f:
       f.write('\n'.join(lines) + '\n')

@@ -11,7 +11,10 @@ not given in the paper — miras-math.md "Gates" — so these are our choices):
                         RetNet (``decay_style == 'fixed'``): α_h = γ_h = 1 − 2^(−5−h), a
                         constant per head with no data dependence (Sun et al. 2023, §2.2).
   μ (momentum decay)    log μ = log_sigmoid(U_μ D_μ x + b_μ), μ ≈ ``mu_init`` at init
-                        (Titans eq. 10's η_t; only for momentum rules).
+                        (Titans eq. 10's η_t; only for momentum rules). ``momentum_form``
+                        'ema' hands the core η_t (1 − μ_t) instead of η_t: the momentum is
+                        then an average of the gradients, each gradient's total weight is
+                        ≤ η_t instead of η_t / (1 − μ_t) (10× at μ = 0.9).
   δ (Huber threshold)   δ = softplus(U_δ D_δ x + b_δ), δ ≈ ``delta_init`` at init (Yaad), per
                         head ([B, H, T]), or per value channel with ``channel_delta``
                         ([B, H, T, D]). With Yaad's Eq. 26 (``huber_mode`` 'mask') a per-channel

@@ -35,6 +35,17 @@ which keeps the exact gradient through 4K–8K tokens bounded at the layer's def
 (layers/miras.py; issue 10 §3); 1e-6, the usual value, was the default before, and the Titans
 presets keep it (miras_jax/models/presets.py).
 
+``retention_target`` (default 'zero', the papers): what the deep memories' scalar decay forgets
+towards, 'zero' (A_t = α_t A_{t−1} + …) or 'initial' (A_t = α_t A_{t−1} + (1 − α_t) A_0 + …,
+towards the learned initial memory; memory/retention.py). The Moneta presets take 'initial': it
+keeps the memory at the scale it was trained at over thousands of tokens, which bounds Moneta's
+exact 4K–8K gradient after training (benchmarks/README.md "Issue 10 §3"). Applies to rules with a
+scalar decay and the identity or ℓq map (Titans, Moneta, Yaad); ignored by the others.
+``momentum_form`` (default 'sum', Titans eq. 10): 'ema' hands the momentum rules the step
+η_t (1 − μ_t), so a gradient's weights over all later tokens sum to at most η_t instead of
+η_t / (1 − μ_t) (layers/miras_params.py). It bounds Titans' 4K–8K gradient but cost 0.22 of
+validation loss in the tiny run, so no preset takes it.
+
 ``memory_grad_horizon`` (tokens, 0 = exact): truncated back-propagation through every memory
 state, cut every that many tokens (a multiple of ``chunk_size``; the forward pass is unchanged).
 An approximation, off in every preset (whose gates keep the exact gradient bounded at

@@ -80,6 +80,8 @@ def test_preset_gates_keep_the_4k_gradient_bounded(rule):
     eta_max=c.eta_max,
     alpha_init=tuple(c.alpha_init),
     ln_eps=c.memory_ln_eps,
+    retention_target=c.retention_target,
+    momentum_form=c.momentum_form,
   )
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((1, c.max_len, 2 * d)), jnp.float32)
