@@ -63,6 +63,8 @@ class MemoryRule:
         f'rule {self.name}: the WY form needs linear memory, ℓ2 bias, '
         'scalar or no decay, identity retention and plain GD'
       )
+    if self.form == 'wy' and self.retention.target != 'zero':
+      raise ValueError(f"rule {self.name}: the WY form forgets towards zero only (target 'zero')")
     if self.grad_point not in ('boundary', 'decayed'):
       raise ValueError(f'rule {self.name}: unknown grad_point {self.grad_point!r}')
     if self.grad_point == 'decayed' and self.form != 'wy':

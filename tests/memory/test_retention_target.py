@@ -63,6 +63,9 @@ def test_initial_target_needs_scalar_decay_and_a_linear_read():
     get_rule('memora').retention.__class__('scalar', 'softmax', target='initial')
   # Options a rule cannot take are ignored (rules.with_options): Memora keeps 'zero'.
   assert with_options(get_rule('memora'), retention_target='initial').retention.target == 'zero'
+  gdn = get_rule('gated_deltanet')
+  with pytest.raises(ValueError, match='WY form forgets towards zero only'):
+    gdn.replace(retention=gdn.retention.__class__('scalar', target='initial'))
   with pytest.raises(ValueError, match='unknown retention target'):
     get_rule('titans').retention.__class__('scalar', target='w0')
 
