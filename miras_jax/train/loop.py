@@ -62,6 +62,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from miras_jax import workdir as workdir_lib
+from miras_jax.evals.run_data import dataset_record
 from miras_jax.models.config import LMConfig
 from miras_jax.models.lm import count_params
 from miras_jax.train import checkpoint as ckpt_lib
@@ -272,6 +273,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
     check_resume_config(checkpoints, plan.config_dict)
     data_dir = data_lib.resolve_dataset(config.data, workdir, plan.model.cfg.vocab_size)
     print0(f'data: {data_dir}')
+    # stored with every checkpoint: evals and sampling read what the run trained on
+    # (miras_jax/evals/run_data.py), never a re-resolved config.data
+    plan.config_dict['dataset'] = dataset_record(data_dir)
     evaluator = Evaluator(plan, data_dir)
     flops_tok, flops_src = plan.flops
     print0(
