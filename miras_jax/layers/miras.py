@@ -31,13 +31,14 @@ in packed rows the last chunk may straddle a document boundary.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from miras_jax.layers import partitioning
+from miras_jax.layers import partitioning, sequence_parallel
 from miras_jax.layers.conv import CausalDepthwiseConv1D, init_conv_state
 from miras_jax.layers.dense import DenseND, HeadsToEmbed
 from miras_jax.layers.miras_params import (  # noqa: F401 (retnet_log_gamma: re-exported for tests)
@@ -270,22 +271,43 @@ class MirasLayer(nn.Module):
     gates = {n: partitioning.constrain(g, _BATCH_HEADS) for n, g in gates.items()}
     if state is not None:
       state = jax.tree.map(lambda s: partitioning.constrain(s, _BATCH_HEADS), state)
-    y, state = memory_forward(
-      rule,
-      q,
-      k,
-      v,
-      gates,
-      w0=w0,
-      outer=outer,
-      state=state,
-      segment_ids=segment_ids,
+    forward = functools.partial(
+      memory_forward,
       chunk_size=self.chunk_size,
       implementation=self.implementation,
       remat_group=self.remat_group,
-      # decoding continues a carried state: no gradients wanted there
-      grad_horizon=self.grad_horizon if state is None else None,
     )
+    axis = sequence_parallel.axis_for(q.shape[2]) if state is None else None
+    if axis:  # the sequence is split over a mesh axis (layers/sequence_parallel.py)
+      if self.grad_horizon:
+        raise sequence_parallel.SequenceParallelError('memory_grad_horizon needs a whole sequence')
+      y, state = sequence_parallel.linear_memory(
+        rule,
+        q,
+        k,
+        v,
+        gates,
+        w0=w0,
+        outer=outer,
+        segment_ids=segment_ids,
+        axis=axis,
+        chunk_size=self.chunk_size,
+        local_forward=forward,
+      )
+    else:
+      y, state = forward(
+        rule,
+        q,
+        k,
+        v,
+        gates,
+        w0=w0,
+        outer=outer,
+        state=state,
+        segment_ids=segment_ids,
+        # decoding continues a carried state: no gradients wanted there
+        grad_horizon=self.grad_horizon if state is None else None,
+      )
     state = jax.tree.map(lambda s: partitioning.constrain(s, _BATCH_HEADS), state)
     return partitioning.constrain(y, _BATCH_HEADS), state
 

@@ -62,6 +62,7 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from miras_jax import workdir as workdir_lib
+from miras_jax.layers import sequence_parallel
 from miras_jax.models.config import LMConfig
 from miras_jax.models.lm import count_params
 from miras_jax.train import checkpoint as ckpt_lib
@@ -175,6 +176,10 @@ def _plan(config: ConfigDict) -> _Plan:
     f'mesh {dict(mesh.shape)}'
   )
   model = build_model(config)
+  try:  # a split sequence needs every layer's context-parallel form
+    sequence_parallel.check_model(model.cfg, mesh.shape['sequence'], int(t.seq_len))
+  except sequence_parallel.SequenceParallelError as e:
+    raise sharding_lib.MeshError(str(e)) from None
   tx = optimizer_lib.make_optimizer(t)
   rules = sharding_lib.LOGICAL_AXIS_RULES
   accum = int(t.grad_accum_steps)

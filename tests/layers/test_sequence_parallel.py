@@ -1,0 +1,144 @@
+"""Sequence (context) parallelism of a whole model step (layers/sequence_parallel.py).
+
+On 8 simulated CPU devices (a subprocess: the device count is fixed when JAX starts), the tiny
+GLA LM and the tiny GLA hybrid (memory + sliding-window attention) on the mesh data 2 x
+sequence 4 give the loss and the gradient of every parameter of the same model on one device
+(fp32), with packed documents whose boundaries fall on a slice boundary, inside a slice and in
+a document that spans slices. Also: Transformer++ (full attention) at sequence 8, and the
+trainer's startup refusal of a deep memory and of the delta rule on a split sequence (one line).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from miras_jax.layers import sequence_parallel
+from miras_jax.models import LMConfig
+from miras_jax.models.presets import model_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent("""
+    import flax.linen as nn
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from miras_jax.models import build_model
+    from miras_jax.models.positions import positions_from_segments
+    from miras_jax.models.presets import model_config
+    from miras_jax.testing import assert_tree_close
+    from miras_jax.train import loop, sharding as sh
+    from miras_jax.train.defaults import paper_config
+    from miras_jax.train.steps import make_loss_fn
+
+    assert jax.device_count() == 8
+    B, T = 4, 32
+    rng = np.random.default_rng(0)
+    # Document starts (slices of 8 tokens at sequence 4): on a slice boundary (8, 24), inside a
+    # slice (13, 3, 29), and documents that run across one or more boundaries.
+    starts = [[8, 13], [3, 24], [], [29]]
+    seg = np.zeros((B, T), np.int32)
+    for b, s in enumerate(starts):
+      for t in s:
+        seg[b, t:] += 1
+    seg = jnp.asarray(seg)
+    batch = {
+      'inputs': jnp.asarray(rng.integers(0, 256, (B, T)), jnp.int32),
+      'targets': jnp.asarray(rng.integers(0, 256, (B, T)), jnp.int32),
+      'loss_mask': jnp.ones((B, T), jnp.int32),
+      'segment_ids': seg,
+      'positions': positions_from_segments(seg),
+    }
+
+    def loss_and_grads(family, mesh, **over):
+      cfg = model_config(family, 'tiny')
+      for k, v in over.items():
+        cfg[k] = v
+      model = build_model(cfg)
+      loss_fn = make_loss_fn(model, jnp.float32, False)
+      f = lambda p, b: loss_fn(p, b)[0]
+      with nn.logical_axis_rules(sh.LOGICAL_AXIS_RULES):
+        boxed = jax.eval_shape(lambda: model.init(jax.random.key(1), batch['inputs']))['params']
+        params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(1), batch['inputs'])['params'])
+        if mesh is None:
+          return jax.jit(jax.value_and_grad(f))(params, batch)
+        params = jax.device_put(params, sh.logical_shardings(boxed, mesh))
+        b = jax.device_put(batch, sh.batch_sharding(mesh))
+        with jax.set_mesh(mesh):
+          step = jax.jit(jax.value_and_grad(f))
+          text = step.lower(params, b).compile().as_text()
+          assert 'all-gather' in text, 'no context parallelism'
+          return step(params, b)
+
+    def same(family, seq, data, **over):
+      want = loss_and_grads(family, None, **over)
+      got = loss_and_grads(family, sh.make_mesh(data, 1, 1, sequence=seq), **over)
+      assert_tree_close(got, want, 2e-5, family)
+      print('ok', family, float(got[0]), flush=True)
+
+    same('gla', 4, 2)
+    same('hybrid_gla', 4, 2, conv_size=4)
+    same('transformer', 8, 1)
+    # A GLA model with a learned-looking (non-zero) initial memory W_0: device 0 reads W_0, a
+    # document starting on a slice boundary restarts from it.
+    same('retnet', 4, 2)
+
+    for family in ('moneta', 'deltanet'):
+      config = paper_config(family, 'tiny')
+      config.train.batch_size, config.train.seq_len = 8, 32
+      config.train.mesh.data, config.train.mesh.sequence = -1, 4
+      try:
+        loop._plan(config)
+        raise SystemExit(f'{family}: no refusal')
+      except sh.MeshError as e:
+        print('refused', family, str(e), flush=True)
+""")
+
+
+def test_sequence_parallel_step_equals_one_device():
+  env = dict(
+    os.environ,
+    XLA_FLAGS='--xla_force_host_platform_device_count=8',
+    JAX_PLATFORMS='cpu',
+    PYTHONPATH=str(ROOT),
+  )
+  proc = subprocess.run(
+    [sys.executable, '-c', SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  for family in ('gla', 'hybrid_gla', 'transformer', 'retnet'):
+    assert f'ok {family} ' in proc.stdout, proc.stdout
+  lines = [line for line in proc.stdout.splitlines() if line.startswith('refused')]
+  assert lines == [
+    "refused moneta train.mesh.sequence=4: memory rule 'moneta' (a deep (MLP) memory is not a "
+    'linear recurrence) has no sequence parallelism; set train.mesh.sequence=1',
+    "refused deltanet train.mesh.sequence=4: memory rule 'deltanet' (the delta rule has no "
+    'cross-device state combine here) has no sequence parallelism; set train.mesh.sequence=1',
+  ], proc.stdout
+
+
+@pytest.mark.parametrize('family', ['titans', 'yaad', 'memora', 'ttt_mlp', 'gated_deltanet'])
+def test_refusal_names_the_rule_and_the_axis(family):
+  cfg = LMConfig.from_config(model_config(family, 'tiny'))
+  with pytest.raises(sequence_parallel.SequenceParallelError) as e:
+    sequence_parallel.check_model(cfg, 2, 64)
+  msg = str(e.value)
+  assert '\n' not in msg and f"'{family}'" in msg and 'train.mesh.sequence=2' in msg
+
+
+def test_linear_and_attention_families_pass_the_check_and_bad_lengths_do_not():
+  for family in ('gla', 'mamba2', 'linear_attention', 'retnet', 'hybrid_gla', 'transformer'):
+    sequence_parallel.check_model(LMConfig.from_config(model_config(family, 'tiny')), 4, 64)
+  cfg = LMConfig.from_config(model_config('gla', 'tiny'))
+  with pytest.raises(sequence_parallel.SequenceParallelError, match='not divisible'):
+    sequence_parallel.check_model(cfg, 4, 30)
+  flash = LMConfig.from_config(
+    dict(model_config('transformer', 'tiny'), attention_backend='pallas_tpu_flash')
+  )
+  with pytest.raises(sequence_parallel.SequenceParallelError, match='context-parallel'):
+    sequence_parallel.check_model(flash, 4, 64)
