@@ -3,7 +3,7 @@
 ``train(config, workdir)`` runs (or resumes) one run directory:
 
 1. checks that touch no file: every config value (``config.validate``), the
-   mesh ``(data, fsdp, tensor)`` from ``train.mesh`` (a mismatch with the device
+   mesh ``(data, fsdp, sequence, tensor)`` from ``train.mesh`` (a mismatch with the device
    count fails here), the model from ``miras_jax.models.build_model(config.model)``
    and its abstract init (so e.g. an unknown ``model.rule`` fails here);
 2. the run directory (train/run_directory.py): refused when it is a file or not
