@@ -70,10 +70,10 @@ def axis_for(T: int):
 
 
 def _rows_heads(B: int, H: int):
+  """The mesh axes splitting B rows and H heads (None where they do not divide)."""
   mesh = jax.sharding.get_abstract_mesh()
-  return mesh_axes_dividing('activation_batch', B, mesh), mesh_axes_dividing(
-    'activation_heads', H, mesh
-  )
+  rows = mesh_axes_dividing('activation_batch', B, mesh)
+  return rows, mesh_axes_dividing('activation_heads', H, mesh)
 
 
 def memory_refusal(rule) -> str | None:
@@ -96,7 +96,7 @@ def check_model(cfg, sequence: int, seq_len: int) -> None:
   context-parallel form, a sequence the axis does not divide, slices shorter than the conv halo."""
   if sequence <= 1:
     return
-  from miras_jax.layers.miras import MirasLayer  # pylint: disable=import-outside-toplevel
+  from miras_jax.memory import get_rule  # pylint: disable=import-outside-toplevel
 
   where = f'train.mesh.{AXIS}={sequence}'
   if seq_len % sequence:
@@ -108,7 +108,7 @@ def check_model(cfg, sequence: int, seq_len: int) -> None:
         f'{where}: model pattern {list(cfg.pattern)} (Titans MAG / MAC) has no sequence '
         f'parallelism; set train.mesh.{AXIS}=1'
       )
-    why = memory_refusal(MirasLayer(rule=cfg.rule).memory_rule)
+    why = memory_refusal(get_rule(cfg.rule))
     if why:
       raise SequenceParallelError(
         f'{where}: {why} has no sequence parallelism; set train.mesh.{AXIS}=1'
