@@ -8,7 +8,8 @@ run across slices. By default: a one-layer GLA LM (conv halo, local chunked memo
 combine across devices) and a one-layer Transformer++ (K / V all-gather), plus the trainer's
 startup refusal (one line) of a deep memory and of the delta rule. ``-m slow``: the tiny presets
 of GLA, RetNet, the GLA hybrid (memory + sliding-window attention) and Transformer++ at
-sequence 8, as configured (scanned, rematerialised layers).
+sequence 8, as configured (scanned, rematerialised layers), and a Mamba2 LM whose slices run the
+Pallas kernel (memory_impl='pallas').
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ SCRIPT = textwrap.dedent("""
       same('retnet', 4, 2, ('collective-permute', 'all-gather'))
       same('hybrid_gla', 4, 2, ('collective-permute', 'all-gather'))
       same('transformer', 8, 1, ('all-gather',))
+      # the Pallas linear-memory kernel (interpret mode here) as the local implementation
+      same('mamba2', 4, 2, ('collective-permute',), memory_impl='pallas', **SMALL)
 """)
 
 
@@ -135,7 +138,7 @@ def test_sequence_parallel_step_equals_one_device():
 @pytest.mark.slow
 def test_sequence_parallel_presets_equal_one_device():
   out = _run('slow')
-  for family in ('gla', 'retnet', 'hybrid_gla', 'transformer'):
+  for family in ('gla', 'retnet', 'hybrid_gla', 'transformer', 'mamba2'):
     assert f'ok {family} ' in out, out
 
 
