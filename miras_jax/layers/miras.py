@@ -58,8 +58,10 @@ Initializer = Callable[..., jax.Array]
 
 OUTPUT_GATES = ('silu', 'sigmoid')
 
-# Logical names of the memory's leading [B, H, ...] dimensions (train/sharding.py's rules table).
+# Logical names of the memory's leading [B, H, ...] dimensions (train/sharding.py's rules table),
+# and of its per-token tensors [B, H, T, ...] (T split when the mesh splits the sequence).
 _BATCH_HEADS = ('activation_batch', 'activation_heads')
+_TOKENS = _BATCH_HEADS + ('activation_length',)
 
 
 class MirasLayer(nn.Module):
@@ -267,8 +269,8 @@ class MirasLayer(nn.Module):
     # [B, H, ...], every chunk's state in the scan carry, the final state) and its output stay
     # split over batch x heads on a mesh: pinned here rather than left to propagation, which
     # could otherwise gather a state per chunk (tests/layers/test_miras_mesh.py).
-    q, k, v = (partitioning.constrain(z, _BATCH_HEADS) for z in (q, k, v))
-    gates = {n: partitioning.constrain(g, _BATCH_HEADS) for n, g in gates.items()}
+    q, k, v = (partitioning.constrain(z, _TOKENS) for z in (q, k, v))
+    gates = {n: partitioning.constrain(g, _TOKENS) for n, g in gates.items()}
     if state is not None:
       state = jax.tree.map(lambda s: partitioning.constrain(s, _BATCH_HEADS), state)
     forward = functools.partial(
@@ -309,7 +311,7 @@ class MirasLayer(nn.Module):
         grad_horizon=self.grad_horizon if state is None else None,
       )
     state = jax.tree.map(lambda s: partitioning.constrain(s, _BATCH_HEADS), state)
-    return partitioning.constrain(y, _BATCH_HEADS), state
+    return partitioning.constrain(y, _TOKENS), state
 
   def _sow_inner_loss(self, k, v, state):
     """Sow the ℓ2 inner-loss proxy (module docstring) on the last ≤ chunk_size tokens."""

@@ -29,7 +29,7 @@ from miras_jax.models.presets import model_config
 ROOT = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent("""
-    import sys
+    import re, sys
     import flax.linen as nn
     import jax, jax.numpy as jnp, numpy as np
     from miras_jax.models import build_model
@@ -61,7 +61,7 @@ SCRIPT = textwrap.dedent("""
     SMALL = dict(n_layers=1, d_model=32, n_heads=2, mlp_dim=64, gate_rank=8, remat='none',
                  scan_layers=False)
 
-    def same(family, seq, data, collectives, **over):
+    def same(family, seq, data, collectives, gathers_states_only=False, **over):
       cfg = model_config(family, 'tiny')
       for k, v in over.items():
         cfg[k] = v
@@ -78,14 +78,19 @@ SCRIPT = textwrap.dedent("""
         b = jax.device_put(batch, sh.batch_sharding(mesh))
         with jax.set_mesh(mesh):
           step = jax.jit(jax.value_and_grad(f)).lower(p, b).compile()
-          for op in collectives:  # the context-parallel forms ran, not a gathered sequence
-            assert op in step.as_text(), (family, op)
+          text = step.as_text()
+          for op in collectives:  # the context-parallel forms ran
+            assert op in text, (family, op)
+          if gathers_states_only:  # ... and no activation was gathered whole: only the slices'
+            # decays [P, B/data, H, dk] and states [P, B/data, H, dk, dv] cross devices
+            shapes = re.findall(r'= f32\\[([\\d,]+)\\]\\S* all-gather', text)
+            assert shapes and all(s.split(',')[0] == str(seq) for s in shapes), (family, shapes)
           got = step(p, b)
       assert_tree_close(got, want, 2e-5, family)
       print('ok', family, float(got[0]), flush=True)
 
     if sys.argv[1] == 'default':
-      same('gla', 4, 2, ('collective-permute', 'all-gather'), **SMALL)
+      same('gla', 4, 2, ('collective-permute', 'all-gather'), True, **SMALL)
       same('transformer', 4, 2, ('all-gather',), **SMALL)
       for family in ('moneta', 'deltanet'):
         config = paper_config(family, 'tiny')
