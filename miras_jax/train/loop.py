@@ -177,6 +177,7 @@ def _plan(config: ConfigDict) -> _Plan:
     f'mesh {dict(mesh.shape)}'
   )
   model = build_model(config)
+  sharding_lib.check_rows_per_process(mesh)  # each host feeds whole model replicas
   try:  # a split sequence needs every layer's context-parallel form
     sequence_parallel.check_model(model.cfg, mesh.shape['sequence'], int(t.seq_len))
   except sequence_parallel.SequenceParallelError as e:

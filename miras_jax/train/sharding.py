@@ -81,6 +81,7 @@ __all__ = [
   'shard_bytes',
   'replicated',
   'batch_sharding',
+  'check_rows_per_process',
 ]
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,32 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sharding of a ``[B, T]`` batch: rows over (data, fsdp)."""
   return NamedSharding(mesh, P(BATCH_AXES, None))
+
+
+def check_rows_per_process(mesh: Mesh) -> None:
+  """Refuse (one line) a mesh whose non-batch axes span processes.
+
+  Each process reads its own rows of the global batch (train/data.py) and hands them to
+  ``make_array_from_process_local_data``: the devices holding one block of rows (one (data,
+  fsdp) coordinate, all its ``sequence`` × ``tensor`` devices) must then belong to one process,
+  or two hosts would feed different rows to one model replica. Lay ``sequence`` and ``tensor``
+  out within a host (MaxText does the same: ICI axes inside a slice, the batch across hosts).
+  """
+  grid = np.asarray(mesh.devices)
+  batch = [mesh.axis_names.index(a) for a in BATCH_AXES]
+  rest = [i for i in range(grid.ndim) if i not in batch]
+  blocks = np.transpose(grid, batch + rest).reshape(
+    math.prod(grid.shape[i] for i in batch), -1
+  )  # [row blocks, devices holding each]
+  for block in blocks:
+    procs = {d.process_index for d in block}
+    if len(procs) > 1:
+      sizes = ', '.join(f'{a}={mesh.shape[a]}' for a in mesh.axis_names if a not in BATCH_AXES)
+      raise MeshError(
+        f'train.mesh: the devices of one block of batch rows ({sizes}) span processes '
+        f'{sorted(procs)}; each host reads its own rows, so keep sequence x tensor within one '
+        'host (raise data or fsdp instead)'
+      )
 
 
 def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:

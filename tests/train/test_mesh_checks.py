@@ -88,3 +88,25 @@ def test_single_slice_config_gives_the_four_axis_mesh():
   )
   mesh = sharding_lib.mesh_from_config(cfg, jax.devices()[:1])
   assert dict(mesh.shape) == {'data': 1, 'fsdp': 1, 'sequence': 1, 'tensor': 1}
+
+
+def test_row_blocks_spanning_processes_are_refused():
+  """2 hosts × 4 devices: tensor within a host passes; tensor (or sequence) across hosts would
+  feed one replica two hosts' different rows, and is refused in one line."""
+  import types
+
+  import numpy as np
+
+  devs = [types.SimpleNamespace(id=i, process_index=i // 4) for i in range(8)]
+
+  def mesh(data, sequence, tensor):
+    grid = np.asarray(devs, dtype=object).reshape(data, 1, sequence, tensor)
+    shape = dict(zip(sharding_lib.MESH_AXES, grid.shape))
+    return types.SimpleNamespace(devices=grid, axis_names=sharding_lib.MESH_AXES, shape=shape)
+
+  sharding_lib.check_rows_per_process(mesh(2, 1, 4))  # each row block on one host
+  sharding_lib.check_rows_per_process(mesh(2, 2, 2))
+  for bad in (mesh(1, 1, 8), mesh(1, 8, 1), mesh(1, 2, 4)):
+    with pytest.raises(sharding_lib.MeshError) as e:
+      sharding_lib.check_rows_per_process(bad)
+    assert 'span processes [0, 1]' in _one_line(e)
