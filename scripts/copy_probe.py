@@ -32,22 +32,36 @@ from miras_jax.train.defaults import family_config
 from miras_jax.train.optimizer import make_optimizer
 
 
-def copy_rows(rng: np.random.Generator, rows: int, length: int, seq_len: int, symbols: int):
-  """(inputs, targets [rows, seq_len]; masks of the first and second readings [seq_len]).
+def copy_rows(
+  rng: np.random.Generator,
+  rows: int,
+  length: int,
+  seq_len: int,
+  symbols: int,
+  min_length: int | None = None,
+):
+  """(inputs, targets [rows, seq_len]; masks of the first and second readings [rows, seq_len]).
 
-  Each reading's first token is not scored (it does not follow from the context)."""
-  seg = 2 * length
-  per = seq_len // seg
-  if per < 1:
+  Sequence lengths are drawn from [min_length, length] (default: all ``length``); with one
+  length a single attention layer can copy by relative position alone (attend ``length − 1``
+  back), so varied lengths test recall by content. Each reading's first token is not scored
+  (it does not follow from the context)."""
+  lo = length if min_length is None else min_length
+  if 2 * length > seq_len or not 1 <= lo <= length:
     raise ValueError(f'seq_len={seq_len} holds no sequence of {length} tokens read twice')
-  s = rng.integers(1, symbols, size=(rows, per, length))
-  x = np.concatenate([s, s], -1).reshape(rows, per * seg)
-  x = np.pad(x, ((0, 0), (0, seq_len + 1 - x.shape[1])))
-  first, second = np.zeros((per, seg)), np.zeros((per, seg))
-  first[:, 1:length], second[:, length + 1 :] = 1, 1
-  pad = np.zeros(seq_len + 1 - per * seg)
-  masks = [np.concatenate([m.reshape(-1), pad])[1:] for m in (first, second)]
-  return x[:, :-1], x[:, 1:], masks[0], masks[1]
+  x = np.zeros((rows, seq_len + 1), np.int64)
+  first, second = np.zeros((rows, seq_len + 1)), np.zeros((rows, seq_len + 1))
+  for r in range(rows):
+    at = 0
+    while True:
+      n = int(rng.integers(lo, length + 1))
+      if at + 2 * n > seq_len:
+        break
+      s = rng.integers(1, symbols, size=n)
+      x[r, at : at + 2 * n] = np.concatenate([s, s])
+      first[r, at + 1 : at + n], second[r, at + n + 1 : at + 2 * n] = 1, 1
+      at += 2 * n
+  return x[:, :-1], x[:, 1:], first[:, 1:], second[:, 1:]
 
 
 def main(argv=None) -> dict:
@@ -55,6 +69,7 @@ def main(argv=None) -> dict:
   p.add_argument('--family', default='moneta')
   p.add_argument('--chunk', type=int, default=32)
   p.add_argument('--length', type=int, default=8)
+  p.add_argument('--min_length', type=int, default=None, help='default: --length (fixed)')
   p.add_argument('--seq_len', type=int, default=64)
   p.add_argument('--batch', type=int, default=16)
   p.add_argument('--steps', type=int, default=400)
@@ -75,7 +90,8 @@ def main(argv=None) -> dict:
   tx = make_optimizer(t)
   rng = np.random.default_rng(0)
   held = [
-    jnp.asarray(v) for v in copy_rows(np.random.default_rng(99), 64, a.length, a.seq_len, a.symbols)
+    jnp.asarray(v)
+    for v in copy_rows(np.random.default_rng(99), 64, a.length, a.seq_len, a.symbols, a.min_length)
   ]
   params = jax.jit(model.init)(jax.random.key(0), held[0][:1])['params']
   opt = tx.init(params)
@@ -95,7 +111,7 @@ def main(argv=None) -> dict:
     logits = model.apply({'params': w}, x)
     hit = jnp.argmax(logits, -1) == y
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    n1, n2 = jnp.sum(m1) * x.shape[0], jnp.sum(m2) * x.shape[0]
+    n1, n2 = jnp.sum(m1), jnp.sum(m2)
     return jnp.sum(hit * m1) / n1, jnp.sum(hit * m2) / n2, jnp.sum(ce * m2) / n2
 
   t0, rows = time.time(), []
@@ -109,7 +125,7 @@ def main(argv=None) -> dict:
       )
     if i == a.steps:
       break
-    x, y, _, _ = copy_rows(rng, a.batch, a.length, a.seq_len, a.symbols)
+    x, y, _, _ = copy_rows(rng, a.batch, a.length, a.seq_len, a.symbols, a.min_length)
     params, opt, loss = step(params, opt, jnp.asarray(x), jnp.asarray(y))
     jax.block_until_ready(loss)  # one step in flight (XLA:CPU hangs seen with several queued)
   out = {'settings': vars(a), 'curve': rows}
