@@ -1,8 +1,8 @@
 """Does a quickstart-sized model learn in-context copying when every step is spent on it?
 
-    python scripts/copy_probe.py --family=transformer           # copies perfectly by step 200
+    python scripts/copy_probe.py --family=transformer           # copies by step 200 (by position)
     python scripts/copy_probe.py --family=moneta --chunk=8      # stays at chance (issue 16 §3)
-    python scripts/copy_probe.py --family=hybrid_moneta --set=window=64
+    python scripts/copy_probe.py --family=transformer --min_length=4 --length=12  # by content
 
 The token-level version of the ``copy`` eval task (miras_jax/evals/synthetic.py): rows of
 random ``--length``-token sequences (ids below ``--symbols``) each read twice, packed into
