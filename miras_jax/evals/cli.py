@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   from miras_jax.evals.harness import evaluate, format_table, parse_tasks  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.repeat import format_repeat, initial_params  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.run_data import find_tokenizer, run_dataset_dir  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.synthetic import format_copy  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.tasks import check_task_files  # pylint: disable=import-outside-toplevel
   from miras_jax.logs import quiet_logs  # pylint: disable=import-outside-toplevel
   from miras_jax.models.config import LMConfig  # pylint: disable=import-outside-toplevel
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     repeat_passages=args.repeat_passages,
     repeat_length=args.repeat_length or 0,
     init_params=initial_params(model_cfg, int(config.get('seed') or 0))
-    if 'repeat' in tasks
+    if {'repeat', 'copy'} & set(tasks)
     else None,
     seed=args.seed,
     verbose=verbose,
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if 'repeat' in out:
     print(format_repeat(out['repeat']))
   for name, res in (out.get('synthetic') or {}).items():
-    print(f'{name}: {json.dumps(res)}')
+    print(format_copy(res) if name == 'copy' else f'{name}: {json.dumps(res)}')
   tmp = path.with_suffix('.json.tmp')
   tmp.write_text(json.dumps(out, indent=2) + '\n')
   os.replace(tmp, path)
