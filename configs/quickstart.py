@@ -13,7 +13,8 @@ for 500 steps of 16 × 128 tokens, with a validation loss every 250 steps.
 console line is the final validation loss / perplexity.
 ``--config.data.corpus=default,recall`` mixes in synthetic copy lines
 (miras_jax/data/recall_corpus.py); at this size and length they did not make the
-``copy`` eval task learn (20% and 50% of the tokens, 250–500 steps).
+``copy`` eval task learn (20% and 50% of the tokens, 250–500 steps), neither with this
+Moneta nor with a Moneta + sliding-window-attention hybrid (README, issue 16 §3).
 """
 
 from miras_jax.train.defaults import family_config

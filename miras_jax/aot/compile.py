@@ -154,6 +154,7 @@ def compile_for_topology(
   from jax.sharding import PartitionSpec as P  # pylint: disable=import-outside-toplevel
 
   from miras_jax.data.pipeline import BATCH_KEYS  # pylint: disable=import-outside-toplevel
+  from miras_jax.layers import sequence_parallel  # pylint: disable=import-outside-toplevel
   from miras_jax.layers.attention_backends import compile_pallas_for_tpu  # pylint: disable=import-outside-toplevel
   from miras_jax.models.lm import count_params  # pylint: disable=import-outside-toplevel
   from miras_jax.train import config as config_lib  # pylint: disable=import-outside-toplevel
@@ -178,6 +179,7 @@ def compile_for_topology(
   config_lib.check_mesh_batch(config, dict(mesh.shape))
   rules = sharding_lib.LOGICAL_AXIS_RULES
   model = loop.build_model(config)
+  sequence_parallel.check_model(model.cfg, mesh.shape['sequence'], int(t.seq_len))
   dtype = config_lib.compute_dtype(config)
   tx = optimizer_lib.make_optimizer(t)
   schedule = optimizer_lib.learning_rate_schedule(t)

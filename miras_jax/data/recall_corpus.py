@@ -6,7 +6,8 @@ is predictable only from the context, so it trains in-context copying, the recal
 memories / KV caches exist for; the eval's ``copy`` task (miras_jax/evals/synthetic.py)
 measures it on unseen words. Deterministic (seeded) and generated locally: nothing is
 downloaded. Measured: mixed into the quickstart (a fifth or half of the tokens, 250–500
-steps) it did not make the 0.3M-parameter Moneta learn the copy task.
+steps) it did not make the 0.3M-parameter Moneta learn the copy task, nor a Moneta + SWA(64)
+hybrid (README; scripts/copy_probe.py measures the same on token-level copying alone).
 
 ``data.corpus = 'default,recall'`` trains on both; the files are written once into
 ``<cache_dir>/recall-copy-v1-.../`` (default cache: that of miras_jax/data/default_corpus.py).

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ['main', 'find_tokenizer']
+__all__ = ['main']
 
 
 def _count(minimum: int):
@@ -56,46 +56,6 @@ def _ints(s: str) -> list[int]:
     if x:
       out.append(int(float(x[:-1]) * 1024) if x.endswith('k') else int(x))
   return out
-
-
-def find_tokenizer(config: dict[str, Any], run_dir: Path | None) -> str:
-  """The run's tokenizer: ``data.tokenizer``, else the one trained into the data cache."""
-  data = config.get('data', {}) or {}
-  tok = str(data.get('tokenizer') or '')
-  corpus = Path(str(data.get('corpus') or '')).expanduser()
-  if not tok and str(data.get('corpus') or '') not in ('', 'default'):
-    index = corpus / 'index.json'  # a prepared directory names its tokenizer
-    try:
-      path = json.loads(index.read_text())['tokenizer']['path']
-    except (OSError, ValueError, KeyError, TypeError):
-      path = None
-    if path and Path(path).is_file():
-      return str(path)
-  if tok:
-    p = Path(tok).expanduser()
-    for cand in [p] if p.is_absolute() else [p, *([run_dir / p] if run_dir else [])]:
-      if cand.is_file():
-        return str(cand)
-    raise FileNotFoundError(f"the run's tokenizer {tok!r} was not found (pass --tokenizer)")
-  caches = []
-  if data.get('cache_dir'):
-    caches.append(Path(str(data['cache_dir'])).expanduser())
-  if run_dir is not None:
-    caches.append(run_dir / 'data')
-  for cache in caches:
-    found = sorted(
-      (cache / 'tokenizers').glob('*/tokenizer.model'), key=lambda p: p.stat().st_mtime
-    )
-    vocab = int((config.get('model') or {}).get('vocab_size') or 0)
-    if vocab:
-      matching = [f for f in found if f.parent.name.startswith(f'spm{vocab}-')]
-      found = matching or found
-    if found:
-      return str(found[-1])
-  raise FileNotFoundError(
-    'no tokenizer: the config has no data.tokenizer and none was trained into '
-    f'{", ".join(str(c / "tokenizers") for c in caches) or "a data cache"}; pass --tokenizer'
-  )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -177,8 +137,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from miras_jax.evals import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.harness import evaluate, format_table, parse_tasks  # pylint: disable=import-outside-toplevel
-  from miras_jax.evals.heldout import run_heldout_dir  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.repeat import format_repeat, initial_params  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.run_data import find_tokenizer, run_dataset_dir  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.synthetic import format_copy  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.tasks import check_task_files  # pylint: disable=import-outside-toplevel
   from miras_jax.logs import quiet_logs  # pylint: disable=import-outside-toplevel
   from miras_jax.models.config import LMConfig  # pylint: disable=import-outside-toplevel
@@ -234,14 +195,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mqar_samples=args.mqar_samples,
     copy_words=args.copy_words,
     copy_samples=args.copy_samples,
-    heldout_dir=run_heldout_dir(config, ckpt.run_dir)
+    heldout_dir=run_dataset_dir(config, ckpt.run_dir)
     if {'heldout', 'repeat'} & set(tasks)
     else None,
     heldout_tokens=args.heldout_tokens,
     repeat_passages=args.repeat_passages,
     repeat_length=args.repeat_length or 0,
     init_params=initial_params(model_cfg, int(config.get('seed') or 0))
-    if 'repeat' in tasks
+    if {'repeat', 'copy'} & set(tasks)
     else None,
     seed=args.seed,
     verbose=verbose,
@@ -258,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   if 'repeat' in out:
     print(format_repeat(out['repeat']))
   for name, res in (out.get('synthetic') or {}).items():
-    print(f'{name}: {json.dumps(res)}')
+    print(format_copy(res) if name == 'copy' else f'{name}: {json.dumps(res)}')
   tmp = path.with_suffix('.json.tmp')
   tmp.write_text(json.dumps(out, indent=2) + '\n')
   os.replace(tmp, path)

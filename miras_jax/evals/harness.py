@@ -7,7 +7,8 @@ is the one entry point (the CLI and the trainer call it). It returns::
      "table": {"Wiki. ppl": .., "LMB. ppl": .., "LMB. acc": .., "PIQA acc": ..,
                "Hella. acc_n": .., "Wino. acc": .., "ARC-e acc": .., "ARC-c acc_n": ..,
                "SIQA acc": .., "BoolQ acc": .., "Avg.": ..},  # accuracies in %
-     "synthetic": {"niah": {...}, "mqar": {...}},             # when asked for
+     "synthetic": {"niah": {...}, "mqar": {...},              # when asked for
+                   "copy": {..., "init": {...}}},             # init: with init_params
      "heldout": {...}, "repeat": {"trained": {...}, "init": {...}},  # the run's own split
      "settings": {...}}
 
@@ -199,7 +200,8 @@ def evaluate(
       heldout_dir: the run's prepared dataset, for the ``heldout`` and ``repeat`` tasks.
       repeat_passages, repeat_length: the ``repeat`` task's validation passages, each read
           twice (evals/repeat.py); length 0: half the context.
-      init_params: the same model at initialisation; the ``repeat`` task scores it too.
+      init_params: the same model at initialisation; the ``repeat`` and ``copy`` tasks score
+          it too (``copy``'s scores at initialisation go under its ``'init'`` key).
   """
   if isinstance(tokenizer, str) or hasattr(tokenizer, '__fspath__'):
     from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
@@ -238,10 +240,10 @@ def evaluate(
   out: dict[str, Any] = {'results': results, 'table': paper_table(results)}
   budget = batch_size * max_len  # tokens per forward pass for the long synthetic prompts
 
-  def factory(length: int) -> Scorer:
+  def factory(length: int, weights: Any = params) -> Scorer:
     return Scorer(
       apply_fn,
-      params,
+      weights,
       tokenizer,
       max_len=length,
       batch_size=max(1, budget // length),
@@ -259,9 +261,12 @@ def evaluate(
       factory, tokenizer, mqar_pairs, mqar_samples, seed
     )
   if 'copy' in names:
-    out.setdefault('synthetic', {})['copy'] = synthetic.run_copy(
-      factory, tokenizer, copy_words, copy_samples, seed
-    )
+    copy = synthetic.run_copy(factory, tokenizer, copy_words, copy_samples, seed)
+    if init_params is not None:  # what training added: the same model at step 0
+      copy['init'] = synthetic.run_copy(
+        lambda n: factory(n, init_params), tokenizer, copy_words, copy_samples, seed
+      )
+    out.setdefault('synthetic', {})['copy'] = copy
   if 'heldout' in names:
     if heldout_dir is None:
       raise ValueError("the heldout task needs the run's prepared dataset (heldout_dir)")

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ['heldout_perplexity', 'unigram_log_probs', 'run_heldout_dir', 'split_docs']
+__all__ = ['heldout_perplexity', 'unigram_log_probs', 'split_docs']
 
 
 def unigram_log_probs(train_tokens: np.ndarray, vocab_size: int) -> np.ndarray:
@@ -65,15 +65,3 @@ def heldout_perplexity(
     'unigram_perplexity': math.exp(-base_ll / n),
     'tokens': n,
   }
-
-
-def run_heldout_dir(config: dict[str, Any], run_dir: Path | None) -> Path:
-  """The prepared dataset of a run's ``config.data`` (already built by its training)."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-
-  from miras_jax.train.data import resolve_dataset  # pylint: disable=import-outside-toplevel
-
-  data = ml_collections.ConfigDict(config.get('data') or {})
-  if run_dir is None:
-    raise ValueError('the heldout task needs the run directory (pass --workdir=RUN)')
-  return resolve_dataset(data, run_dir, (config.get('model') or {}).get('vocab_size'))

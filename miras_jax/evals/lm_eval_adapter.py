@@ -163,7 +163,7 @@ def _scorer_from_checkpoint(
 ):
   from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from miras_jax.evals import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from miras_jax.evals.cli import find_tokenizer  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.run_data import find_tokenizer  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.scoring import Scorer, make_apply_fn  # pylint: disable=import-outside-toplevel
   from miras_jax.models import LMConfig, build_model  # pylint: disable=import-outside-toplevel
 

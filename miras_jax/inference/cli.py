@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
   quiet_logs()
   from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from miras_jax.evals import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from miras_jax.evals.cli import find_tokenizer  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.run_data import find_tokenizer  # pylint: disable=import-outside-toplevel
   from miras_jax.inference.generation import GenerationStats, generate  # pylint: disable=import-outside-toplevel
   from miras_jax.models import build_model  # pylint: disable=import-outside-toplevel
   from miras_jax.progress import Progress  # pylint: disable=import-outside-toplevel

@@ -24,6 +24,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from miras_jax.layers import sequence_parallel
+
 Dtype = Any
 Initializer = Callable[..., jax.Array]
 
@@ -131,6 +133,10 @@ class CausalDepthwiseConv1D(nn.Module):
   def __call__(self, x: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
     """``x [B, T, C]``, optional integer ``segment_ids [B, T]`` -> ``[B, T, C]``."""
     kernel, bias = self._params(x.shape[-1])
+    axis = sequence_parallel.axis_for(x.shape[1])
+    if axis:  # the sequence is split over a mesh axis: a halo from the left neighbour
+      args = (x, kernel, bias, segment_ids, self.dtype, axis)
+      return sequence_parallel.causal_conv(causal_depthwise_conv, *args)
     return causal_depthwise_conv(x, kernel, bias, segment_ids, self.dtype)
 
   def extend(self, x: jax.Array, conv_state: jax.Array) -> tuple[jax.Array, jax.Array]:

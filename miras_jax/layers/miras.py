@@ -31,13 +31,14 @@ in packed rows the last chunk may straddle a document boundary.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from miras_jax.layers import partitioning
+from miras_jax.layers import partitioning, sequence_parallel
 from miras_jax.layers.conv import CausalDepthwiseConv1D, init_conv_state
 from miras_jax.layers.dense import DenseND, HeadsToEmbed
 from miras_jax.layers.miras_params import (  # noqa: F401 (retnet_log_gamma: re-exported for tests)
@@ -57,8 +58,10 @@ Initializer = Callable[..., jax.Array]
 
 OUTPUT_GATES = ('silu', 'sigmoid')
 
-# Logical names of the memory's leading [B, H, ...] dimensions (train/sharding.py's rules table).
+# Logical names of the memory's leading [B, H, ...] dimensions (train/sharding.py's rules table),
+# and of its per-token tensors [B, H, T, ...] (T split when the mesh splits the sequence).
 _BATCH_HEADS = ('activation_batch', 'activation_heads')
+_TOKENS = _BATCH_HEADS + ('activation_length',)
 
 
 class MirasLayer(nn.Module):
@@ -275,28 +278,49 @@ class MirasLayer(nn.Module):
     # [B, H, ...], every chunk's state in the scan carry, the final state) and its output stay
     # split over batch x heads on a mesh: pinned here rather than left to propagation, which
     # could otherwise gather a state per chunk (tests/layers/test_miras_mesh.py).
-    q, k, v = (partitioning.constrain(z, _BATCH_HEADS) for z in (q, k, v))
-    gates = {n: partitioning.constrain(g, _BATCH_HEADS) for n, g in gates.items()}
+    q, k, v = (partitioning.constrain(z, _TOKENS) for z in (q, k, v))
+    gates = {n: partitioning.constrain(g, _TOKENS) for n, g in gates.items()}
     if state is not None:
       state = jax.tree.map(lambda s: partitioning.constrain(s, _BATCH_HEADS), state)
-    y, state = memory_forward(
-      rule,
-      q,
-      k,
-      v,
-      gates,
-      w0=w0,
-      outer=outer,
-      state=state,
-      segment_ids=segment_ids,
+    forward = functools.partial(
+      memory_forward,
       chunk_size=self.chunk_size,
       implementation=self.implementation,
       remat_group=self.remat_group,
-      # decoding continues a carried state: no gradients wanted there
-      grad_horizon=self.grad_horizon if state is None else None,
     )
+    axis = sequence_parallel.axis_for(q.shape[2]) if state is None else None
+    if axis:  # the sequence is split over a mesh axis (layers/sequence_parallel.py)
+      if self.grad_horizon:
+        raise sequence_parallel.SequenceParallelError('memory_grad_horizon needs a whole sequence')
+      y, state = sequence_parallel.linear_memory(
+        rule,
+        q,
+        k,
+        v,
+        gates,
+        w0=w0,
+        outer=outer,
+        segment_ids=segment_ids,
+        axis=axis,
+        chunk_size=self.chunk_size,
+        local_forward=forward,
+      )
+    else:
+      y, state = forward(
+        rule,
+        q,
+        k,
+        v,
+        gates,
+        w0=w0,
+        outer=outer,
+        state=state,
+        segment_ids=segment_ids,
+        # decoding continues a carried state: no gradients wanted there
+        grad_horizon=self.grad_horizon if state is None else None,
+      )
     state = jax.tree.map(lambda s: partitioning.constrain(s, _BATCH_HEADS), state)
-    return partitioning.constrain(y, _BATCH_HEADS), state
+    return partitioning.constrain(y, _TOKENS), state
 
   def _sow_inner_loss(self, k, v, state):
     """Sow the ℓ2 inner-loss proxy (module docstring) on the last ≤ chunk_size tokens."""

@@ -3,10 +3,18 @@
 ``segment_scan(body, carry, xs, consts)`` is ``lax.scan`` over ``xs [n_seg, R, ...]`` (segments of
 R chunks) with a ``jax.custom_vjp`` whose residuals are the carries at the segment starts (the
 memory's weights and momentum), never per-token or per-chunk intermediates. The backward walks the
-segments in reverse: it recomputes the segment's R chunk-start carries from the saved one, then
-walks its chunks in reverse applying ``jax.vjp`` of the chunk body at each (the chunk's forward is
-re-run once more inside the VJP). The chunk body's inner gradient (the memory's own backprop at the
-chunk-start weights) is differentiated by that VJP, so the second-order terms are exact.
+segments in reverse: it recomputes the segment's R chunk-start carries from the saved one (R − 1
+chunk state updates), then walks its chunks in reverse applying ``jax.vjp`` of the chunk body at
+each (``chunk_vjp``: the chunk's forward is re-run once more inside the VJP). The chunk body's inner
+gradient (the memory's own backprop at the chunk-start weights) is differentiated by that VJP, so
+the second-order terms are exact.
+
+Cost (issue 13; ``scripts/bench_memory.py --chunk_flops``, XLA's FLOP count of one chunk): the VJP
+is 2.7–3.0× the chunk's forward, of which ≈ 2× is the backward proper (two matmuls per forward
+matmul, every operand needing a gradient) and ≈ 0.7× the recompute of the reads and key factors it
+needs. XLA already drops the unused parts (the state update, the outputs), so a hand-written
+backward would do the same matmuls; fwd+bwd is ≥ 3.7× the forward with one chunk per segment and
+≥ 4.1× with four (Titans), against ≥ 3.0× with no recompute at all.
 
 This is the structure of the Pallas drivers' backward (pallas_kernels/chunkwise_tpu.py) and of
 flash-linear-attention's chunked kernels (fla-org/flash-linear-attention
@@ -72,31 +80,41 @@ def _fwd(body, carry, xs, consts):
   return (c, ys), (starts, xs, consts)
 
 
+def chunk_vjp(body, c, x, consts, dc, dy):
+  """One chunk's step of the reverse pass: the VJP of ``body`` at chunk-start carry ``c`` (its
+  forward recomputed inside; XLA drops the parts the VJP does not use). dc: differentiable leaves
+  of the chunk-end carry's cotangent; dy: the outputs' cotangent. Returns the differentiable
+  leaves' cotangents (dc, dx, dconsts), lists."""
+  (cd, cn, cmeta), (xd, xn, xmeta), (kd, kn, kmeta) = _part(c), _part(x), _part(consts)
+
+  def f(cd, xd, kd):
+    c2, y = body(_join(cd, cn, cmeta), _join(xd, xn, xmeta), _join(kd, kn, kmeta))
+    return _part(c2)[0], y
+
+  _, vjp = jax.vjp(f, cd, xd, kd)
+  return vjp((dc, dy))
+
+
 def segment_backward(body, starts, xs, consts, dcarry, dys):
   """The reverse pass from segment-start carries ``starts`` (leaves [n_seg, ...]).
 
   dcarry: differentiable leaves (list) of the final carry's cotangent; dys [n_seg, R, ...].
   Returns (dcarry0 leaves, dxs leaves [n_seg, R, ...] (differentiable ones), dconsts leaves)."""
-  kd, kn, kmeta = _part(consts)
+  kd = _part(consts)[0]
 
   def chunk_back(acc, inp):
     dc, dk = acc
     c, x, dy = inp
-    cd, cn, cmeta = _part(c)
-    xd, xn, xmeta = _part(x)
-
-    def f(cd, xd, kd):
-      c2, y = body(_join(cd, cn, cmeta), _join(xd, xn, xmeta), _join(kd, kn, kmeta))
-      return _part(c2)[0], y
-
-    _, vjp = jax.vjp(f, cd, xd, kd)
-    dcd, dxd, dkd = vjp((dc, dy))
+    dcd, dxd, dkd = chunk_vjp(body, c, x, consts, dc, dy)
     return (dcd, [a + b for a, b in zip(dk, dkd)]), dxd
 
   def seg_back(acc, inp):
     s0, xg, dyg = inp
-    # The chunk-start carries of this segment (R chunk forwards), then the chunks in reverse.
-    _, cstarts = jax.lax.scan(lambda c, x: (body(c, x, consts)[0], c), s0, xg)
+    # The chunk-start carries of this segment (R − 1 chunk forwards: the last chunk's end carry is
+    # not needed), then the chunks in reverse.
+    step = lambda c, x: (body(c, x, consts)[0],) * 2
+    _, later = jax.lax.scan(step, s0, jax.tree.map(lambda x: x[:-1], xg))
+    cstarts = jax.tree.map(lambda a, b: jnp.concatenate([a[None], b]), s0, later)
     return jax.lax.scan(chunk_back, acc, (cstarts, xg, dyg), reverse=True)
 
   dk0 = [jnp.zeros_like(x) for x in kd]

@@ -275,6 +275,12 @@ def recompute_backward(rule: MemoryRule) -> bool:
   return not rule.arch.is_linear and _kernel(rule) is _chunk_general
 
 
+def chunk_step(rule: MemoryRule, resets: bool):
+  """The scan body over chunks, ``(carry, x, (fresh, outer)) -> (carry, y)`` for one (batch,
+  head); x holds one chunk's slots of q, k, v, eta, la, lm, delta, reset, active and cut."""
+  return functools.partial(_chunk_body, _kernel(rule), rule, resets)
+
+
 def _chunk_body(kern, rule, resets, carry, xc, consts):
   fresh, outer = consts
   xc = dict(xc)
@@ -303,7 +309,7 @@ def _run_one(rule, b, group, resets, aligned, n_chunks, recompute, tok, head, st
   xs['active'] = lay(jnp.ones((T,), jnp.float32))
   xs = jax.tree.map(lambda x: x.reshape((n_chunks // group, group, b) + x.shape[1:]), xs)
 
-  body = functools.partial(_chunk_body, _kernel(rule), rule, resets)
+  body = chunk_step(rule, resets)
   if recompute:
     st, ys = segment_scan(body, st, xs, (fresh, outer))
   else:

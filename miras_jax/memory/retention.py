@@ -60,6 +60,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 # Guard of Moneta's map (``Retention.norm_floor``): ‖A‖_q is clamped below, so that a memory
 # that has forgotten everything (α → 0 drives A → 0) cannot blow up W = A/‖A‖_q^{q−2}
@@ -111,15 +112,24 @@ class Retention:
     }[self.map]
 
   # --- the map φ and its (right) inverse, per weight matrix --------------------
-  def _qnorm(self, a):
-    return jnp.power(jnp.sum(jnp.power(jnp.abs(a), self.q)), 1.0 / self.q)
+  def _qnorm_pow(self, a, r):
+    """max(‖A‖_q, norm_floor)^r, a scalar.
+
+    Written as exp(r/q · log max(Σ|A|^q, floor^q)) on a [1, 1] array: Mosaic (the TPU Pallas
+    compiler) has no scalar ``powf``, and the deep-memory kernel runs this function on chip.
+    Same value as the direct power; the floor also keeps log finite (and its gradient) at A = 0.
+    """
+    absq = jnp.abs(a)
+    absq = lax.integer_pow(absq, int(self.q)) if float(self.q).is_integer() else absq**self.q
+    total = jnp.sum(absq.reshape(-1, absq.shape[-1]), keepdims=True)  # [1, 1]
+    total = jnp.maximum(total, self.norm_floor**self.q)
+    return jnp.exp((r / self.q) * jnp.log(total)).reshape(())
 
   def scale(self, a):
     """s(A) with φ(A) = s(A)·A for 'lq' (a scalar); 1 otherwise."""
     if self.map != 'lq':
       return jnp.ones((), a.dtype)
-    n = jnp.maximum(self._qnorm(a), self.norm_floor)
-    return jnp.power(n, -(self.q - 2.0))
+    return self._qnorm_pow(a, -(self.q - 2.0))
 
   def phi(self, a):
     if self.map == 'identity':
@@ -146,8 +156,7 @@ class Retention:
       return w
     if self.map == 'lq':
       # ‖φ(A)‖_q = ‖A‖_q^{3−q}  ⇒  A = W · ‖W‖_q^{(q−2)/(3−q)}
-      n = jnp.maximum(self._qnorm(w), self.norm_floor)
-      return w * jnp.power(n, (self.q - 2.0) / (3.0 - self.q))
+      return w * self._qnorm_pow(w, (self.q - 2.0) / (3.0 - self.q))
     if self.map == 'softmax':
       return jnp.log(jnp.maximum(w / self.scale_c, self.clamp_min))
     return w + self.l1 * jnp.sign(w)

@@ -28,8 +28,10 @@ Sections (keys users type most are marked *):
                 ``grad_accum_steps``, ``compute_dtype`` (``auto``: bfloat16 on
                 GPU/TPU, float32 on CPU; parameters and optimiser state are
                 always float32), ``remat`` (empty: the model's own policy),
-                ``mesh.{data,fsdp,tensor}`` (one may be -1: the rest of the
-                devices; ``mesh.dcn_*``: slices per axis on multi-slice TPU;
+                ``mesh.{data,fsdp,sequence,tensor}`` (one may be -1: the rest
+                of the devices; ``sequence`` > 1: context parallelism, linear
+                memories and attention only; ``mesh.dcn_*``: slices per axis
+                on multi-slice TPU;
                 ``mesh.max_replicated_fraction``; see train/sharding.py),
                 ``log_every_steps``. A non-finite loss or gradient
                 norm always stops the run (nothing of it is saved);
@@ -93,9 +95,11 @@ def defaults() -> ConfigDict:
     {
       'data': -1,
       'fsdp': 1,
+      'sequence': 1,
       'tensor': 1,
       'dcn_data': 1,
       'dcn_fsdp': 1,
+      'dcn_sequence': 1,
       'dcn_tensor': 1,
       'max_replicated_fraction': 0.2,
     }

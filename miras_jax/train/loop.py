@@ -3,7 +3,7 @@
 ``train(config, workdir)`` runs (or resumes) one run directory:
 
 1. checks that touch no file: every config value (``config.validate``), the
-   mesh ``(data, fsdp, tensor)`` from ``train.mesh`` (a mismatch with the device
+   mesh ``(data, fsdp, sequence, tensor)`` from ``train.mesh`` (a mismatch with the device
    count fails here), the model from ``miras_jax.models.build_model(config.model)``
    and its abstract init (so e.g. an unknown ``model.rule`` fails here);
 2. the run directory (train/run_directory.py): refused when it is a file or not
@@ -62,6 +62,8 @@ from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
 from miras_jax import workdir as workdir_lib
+from miras_jax.evals.run_data import dataset_record
+from miras_jax.layers import sequence_parallel
 from miras_jax.models.config import LMConfig
 from miras_jax.models.lm import count_params
 from miras_jax.train import checkpoint as ckpt_lib
@@ -175,6 +177,11 @@ def _plan(config: ConfigDict) -> _Plan:
     f'mesh {dict(mesh.shape)}'
   )
   model = build_model(config)
+  sharding_lib.check_rows_per_process(mesh)  # each host feeds whole model replicas
+  try:  # a split sequence needs every layer's context-parallel form
+    sequence_parallel.check_model(model.cfg, mesh.shape['sequence'], int(t.seq_len))
+  except sequence_parallel.SequenceParallelError as e:
+    raise sharding_lib.MeshError(str(e)) from None
   tx = optimizer_lib.make_optimizer(t)
   rules = sharding_lib.LOGICAL_AXIS_RULES
   accum = int(t.grad_accum_steps)
@@ -272,6 +279,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
     check_resume_config(checkpoints, plan.config_dict)
     data_dir = data_lib.resolve_dataset(config.data, workdir, plan.model.cfg.vocab_size)
     print0(f'data: {data_dir}')
+    # stored with every checkpoint: evals and sampling read what the run trained on
+    # (miras_jax/evals/run_data.py), never a re-resolved config.data
+    plan.config_dict['dataset'] = dataset_record(data_dir)
     evaluator = Evaluator(plan, data_dir)
     flops_tok, flops_src = plan.flops
     print0(

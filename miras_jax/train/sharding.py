@@ -4,13 +4,13 @@ Parameters and activations carry *logical* axis names (``embed``, ``heads``,
 ``mlp``, ``vocab``, ``activation_batch``, ...; set by the layers with
 ``nn.with_logical_partitioning`` / ``nn.with_logical_constraint``).
 :data:`LOGICAL_AXIS_RULES` maps each to a *mesh* axis of the one
-``Mesh(data, fsdp, tensor)``:
+``Mesh(data, fsdp, sequence, tensor)``:
 
 ================== ================ ===========================================
 logical name        mesh axis        meaning
 ================== ================ ===========================================
 activation_batch    (data, fsdp)     batch rows are split over data and fsdp
-activation_length   -                sequence stays whole
+activation_length   sequence         sequence (context) parallelism (size 1: whole)
 activation_embed    -                hidden size replicated (Megatron style)
 activation_heads    tensor           heads split for tensor parallelism
 activation_mlp      tensor           MLP hidden split for tensor parallelism
@@ -22,9 +22,13 @@ vocab               tensor           embedding and unembedding rows
 head_dim, layers    -                never sharded
 ================== ================ ===========================================
 
-Names not in the table are replicated. Data parallel, FSDP and tensor
+Names not in the table are replicated. Data parallel, FSDP, sequence and tensor
 parallel are therefore a config change (``train.mesh.*``), not a code change;
-one of ``data`` / ``fsdp`` / ``tensor`` may be -1 ("the rest of the devices"):
+one of ``data`` / ``fsdp`` / ``sequence`` / ``tensor`` may be -1 ("the rest of the
+devices"). ``sequence`` (default 1) splits every row's tokens over devices; the
+layers whose work crosses tokens run in context-parallel form then
+(layers/sequence_parallel.py: the linear memories, the short convolutions and
+attention; other memories refuse at startup):
 
 ======================== ================================= ==========================
 layout                    ``train.mesh``                    state per chip
@@ -32,11 +36,12 @@ layout                    ``train.mesh``                    state per chip
 data parallel             data=-1                           whole (replicated)
 FSDP (ZeRO-3)             data=1, fsdp=-1                   1 / devices
 FSDP + tensor parallel    data=1, fsdp=-1, tensor=4         1 / devices
+data + sequence parallel  data=-1, sequence=4               whole (replicated)
 ======================== ================================= ==========================
 
 Multi-slice (several TPU slices joined by the data-centre network, DCN):
-``train.mesh.dcn_{data,fsdp,tensor}`` give how many slices each axis spans
-(default 1; their product is the slice count). The mesh then has the same three
+``train.mesh.dcn_{data,fsdp,sequence,tensor}`` give how many slices each axis spans
+(default 1; their product is the slice count). The mesh then has the same four
 axes, each of size ICI size × DCN size, laid out by
 ``jax.experimental.mesh_utils.create_hybrid_device_mesh`` so that only the
 DCN part of an axis crosses slices (MaxText's ``dcn_*_parallelism`` convention:
@@ -76,17 +81,20 @@ __all__ = [
   'shard_bytes',
   'replicated',
   'batch_sharding',
+  'check_rows_per_process',
 ]
 
 log = logging.getLogger(__name__)
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
+# Order = device layout: the last axis varies fastest, so tensor (the most talkative) and then
+# sequence (one exchange per layer) sit on the nearest chips, as MaxText orders its axes.
+MESH_AXES = ('data', 'fsdp', 'sequence', 'tensor')
 BATCH_AXES = ('data', 'fsdp')
 
 LOGICAL_AXIS_RULES: tuple[tuple[str, Any], ...] = (
   # activations
   ('activation_batch', BATCH_AXES),
-  ('activation_length', None),
+  ('activation_length', 'sequence'),
   ('activation_embed', None),
   ('activation_heads', 'tensor'),
   ('activation_kv_heads', 'tensor'),
@@ -107,34 +115,36 @@ class MeshError(ValueError):
   """The configured mesh does not match the available devices."""
 
 
-def mesh_shape(data: int, fsdp: int, tensor: int, num_devices: int) -> tuple[int, int, int]:
-  """Resolve ``(data, fsdp, tensor)``; one of them may be -1 ("the rest of the devices")."""
-  sizes = [int(data), int(fsdp), int(tensor)]
+def mesh_shape(
+  data: int, fsdp: int, tensor: int, num_devices: int, *, sequence: int = 1
+) -> tuple[int, int, int, int]:
+  """Resolve the sizes of :data:`MESH_AXES`, ``(data, fsdp, sequence, tensor)``; one of them
+  may be -1 ("the rest of the devices")."""
+  sizes = [int(data), int(fsdp), int(sequence), int(tensor)]
+  name = f'train.mesh (data, fsdp, sequence, tensor) = {tuple(sizes)}'
   if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
-    raise MeshError(
-      f'train.mesh (data, fsdp, tensor) = {tuple(sizes)}: sizes must be >= 1, at most one -1'
-    )
+    raise MeshError(f'{name}: sizes must be >= 1, at most one -1')
   if -1 in sizes:
     known = math.prod(s for s in sizes if s != -1)
     if num_devices % known:
-      raise MeshError(
-        f'train.mesh (data, fsdp, tensor) = {tuple(sizes)}: {num_devices} devices are not divisible by {known}'
-      )
+      raise MeshError(f'{name}: {num_devices} devices are not divisible by {known}')
     sizes[sizes.index(-1)] = num_devices // known
   if math.prod(sizes) != num_devices:
-    raise MeshError(
-      f'train.mesh (data, fsdp, tensor) = {tuple(sizes)} needs {math.prod(sizes)} devices, '
-      f'but {num_devices} are available'
-    )
+    raise MeshError(f'{name} needs {math.prod(sizes)} devices, but {num_devices} are available')
   return tuple(sizes)  # type: ignore[return-value]
 
 
 def make_mesh(
-  data: int, fsdp: int, tensor: int, devices: Sequence[jax.Device] | None = None
+  data: int,
+  fsdp: int,
+  tensor: int,
+  devices: Sequence[jax.Device] | None = None,
+  *,
+  sequence: int = 1,
 ) -> Mesh:
   """The ``Mesh`` with axes :data:`MESH_AXES`; raises :class:`MeshError` when sizes do not fit."""
   devices = list(jax.devices() if devices is None else devices)
-  shape = mesh_shape(data, fsdp, tensor, len(devices))
+  shape = mesh_shape(data, fsdp, tensor, len(devices), sequence=sequence)
   axis_types = (AxisType.Auto,) * len(MESH_AXES)  # shardings come from the rules, not from types
   try:
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
@@ -145,21 +155,25 @@ def make_mesh(
 def mesh_from_config(mesh_cfg: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """The mesh ``train.mesh`` asks for on ``devices`` (default: all), single- or multi-slice.
 
-  ``mesh_cfg`` holds ``data`` / ``fsdp`` / ``tensor`` (per-slice sizes, one may be -1) and
-  optionally ``dcn_data`` / ``dcn_fsdp`` / ``dcn_tensor`` (slices spanned by each axis).
+  ``mesh_cfg`` holds ``data`` / ``fsdp`` / ``tensor`` and optionally ``sequence`` (per-slice
+  sizes, one may be -1; ``sequence`` defaults to 1) and ``dcn_<axis>`` (slices spanned by each
+  axis, default 1).
   """
   devices = list(jax.devices() if devices is None else devices)
   dcn = tuple(int(mesh_cfg.get(f'dcn_{a}', 1)) for a in MESH_AXES)
   if any(d < 1 for d in dcn):
     raise MeshError(f'train.mesh.dcn_* = {dcn}: slice counts must be >= 1')
   slices = math.prod(dcn)
+  sequence = int(mesh_cfg.get('sequence', 1))
   if slices == 1:
-    return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices)
+    return make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices, sequence=sequence)
   if len(devices) % slices:
     raise MeshError(
       f'train.mesh.dcn_* = {dcn} needs {slices} slices; {len(devices)} devices do not split into them'
     )
-  ici = mesh_shape(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, len(devices) // slices)
+  ici = mesh_shape(
+    mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, len(devices) // slices, sequence=sequence
+  )
   from jax.experimental import mesh_utils  # pylint: disable=import-outside-toplevel
 
   found = {getattr(d, 'slice_index', 0) for d in devices}
@@ -181,6 +195,32 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sharding of a ``[B, T]`` batch: rows over (data, fsdp)."""
   return NamedSharding(mesh, P(BATCH_AXES, None))
+
+
+def check_rows_per_process(mesh: Mesh) -> None:
+  """Refuse (one line) a mesh whose non-batch axes span processes.
+
+  Each process reads its own rows of the global batch (train/data.py) and hands them to
+  ``make_array_from_process_local_data``: the devices holding one block of rows (one (data,
+  fsdp) coordinate, all its ``sequence`` × ``tensor`` devices) must then belong to one process,
+  or two hosts would feed different rows to one model replica. Lay ``sequence`` and ``tensor``
+  out within a host (MaxText does the same: ICI axes inside a slice, the batch across hosts).
+  """
+  grid = np.asarray(mesh.devices)
+  batch = [mesh.axis_names.index(a) for a in BATCH_AXES]
+  rest = [i for i in range(grid.ndim) if i not in batch]
+  blocks = np.transpose(grid, batch + rest).reshape(
+    math.prod(grid.shape[i] for i in batch), -1
+  )  # [row blocks, devices holding each]
+  for block in blocks:
+    procs = {d.process_index for d in block}
+    if len(procs) > 1:
+      sizes = ', '.join(f'{a}={mesh.shape[a]}' for a in mesh.axis_names if a not in BATCH_AXES)
+      raise MeshError(
+        f'train.mesh: the devices of one block of batch rows ({sizes}) span processes '
+        f'{sorted(procs)}; each host reads its own rows, so keep sequence x tensor within one '
+        'host (raise data or fsdp instead)'
+      )
 
 
 def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh, name: str) -> P:

@@ -16,6 +16,8 @@ materialised: this is the parallel-over-chunks option, not the memory-lean defau
 sequential kernel on its slice of the sequence from a zero state, the (m, U) of all devices are
 gathered and prefix-composed, and each device adds the read of its true start state to its
 outputs: y_t += 1[no reset before t] (q_t ⊙ e^{cum_t}) S_start — one matmul, no second pass.
+``pass_state_across`` is that cross-device half alone, for any local implementation (the model's
+sequence parallelism runs the XLA chunked path locally: miras_jax/layers/sequence_parallel.py).
 """
 
 from __future__ import annotations
@@ -63,10 +65,22 @@ def context_parallel(
   Returns (local y, final state of the whole sequence, replicated)."""
   from pallas_kernels.linear_memory.api import linear_memory
 
-  B, H, Tl, dk = q.shape
-  dv = v.shape[-1]
-  f32 = jnp.float32
   y0, U = linear_memory(q, k, v, eta, log_alpha, reset=reset, reset_state=reset_state, **kernel_kw)
+  return pass_state_across(q, y0, U, log_alpha, reset, initial_state, axis_name=axis_name)
+
+
+def pass_state_across(q, y0, U, log_alpha, reset, initial_state, *, axis_name):
+  """The cross-device half of ``context_parallel``, for any local implementation.
+
+  Inside ``shard_map`` (time split over ``axis_name``), given each device's run of its slice
+  from a zero state (W_0 after a reset in the slice, including one at its first token):
+  y0 [B, H, T_local, dv] and that run's final state U [B, H, dk, dv] (fp32). ``q``, ``log_alpha``
+  and ``reset`` as in ``context_parallel``. Composes the slices' affine maps (m, U) across
+  devices and adds to y0 the read of each device's true start state. Returns (y in y0's dtype,
+  final state of the whole sequence [B, H, dk, dv] fp32, replicated)."""
+  B, H, Tl, dk = q.shape
+  dv = y0.shape[-1]
+  f32 = jnp.float32
   la = jnp.zeros((B, H, Tl, 1), f32) if log_alpha is None else log_alpha.astype(f32)
   if la.ndim == 3:
     la = la[..., None]
@@ -77,7 +91,7 @@ def context_parallel(
   m = jnp.where(cont[:, :, -1], jnp.exp(cum[:, :, -1]), 0.0)  # [B, H, g]
   m = jnp.broadcast_to(m, (B, H, dk))
   ms = jax.lax.all_gather(m, axis_name)  # [P, B, H, dk]
-  Us = jax.lax.all_gather(U, axis_name)
+  Us = jax.lax.all_gather(U.astype(f32), axis_name)
   Mp, Upp = jax.lax.associative_scan(_compose, (ms, Us), axis=0)
   h0 = jnp.zeros((B, H, dk, dv), f32) if initial_state is None else initial_state.astype(f32)
   ends = Mp[..., None] * h0[None] + Upp  # state after each device's slice
@@ -85,4 +99,4 @@ def context_parallel(
   start = jnp.where(d == 0, h0, ends[jnp.maximum(d - 1, 0)])
   read = jnp.einsum('bhtk,bhkv->bhtv', q.astype(f32) * jnp.exp(cum), start)
   y = y0.astype(f32) + jnp.where(cont, read, 0.0)
-  return y.astype(q.dtype), ends[-1]
+  return y.astype(y0.dtype), ends[-1]

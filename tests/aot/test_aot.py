@@ -63,6 +63,7 @@ def test_tiny_transformer_fits_v5e_2x2_data_parallel(tmp_path):
     == {
       'data': 4,
       'fsdp': 1,
+      'sequence': 1,
       'tensor': 1,
     }
   )
@@ -89,7 +90,7 @@ def test_tiny_transformer_fits_v5p_2x2x1_fsdp_tp(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert verdict(proc.stdout).startswith('FITS')
   r = json.loads(out.read_text())
-  assert r['chip'] == 'v5p' and r['mesh'] == {'data': 1, 'fsdp': 2, 'tensor': 2}
+  assert r['chip'] == 'v5p' and r['mesh'] == {'data': 1, 'fsdp': 2, 'sequence': 1, 'tensor': 2}
   # FSDP x TP: the state is split 4 ways (up to unsplittable leaves such as norm scales)
   full = 3 * 4 * r['num_params']
   assert full / 4 <= r['train']['state_bytes'] < full / 2
@@ -141,6 +142,6 @@ def test_two_slices_put_the_dcn_axis_across_slices(monkeypatch):
     {'data': 1, 'fsdp': -1, 'tensor': 1, 'dcn_data': 2, 'dcn_fsdp': 1, 'dcn_tensor': 1}
   )
   mesh = mesh_from_config(cfg, devices)
-  assert dict(mesh.shape) == {'data': 2, 'fsdp': 4, 'tensor': 1}
+  assert dict(mesh.shape) == {'data': 2, 'fsdp': 4, 'sequence': 1, 'tensor': 1}
   for i in range(2):
     assert {d.slice_index for d in mesh.devices[i].ravel()} == {i}

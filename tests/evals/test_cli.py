@@ -70,7 +70,7 @@ def test_cli_end_to_end(run_dir, data_dir, capsys):
     [
       f'--workdir={run}',
       '--step=5',
-      '--tasks=piqa,lambada,wikitext,arc_challenge,niah,mqar',
+      '--tasks=piqa,lambada,wikitext,arc_challenge,niah,mqar,copy',
       f'--data_dir={data_dir}',
       '--limit=2',
       '--niah_lengths=48,96',
@@ -78,6 +78,8 @@ def test_cli_end_to_end(run_dir, data_dir, capsys):
       '--niah_variants=passkey,word',
       '--mqar_pairs=2,4',
       '--mqar_samples=2',
+      '--copy_words=2',
+      '--copy_samples=2',
       '--quiet',
     ]
   )
@@ -91,6 +93,12 @@ def test_cli_end_to_end(run_dir, data_dir, capsys):
   assert set(saved['synthetic']['niah']) == {'passkey', 'word', 'mean'}
   assert set(saved['synthetic']['niah']['passkey']) == {'48', '96'}
   assert set(saved['synthetic']['mqar']['acc']) == {'2', '4'}
+  # copy is scored for the model at initialisation too (the config's seed, 0): step 5 holds
+  # exactly those parameters, so both scores agree
+  copy = dict(saved['synthetic']['copy'])
+  init = copy.pop('init')
+  assert set(init['first_acc']) == {'2'} and init == copy
+  assert 'in-context copying' in printed and 'the same model at initialisation' in printed
   # the trainer's entry point gives the same numbers
   direct = evaluate(
     params,

@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from miras_jax.evals.heldout import unigram_log_probs
-from miras_jax.evals.synthetic import make_copy, run_copy
+from miras_jax.evals.synthetic import format_copy, make_copy, run_copy
 
 
 class _Copier:
@@ -33,6 +33,14 @@ def test_copy_scores_second_reading_against_first(char_tokenizer):
   res = run_copy(_Copier, char_tokenizer, (4, 8), samples=4, seed=1)
   assert res['first_acc'] == {'4': 0.0, '8': 0.0} and res['second_acc'] == {'4': 1.0, '8': 1.0}
   assert res['tokens']['8'] == max(2 * len(s) for s in data)
+
+
+def test_copy_console_lines_show_trained_against_init():
+  res = {'first_acc': {'8': 0.05}, 'second_acc': {'8': 0.9}, 'tokens': {'8': 40}}
+  assert format_copy(res).endswith('8 words 5% -> 90%')
+  res['init'] = {'first_acc': {'8': 0.0}, 'second_acc': {'8': 0.01}, 'tokens': {'8': 40}}
+  lines = format_copy(res).splitlines()
+  assert len(lines) == 2 and lines[1] == '  the same model at initialisation: 8 words 0% -> 1%'
 
 
 def test_unigram_baseline_is_add_one_smoothed():

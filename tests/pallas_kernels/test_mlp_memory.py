@@ -2,7 +2,8 @@
 equals the XLA chunked path through ``memory_forward(implementation='pallas')``: outputs, final
 state and the gradient of every input (q, k, v, every gate, initial state, W_0, LayerNorm
 parameters), at an odd length with packed documents, a non-zero initial state on a chunk boundary
-and several kernel segments. Titans in the default run (interpret mode is slow); the other deep
+and several kernel segments; under ``-m slow`` both fp32 paths are measured against the XLA path in
+fp64 (``_check``). Titans in the default run (interpret mode is slow); the other deep
 rules behind ``-m slow``."""
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ import pytest
 
 from miras_jax.memory import get_rule, init_state, memory_forward
 from miras_jax.memory.testing import (
+  assert_close,
   assert_tree_close,
   perturbed_state,
   random_inputs,
+  rel_err,
   value_and_input_grads,
 )
 from pallas_kernels.memory_dispatch import kernel_for
@@ -23,9 +26,10 @@ from pallas_kernels.memory_dispatch import kernel_for
 B_CHUNK = 4
 
 
-def _run(rule, inp, implementation):
-  # A non-trivial state at a chunk boundary (the kernel's chunks start at the call's first token).
-  state = perturbed_state(rule, inp['w0'], 2, jax.random.PRNGKey(5))
+GRADS = tuple(f'grad[{w}]' for w in ('q', 'k', 'v', 'gates', 'state', 'w0', 'outer'))
+
+
+def _run(rule, inp, state, implementation):
   call = lambda q, k, v, gates, **kw: memory_forward(
     rule,
     q,
@@ -37,29 +41,47 @@ def _run(rule, inp, implementation):
     implementation=implementation,
     **kw,
   )
-  return value_and_input_grads(call, inp, state)
+  (_, (y, final)), grads = value_and_input_grads(call, inp, state)
+  return {'outputs': y, 'final state': final} | dict(zip(GRADS, grads))
 
 
-def _check(name):
+def _check(name, fp64=True):
   rule = get_rule(name)
   assert kernel_for(rule) == 'mlp_memory'
   inp = random_inputs(rule, jax.random.PRNGKey(3), B=2, H=1, T=23, dk=8, segments=3)
-  (_, (y_p, s_p)), g_p = _run(rule, inp, 'pallas')
-  (_, (y_x, s_x)), g_x = _run(rule, inp, 'xla')
-  # fp32: the kernel and the XLA path evaluate the same chunk math in different fusion orders.
-  assert_tree_close(y_p, y_x, 1e-4, f'{name} outputs')
-  assert_tree_close(s_p, s_x, 1e-4, f'{name} final state')
-  for what, a, b in zip(('q', 'k', 'v', 'gates', 'state', 'w0', 'outer'), g_p, g_x):
-    assert jax.tree.leaves(b), what
-    assert_tree_close(a, b, 1e-4, f'{name} grad[{what}]')
+  # A non-trivial state at a chunk boundary (the kernel's chunks start at the call's first token).
+  state = perturbed_state(rule, inp['w0'], 2, jax.random.PRNGKey(5))
+  kernel = _run(rule, inp, state, 'pallas')
+  xla = _run(rule, inp, state, 'xla')
+  if not fp64:  # the default run (CI budget: the fp64 pass costs ~15 s): fp32 paths within 1e-4
+    for what, ref in xla.items():
+      assert jax.tree.leaves(ref), what
+      assert_tree_close(kernel[what], ref, 1e-4, f'{name} {what}')
+    return
+  with jax.enable_x64(True):
+    f64 = lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    exact = _run(rule, *jax.tree.map(f64, (inp, state)), 'xla')
+  # Both fp32 paths are compared with the same math in fp64 (the kernel computes in fp32 only).
+  # They evaluate it in different fusion orders, each a few 1e-5 from fp64 in most leaves. Memora's
+  # softmax retention amplifies the round-off of the gate gradients: measured (this input), the
+  # XLA path's fp32 gradient of η is 4.1e-4 from fp64 and the kernel's 2.1e-4 (2.4e-4 from each
+  # other), so a fixed 1e-4 between the two fp32 paths failed on round-off, not on an error.
+  # Bound per leaf: the kernel is within 1e-4 of fp64, or no further from it than twice the XLA
+  # path's own fp32 error.
+  for what, ref in exact.items():
+    leaves = [jax.tree_util.tree_flatten_with_path(r)[0] for r in (kernel[what], xla[what], ref)]
+    assert leaves[2], what
+    for (path, k), (_, x), (_, e) in zip(*leaves):
+      tol = max(1e-4, 2 * rel_err(x, e))
+      assert_close(k, e, tol, f'{name} {what}{jax.tree_util.keystr(path)} (kernel vs fp64)')
 
 
 def test_kernel_equals_xla_titans():
-  _check('titans')
+  _check('titans', fp64=False)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['moneta', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear'])
+@pytest.mark.parametrize('name', ['titans', 'moneta', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear'])
 def test_kernel_equals_xla(name):
   _check(name)
 

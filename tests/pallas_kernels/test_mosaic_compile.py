@@ -78,18 +78,19 @@ def test_compiles_for_tpu(topology, op):
 
 
 @pytest.mark.parametrize('topology', ['v5e:2x2', 'v5p:2x2x1'])
-def test_mlp_memory_compiles_for_tpu(topology):
-  """The deep-memory kernel (Titans: 2-layer MLP, LayerNorm + residual, ℓ2, momentum + decay),
-  forward and forward+backward, under shard_map over batch, head dim 64, packed documents.
-  (Yaad, Memora, TTT-MLP, TTT-Linear compile too; Moneta does not: Mosaic has no scalar powf for
-  its ℓq read scale — measured, not in CI for time.)"""
+@pytest.mark.parametrize('name', ['titans', 'moneta'])
+def test_mlp_memory_compiles_for_tpu(topology, name):
+  """The deep-memory kernel, forward and forward+backward, under shard_map over batch, head dim
+  64, packed documents: Titans (2-layer MLP, LayerNorm + residual, ℓ2, momentum + decay) and
+  Moneta (ℓp bias, ℓq retention: its read scale ‖A‖_q^{2−q} on chip, Retention._qnorm_pow).
+  (Yaad, Memora, TTT-MLP, TTT-Linear compile too — measured, not here for time.)"""
   from miras_jax.memory import get_rule
   from miras_jax.memory.testing import random_w0
   from pallas_kernels.mlp_memory.api import mlp_memory
 
   devs = list(topologies.get_topology_desc(topology, 'tpu').devices)
   mesh = Mesh(devs, ('x',))
-  rule = get_rule('titans')
+  rule = get_rule(name)
   B, H, Tm, Dm = len(devs), 2, 256, 64
   w0 = random_w0(rule, jax.random.PRNGKey(0), H, Dm, Dm)
   sh = NamedSharding(mesh, P('x'))

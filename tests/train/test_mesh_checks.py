@@ -29,7 +29,7 @@ def _toy():
 
 
 def _fake_mesh(data, fsdp, tensor):
-  return jax.sharding.AbstractMesh((data, fsdp, tensor), sharding_lib.MESH_AXES)
+  return jax.sharding.AbstractMesh((data, fsdp, 1, tensor), sharding_lib.MESH_AXES)
 
 
 def _one_line(excinfo) -> str:
@@ -71,7 +71,7 @@ def test_mesh_config_errors_are_one_line():
   with pytest.raises(sharding_lib.MeshError) as e:
     sharding_lib.mesh_from_config(cfg, jax.devices()[:1])
   assert _one_line(e) == (
-    'train.mesh.dcn_* = (3, 1, 1) needs 3 slices; 1 devices do not split into them'
+    'train.mesh.dcn_* = (3, 1, 1, 1) needs 3 slices; 1 devices do not split into them'
   )
   cfg.dcn_data, cfg.tensor = 1, 2
   with pytest.raises(sharding_lib.MeshError) as e:
@@ -82,9 +82,31 @@ def test_mesh_config_errors_are_one_line():
     sharding_lib.mesh_from_config(cfg, jax.devices()[:1])
 
 
-def test_single_slice_config_gives_the_three_axis_mesh():
+def test_single_slice_config_gives_the_four_axis_mesh():
   cfg = ConfigDict(
     {'data': -1, 'fsdp': 1, 'tensor': 1, 'dcn_data': 1, 'dcn_fsdp': 1, 'dcn_tensor': 1}
   )
   mesh = sharding_lib.mesh_from_config(cfg, jax.devices()[:1])
-  assert dict(mesh.shape) == {'data': 1, 'fsdp': 1, 'tensor': 1}
+  assert dict(mesh.shape) == {'data': 1, 'fsdp': 1, 'sequence': 1, 'tensor': 1}
+
+
+def test_row_blocks_spanning_processes_are_refused():
+  """2 hosts × 4 devices: tensor within a host passes; tensor (or sequence) across hosts would
+  feed one replica two hosts' different rows, and is refused in one line."""
+  import types
+
+  import numpy as np
+
+  devs = [types.SimpleNamespace(id=i, process_index=i // 4) for i in range(8)]
+
+  def mesh(data, sequence, tensor):
+    grid = np.asarray(devs, dtype=object).reshape(data, 1, sequence, tensor)
+    shape = dict(zip(sharding_lib.MESH_AXES, grid.shape))
+    return types.SimpleNamespace(devices=grid, axis_names=sharding_lib.MESH_AXES, shape=shape)
+
+  sharding_lib.check_rows_per_process(mesh(2, 1, 4))  # each row block on one host
+  sharding_lib.check_rows_per_process(mesh(2, 2, 2))
+  for bad in (mesh(1, 1, 8), mesh(1, 8, 1), mesh(1, 2, 4)):
+    with pytest.raises(sharding_lib.MeshError) as e:
+      sharding_lib.check_rows_per_process(bad)
+    assert 'span processes [0, 1]' in _one_line(e)

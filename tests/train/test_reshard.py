@@ -27,7 +27,7 @@ def test_fsdp_then_resume_on_4_devices_fsdp_tp_matches_one_device(tmp_path, data
     devices=8,
     timeout=300,
   )
-  assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1}" in fsdp.stdout
+  assert "mesh {'data': 1, 'fsdp': 8, 'sequence': 1, 'tensor': 1}" in fsdp.stdout
   want, got_fsdp = losses(ref), losses(run)
   assert sorted(want) == sorted(got_fsdp) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([got_fsdp[s] for s in want], [want[s] for s in want], rtol=2e-5)
@@ -41,7 +41,7 @@ def test_fsdp_then_resume_on_4_devices_fsdp_tp_matches_one_device(tmp_path, data
     timeout=300,
   )
   assert f'resume: restored step {HALF}' in tp.stdout
-  assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in tp.stdout
+  assert "mesh {'data': 1, 'fsdp': 2, 'sequence': 1, 'tensor': 2}" in tp.stdout
   got = losses(run)
   assert sorted(got) == list(range(HALF + 1, STEPS + 1))
   np.testing.assert_allclose([got[s] for s in got], [want[s] for s in got], rtol=2e-5)

@@ -253,8 +253,9 @@ def _eval(capsys, *args: str) -> tuple[int, str]:
 
 
 def test_eval_errors_and_the_checkpoints_own_config(tmp_path, straight_run, capsys):
+  from miras_jax.data.tokenizer import file_sha256
   from miras_jax.evals.checkpoint import load_config, resolve_checkpoint
-  from miras_jax.evals.cli import find_tokenizer
+  from miras_jax.evals.run_data import find_tokenizer
 
   run = tmp_path / 'run'
   shutil.copytree(straight_run, run)
@@ -264,9 +265,13 @@ def test_eval_errors_and_the_checkpoints_own_config(tmp_path, straight_run, caps
   (run / 'config.json').write_text(json.dumps(wrong))
   assert load_config(resolve_checkpoint(run))['model']['n_layers'] == 2
   # a run trained on a prepared directory finds its tokenizer through the directory's index
-  tok = find_tokenizer(load_config(resolve_checkpoint(run)), run)
+  stored = load_config(resolve_checkpoint(run))
+  tok = find_tokenizer(stored, run)
   corpus = Path(wrong['data']['corpus'])
   assert tok == json.loads((corpus / 'index.json').read_text())['tokenizer']['path']
+  # ... as recorded with the checkpoint by the trainer (what evals and sampling read)
+  assert stored['dataset']['dir'] == str(corpus.resolve())
+  assert stored['dataset']['tokenizer_sha256'] == file_sha256(tok)
   # an uncommitted step directory (a save cut short) is never chosen
   shutil.copytree(run / 'checkpoints' / str(STEPS), run / 'checkpoints' / '9')
   for marker in ('commit_success.txt', '_CHECKPOINT_METADATA'):

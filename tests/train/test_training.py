@@ -63,7 +63,7 @@ def test_sharded_8_devices_with_accumulation_matches_1_device(tmp_path, dataset)
   a, b = losses(one), losses(eight)
   assert sorted(a) == sorted(b) == [1, 2, 3]
   np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=2e-5)
-  assert "mesh {'data': 2, 'fsdp': 2, 'tensor': 2}" in proc.stdout
+  assert "mesh {'data': 2, 'fsdp': 2, 'sequence': 1, 'tensor': 2}" in proc.stdout
 
 
 def test_two_processes_preempted_resume_on_one_process_with_4_devices(

@@ -24,8 +24,9 @@ from miras_jax.train import sharding as sharding_lib
 
 # ------------------------------------------------------------------ sharding
 def test_mesh_shape_resolves_and_rejects():
-  assert sharding_lib.mesh_shape(-1, 2, 2, 8) == (2, 2, 2)
-  assert sharding_lib.mesh_shape(1, -1, 1, 4) == (1, 4, 1)
+  assert sharding_lib.mesh_shape(-1, 2, 2, 8) == (2, 2, 1, 2)
+  assert sharding_lib.mesh_shape(1, -1, 1, 4) == (1, 4, 1, 1)
+  assert sharding_lib.mesh_shape(2, 1, 1, 8, sequence=-1) == (2, 1, 4, 1)
   with pytest.raises(sharding_lib.MeshError, match='needs 4 devices, but 8'):
     sharding_lib.mesh_shape(2, 2, 1, 8)
   with pytest.raises(sharding_lib.MeshError, match='not divisible'):
@@ -75,7 +76,7 @@ def test_logical_shardings_follow_rules_and_skip_indivisible():
   assert sh['v'].spec == P('tensor', 'fsdp')  # size-1 axes divide everything
   assert all(a is None for a in sh['b'].spec)  # unannotated: replicated
   # a dimension the mesh axis does not divide is left unsharded
-  fake = jax.sharding.AbstractMesh((1, 2, 1), sharding_lib.MESH_AXES)
+  fake = jax.sharding.AbstractMesh((1, 2, 1, 1), sharding_lib.MESH_AXES)
   assert sharding_lib._fit(P('tensor', 'fsdp'), (3, 4), fake, 'v') == P('tensor', 'fsdp')
   assert sharding_lib._fit(P('fsdp', None), (3, 4), fake, 'v') == P(None, None)
 

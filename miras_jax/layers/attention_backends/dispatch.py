@@ -6,6 +6,7 @@ import functools
 
 import jax
 
+from miras_jax.layers import sequence_parallel
 from miras_jax.layers.attention_backends.cudnn import attention_cudnn
 from miras_jax.layers.attention_backends.mesh import on_mesh
 from miras_jax.layers.attention_backends.pallas_tpu.flash import attention_pallas_flash
@@ -48,6 +49,10 @@ def causal_attention(
     raise ValueError(f'num_kv_heads={k.shape[2]} must divide num_heads={q.shape[2]}')
   if window_size is not None and window_size < 1:
     raise ValueError(f'window_size must be >= 1 or None, got {window_size}')
+  axis = sequence_parallel.axis_for(q.shape[1])
+  if axis:  # the sequence is split over a mesh axis: K / V gathered (layers/sequence_parallel.py)
+    kw = dict(segment_ids=segment_ids, window_size=window_size, backend=backend, prefix=prefix)
+    return sequence_parallel.attention(q, k, v, axis=axis, **kw)
   if prefix is not None:
     return attention_with_prefix(q, k, v, segment_ids, window_size, backend, prefix)
   if backend == 'xla':
