@@ -37,9 +37,10 @@ presets keep it (miras_jax/models/presets.py).
 
 ``retention_target`` (default 'zero', the papers): what the deep memories' scalar decay forgets
 towards, 'zero' (A_t = α_t A_{t−1} + …) or 'initial' (A_t = α_t A_{t−1} + (1 − α_t) A_0 + …,
-towards the learned initial memory; memory/retention.py). The Moneta presets take 'initial': it
-keeps the memory at the scale it was trained at over thousands of tokens, which bounds Moneta's
-exact 4K–8K gradient after training (benchmarks/README.md "Issue 10 §3"). Applies to rules with a
+towards the learned initial memory; memory/retention.py). It keeps the memory at the scale it
+was trained at over thousands of tokens, which bounds Moneta's exact 4K–8K gradient after
+training (benchmarks/README.md "Issue 10 §3"); no preset takes it, since it is not the papers'
+printed rule (opt in with --config.model.retention_target=initial). Applies to rules with a
 scalar decay and the identity or ℓq map (Titans, Moneta, Yaad); ignored by the others.
 ``momentum_form`` (default 'sum', Titans eq. 10): 'ema' hands the momentum rules the step
 η_t (1 − μ_t), so a gradient's weights over all later tokens sum to at most η_t instead of

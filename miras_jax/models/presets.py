@@ -74,9 +74,6 @@ _GATES = {
   'memora': (0.01, LMConfig.alpha_init),
 }
 
-# rule -> retention_target, where it is not LMConfig's 'zero' (see model_config).
-_RETENTION_TARGET = {'moneta': 'initial'}
-
 
 def families() -> list[str]:
   rules = list_rules()
@@ -142,10 +139,12 @@ def model_config(family: str, size: str) -> ConfigDict:
   # Titans' 4K growth does not come from the LayerNorm gain, and ε = 1 costs Titans MAG 0.19 of
   # validation loss in the tiny run (benchmarks/README.md "Issue 10 §3"): it keeps the usual ε.
   c.memory_ln_eps = 1e-6 if rule == 'titans' else LMConfig.memory_ln_eps
-  # What forgetting decays towards (memory/retention.py ``target``): Moneta forgets towards its
-  # initial memory, which bounds its exact 4K–8K gradient after training (4.3e11 → 4.8e3 at 4K,
-  # benchmarks/README.md "Issue 10 §3"); the other rules keep the papers' decay towards zero.
-  c.retention_target = _RETENTION_TARGET.get(rule, LMConfig.retention_target)
+  # What forgetting decays towards (memory/retention.py ``target``): every preset keeps the
+  # papers' decay towards zero. 'initial' (towards the learned W_0) bounds Moneta's exact 4K–8K
+  # gradient after training (4.3e11 → 4.8e3 at 4K, benchmarks/README.md "Issue 10 §3") at equal
+  # validation loss, but it is not the printed rule (Miras Eq. 24–25), so it is opt-in:
+  # --config.model.retention_target=initial.
+  c.retention_target = LMConfig.retention_target
   c.momentum_form = LMConfig.momentum_form
   c.output_gate = LMConfig.output_gate
   c.memory_remat_group = LMConfig.memory_remat_group
