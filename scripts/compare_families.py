@@ -112,12 +112,12 @@ SETTING_ARGS += ('eval_batches', 'match', 'corpus')
 
 def load_before(path: str, args) -> list[dict]:
   """The rows of an earlier run of this script at the same setting (``--before``)."""
+  from miras_jax.studies import read_rows  # pylint: disable=import-outside-toplevel
+
   try:
-    prev = json.loads(Path(path).read_text())
-    rows, prev_args = prev['results'], prev['args']
-  except (OSError, ValueError, KeyError, TypeError) as e:
+    rows, diff = read_rows(path, args, SETTING_ARGS)
+  except ValueError as e:
     raise ValueError(f'--before {path}: not a result file of this script ({e})') from None
-  diff = [k for k in SETTING_ARGS if prev_args.get(k) != getattr(args, k)]
   if diff:
     raise ValueError(f'--before {path}: different setting ({", ".join(diff)})')
   return rows

@@ -39,6 +39,7 @@ import optax
 from miras_jax.data.mqar import make_mqar_batch, mqar_chance
 from miras_jax.models import build_model
 from miras_jax.models.presets import model_config
+from miras_jax.studies import read_rows
 from miras_jax.train.defaults import family_config
 from miras_jax.train.optimizer import make_optimizer
 
@@ -245,11 +246,9 @@ def load_resumed(path: Path, args) -> list[dict]:
   if not path.exists():
     return []
   try:
-    prev = json.loads(path.read_text())
-    runs, prev_args = prev['results'], prev['args']
-  except (OSError, ValueError, KeyError, TypeError) as e:
+    runs, diff = read_rows(path, args, RUN_ARGS)
+  except ValueError as e:
     raise ValueError(f'--resume: {path} is not a result file of this script ({e})') from None
-  diff = [k for k in RUN_ARGS if prev_args.get(k) != getattr(args, k)]
   if diff:
     raise ValueError(f'--resume: {path} was run at another setting ({", ".join(diff)})')
   return runs
