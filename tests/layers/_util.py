@@ -1,9 +1,38 @@
 """Shared helpers for the layer tests (comparisons: miras_jax/testing.py)."""
 
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import jax
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_on_cpu_devices(
+  script: str, *args: str, devices: int = 8, timeout: int = 600, flags: str = ''
+) -> str:
+  """Run ``python -c script *args`` with ``devices`` simulated CPU devices (the device count is
+  fixed when JAX starts, hence a subprocess); assert it succeeds and return its stdout."""
+  env = dict(
+    os.environ,
+    JAX_PLATFORMS='cpu',
+    XLA_FLAGS=f'--xla_force_host_platform_device_count={devices} {flags}'.strip(),
+    PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''),
+  )
+  proc = subprocess.run(
+    [sys.executable, '-c', script, *args],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-4000:]
+  return proc.stdout
 
 
 def numpy_params(module, *args, seed=0, std=0.3, method=None):

@@ -7,13 +7,9 @@ Only splash runs here: flash's TPU interpret mode (``force_tpu_interpret_mode``)
 ``shard_map`` on several simulated CPU devices (it waits on cross-device barriers). Both kernels'
 sharded programs are compiled for a real TPU topology by scripts/aot_tpu_compile.py."""
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.layers._util import run_on_cpu_devices
 
 SCRIPT = textwrap.dedent("""
     import functools
@@ -61,22 +57,8 @@ SCRIPT = textwrap.dedent("""
 
 
 def _run(which, n_ok):
-  env = dict(
-    os.environ,
-    XLA_FLAGS='--xla_force_host_platform_device_count=8',
-    JAX_PLATFORMS='cpu',
-    PYTHONPATH=str(ROOT),
-  )
-  proc = subprocess.run(
-    [sys.executable, '-c', SCRIPT, which],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=1200,
-  )
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  assert proc.stdout.count('ok ') == n_ok, proc.stdout
+  out = run_on_cpu_devices(SCRIPT, which, timeout=1200)
+  assert out.count('ok ') == n_ok, out
 
 
 def test_splash_on_an_8_device_mesh():

@@ -9,13 +9,9 @@ gradients ([H/4, ...], no batch dimension). Runs in a subprocess (the device cou
 JAX starts).
 """
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.layers._util import run_on_cpu_devices
 
 SCRIPT = textwrap.dedent("""
     import re
@@ -69,14 +65,4 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_memory_state_stays_split_over_batch_and_heads_on_a_mesh():
-  env = dict(os.environ)
-  env.update(
-    JAX_PLATFORMS='cpu',
-    XLA_FLAGS='--xla_force_host_platform_device_count=8',
-    PYTHONPATH=str(ROOT) + os.pathsep + env.get('PYTHONPATH', ''),
-  )
-  proc = subprocess.run(
-    [sys.executable, '-c', SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-  )
-  assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-  assert 'ok' in proc.stdout
+  assert 'ok' in run_on_cpu_devices(SCRIPT)

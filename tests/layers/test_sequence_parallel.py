@@ -14,19 +14,14 @@ Pallas kernel (memory_impl='pallas').
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 
 from miras_jax.layers import sequence_parallel
 from miras_jax.models import LMConfig
 from miras_jax.models.presets import model_config
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.layers._util import run_on_cpu_devices
 
 SCRIPT = textwrap.dedent("""
     import re, sys
@@ -113,18 +108,7 @@ SCRIPT = textwrap.dedent("""
 
 def _run(which: str) -> str:
   # Unoptimised XLA:CPU code generation halves the compile time of these tiny programs.
-  flags = '--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0'
-  env = dict(os.environ, XLA_FLAGS=flags, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT))
-  proc = subprocess.run(
-    [sys.executable, '-c', SCRIPT, which],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=1800,
-  )
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-  return proc.stdout
+  return run_on_cpu_devices(SCRIPT, which, timeout=1800, flags='--xla_backend_optimization_level=0')
 
 
 def test_sequence_parallel_step_equals_one_device():
