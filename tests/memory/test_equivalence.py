@@ -237,7 +237,28 @@ def test_chunked_equals_reference_fp32(rule_name):
   _compare(rule_name, 'fp32', jnp.float32, 2e-3, 1e-2, with_state=True)
 
 
-@pytest.mark.parametrize('rule_name', [_maybe_slow(r) for r in RULES])
+# T = 1 (one partial chunk): by default one rule per chunk kernel and state layout (general linear,
+# channel, WY, the mini-batch delta rule, linear momentum; deep: TTT-MLP, Titans' momentum, Moneta's
+# read scale, Memora's softmax and lag reads); the others share one of these kernels and layouts
+# (their own maths is checked at b = 16 above) and run behind ``slow`` (CI budget).
+LENGTH_ONE_RULES = (
+  'deltanet@minibatch',
+  'gated_deltanet',
+  'gla',
+  'lq_huber_norm_momentum',
+  'mamba2',
+  'memora',
+  'memora_lag',
+  'moneta',
+  'titans',
+  'ttt_mlp',
+)
+
+
+@pytest.mark.parametrize(
+  'rule_name',
+  [r if r in LENGTH_ONE_RULES else pytest.param(r, marks=pytest.mark.slow) for r in RULES],
+)
 def test_length_one(rule_name):
   rule = _rule(rule_name)
   inp = random_inputs(rule, jax.random.PRNGKey(0), T=1, dk=10)
