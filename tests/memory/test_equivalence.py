@@ -170,16 +170,22 @@ def _compare(rule_name, case, dtype, tol_y, tol_g, with_state):
     assert_tree_close(c, a, tol_g, f'{rule_name} b={b} grad[{n}]')
 
 
+# One rule per chunk kernel (chunked._kernel) meets b = 1 (every token a boundary) and b = 64 (one
+# chunk, T < b) in the default run: the general kernel with a deep memory (Titans: momentum, the
+# recompute backward) and a linear one (Mamba2: autodiff backward), channel decay (GLA) and WY
+# (Gated DeltaNet: the delta rule with decay and the decayed gradient point).
+EDGE_B_RULES = ('gated_deltanet', 'gla', 'mamba2', 'titans')
+
+
 def _fp64_grid():
-  """Every rule and variant at b = 16 (state, extreme gates); b = 1 and b = 64 for every linear
-  rule and for Titans as the deep-memory representative. The other deep memories at b = 1 / 64
-  run the same chunk code with another bias or map and cost ~25 s each on 2 cores, so they are
-  behind ``slow`` (``python -m pytest -m slow``)."""
+  """Every rule and variant at b = 16 (state, extreme gates); b = 1 and b = 64 for EDGE_B_RULES.
+  The other rules at b = 1 / 64 run the same kernel as their EDGE_B_RULES representative with
+  other coefficients, bias or map (each checked at b = 16) and cost ~10–25 s each on 2 cores,
+  so they are behind ``slow`` (``python -m pytest -m slow``)."""
   cases = []
   for r in list_rules():
-    deep = not get_rule(r).arch.is_linear
     for b in (1, 16, 64):
-      slow = deep and b != 16 and r != 'titans'
+      slow = b != 16 and r not in EDGE_B_RULES
       cases.append(pytest.param(r, b, marks=pytest.mark.slow) if slow else (r, b))
   return cases + [_maybe_slow(r, 16) for r in sorted(VARIANTS)]
 
@@ -209,7 +215,16 @@ def test_variants_full_grid_fp64(rule_name, b):
     _compare(rule_name, b, jnp.float64, 1e-8, 1e-7, with_state=(b != 64))
 
 
-@pytest.mark.parametrize('rule_name', list_rules())
+# fp32: one rule per chunk kernel (general deep and linear, channel, WY) and Moneta, whose read
+# scale 1/‖A‖² is the most fp32-sensitive map. The others' fp32 twins are behind ``slow``: their
+# code is checked at b = 16 by test_chunked_equals_reference_fp64 (CI budget: ~10–20 s each).
+FP32_RULES = ('gated_deltanet', 'gla', 'mamba2', 'moneta', 'titans')
+
+
+@pytest.mark.parametrize(
+  'rule_name',
+  [r if r in FP32_RULES else pytest.param(r, marks=pytest.mark.slow) for r in list_rules()],
+)
 def test_chunked_equals_reference_fp32(rule_name):
   # fp32 with ordinary gates: the recurrences amplify rounding differently in the two
   # evaluation orders (Moneta's 1/‖A‖², Memora's softmax); measured worst ≈ 5e-4.
@@ -222,7 +237,28 @@ def test_chunked_equals_reference_fp32(rule_name):
   _compare(rule_name, 'fp32', jnp.float32, 2e-3, 1e-2, with_state=True)
 
 
-@pytest.mark.parametrize('rule_name', [_maybe_slow(r) for r in RULES])
+# T = 1 (one partial chunk): by default one rule per chunk kernel and state layout (general linear,
+# channel, WY, the mini-batch delta rule, linear momentum; deep: TTT-MLP, Titans' momentum, Moneta's
+# read scale, Memora's softmax and lag reads); the others share one of these kernels and layouts
+# (their own maths is checked at b = 16 above) and run behind ``slow`` (CI budget).
+LENGTH_ONE_RULES = (
+  'deltanet@minibatch',
+  'gated_deltanet',
+  'gla',
+  'lq_huber_norm_momentum',
+  'mamba2',
+  'memora',
+  'memora_lag',
+  'moneta',
+  'titans',
+  'ttt_mlp',
+)
+
+
+@pytest.mark.parametrize(
+  'rule_name',
+  [r if r in LENGTH_ONE_RULES else pytest.param(r, marks=pytest.mark.slow) for r in RULES],
+)
 def test_length_one(rule_name):
   rule = _rule(rule_name)
   inp = random_inputs(rule, jax.random.PRNGKey(0), T=1, dk=10)

@@ -13,11 +13,12 @@ from miras_jax.memory.testing import assert_close, assert_tree_close, random_inp
 B_CHUNK, T, H_TOK = 8, 45, 16  # cuts before tokens 16 and 32; T is not a multiple of b
 
 
-def _grads(fn, rule, inp, horizon, mask):
-  """Gradients of sum(y ⊙ r ⊙ mask) w.r.t. q, k, v, gates, w0, outer, and y itself."""
+def _grad_fn(fn, rule, inp, horizon):
+  """A jitted ``mask -> (y, gradients of sum(y ⊙ r ⊙ mask) w.r.t. q, k, v, gates, w0, outer)``:
+  the mask is an argument, so both masks share one compilation per (implementation, horizon)."""
   r = jax.random.normal(jax.random.PRNGKey(3), inp['v'].shape, inp['v'].dtype)
 
-  def loss(q, k, v, gates, w0, outer):
+  def loss(q, k, v, gates, w0, outer, mask):
     y, _ = fn(
       rule,
       q,
@@ -33,8 +34,13 @@ def _grads(fn, rule, inp, horizon, mask):
     return jnp.sum(y * r * mask), y
 
   args = (inp['q'], inp['k'], inp['v'], inp['gates'], inp['w0'], inp['outer'])
-  (_, y), g = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True))(*args)
-  return y, g
+  grad = jax.jit(jax.value_and_grad(loss, argnums=tuple(range(6)), has_aux=True))
+
+  def run(mask):
+    (_, y), g = grad(*args, mask)
+    return y, g
+
+  return run
 
 
 # One rule per kernel / state layout: momentum (general), the softmax read (Memora), channel
@@ -56,9 +62,10 @@ def test_truncated_gradients(rule_name):
       inp,
     )
     ones = jnp.ones(inp['v'].shape, jnp.float64)
-    y_exact, g_exact = _grads(chunked, rule, inp, None, ones)
-    y_ref, g_ref = _grads(reference, rule, inp, H_TOK, ones)
-    y_chk, g_chk = _grads(chunked, rule, inp, H_TOK, ones)
+    exact, truncated = _grad_fn(chunked, rule, inp, None), _grad_fn(chunked, rule, inp, H_TOK)
+    y_exact, g_exact = exact(ones)
+    y_ref, g_ref = _grad_fn(reference, rule, inp, H_TOK)(ones)
+    y_chk, g_chk = truncated(ones)
     assert_close(y_ref, y_exact, 1e-10, 'forward unchanged')
     assert_close(y_chk, y_ref, 1e-8, 'outputs')
     for n, a, c in zip(('q', 'k', 'v', 'gates', 'w0', 'outer'), g_ref, g_chk):
@@ -68,10 +75,10 @@ def test_truncated_gradients(rule_name):
     # ... and nothing a later window reads flows back across a cut: outputs at t >= 16 give
     # exactly zero gradient to the keys and values of tokens t < 16.
     late = (jnp.arange(T) >= H_TOK).astype(jnp.float64)[None, None, :, None] * ones
-    _, g_late = _grads(chunked, rule, inp, H_TOK, late)
+    _, g_late = truncated(late)
     np.testing.assert_array_equal(np.asarray(g_late[1][:, :, :H_TOK]), 0.0)
     np.testing.assert_array_equal(np.asarray(g_late[2][:, :, :H_TOK]), 0.0)
-    _, g_late_exact = _grads(chunked, rule, inp, None, late)
+    _, g_late_exact = exact(late)
     assert float(jnp.max(jnp.abs(g_late_exact[1][:, :, :H_TOK]))) > 0
 
 

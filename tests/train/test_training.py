@@ -42,15 +42,15 @@ def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 180.0) -> None
 
 
 # ------------------------------------------------------------------ sharding
-def test_sharded_8_devices_with_accumulation_matches_1_device(tmp_path, dataset):
-  """data=2 × fsdp=2 × tensor=2 on 8 simulated devices, 2 micro-batches == 1 device, 1 batch."""
-  one, eight = tmp_path / 'one', tmp_path / 'eight'
-  run_train(one, base_args(dataset, train__steps=3, checkpoint__every_steps=0))
+def test_sharded_8_devices_with_accumulation_matches_1_device(tmp_path, dataset, straight_run):
+  """data=2 × fsdp=2 × tensor=2 on 8 simulated devices, 2 micro-batches == 1 device, 1 batch
+  (``straight_run``, the shared one-device run: its checkpoints do not change its losses)."""
+  eight = tmp_path / 'eight'
   proc = run_train(
     eight,
     base_args(
       dataset,
-      train__steps=3,
+      train__steps=STEPS,
       checkpoint__every_steps=0,
       train__grad_accum_steps=2,
       train__batch_size=8,
@@ -60,8 +60,8 @@ def test_sharded_8_devices_with_accumulation_matches_1_device(tmp_path, dataset)
     ),
     devices=8,
   )
-  a, b = losses(one), losses(eight)
-  assert sorted(a) == sorted(b) == [1, 2, 3]
+  a, b = losses(straight_run), losses(eight)
+  assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
   np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=2e-5)
   assert "mesh {'data': 2, 'fsdp': 2, 'sequence': 1, 'tensor': 2}" in proc.stdout
 
