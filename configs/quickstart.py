@@ -33,10 +33,14 @@ def get_config(arg=None):
   m.gate_rank = 8
   m.chunk_size = 32
   m.max_len = 128
+  m.pattern = ['swa', 'memory']
+  m.window = 64
 
   c.data.corpus = 'default'
   c.data.val_fraction = 0.05
   c.data.max_record_tokens = 1024
+  c.data.copy_fraction = 0.25
+  c.data.copy_length = 8
 
   t = c.train
   t.steps = 500

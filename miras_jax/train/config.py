@@ -170,6 +170,14 @@ def validate(config: ConfigDict, *, process_count: int | None = None) -> None:
   d = config.data
   if 'val_fraction' in d and not 0.0 <= float(d.val_fraction) < 1.0:
     raise ConfigError(f'data.val_fraction must be in [0, 1), got {d.val_fraction}')
+  if not 0.0 <= float(d.get('copy_fraction', 0.0) or 0.0) < 1.0:
+    raise ConfigError(f'data.copy_fraction must be in [0, 1), got {d.copy_fraction}')
+  if float(d.get('copy_fraction', 0.0) or 0.0) and not 1 <= 2 * int(d.copy_length) <= int(
+    config.train.seq_len
+  ):
+    raise ConfigError(
+      f'data.copy_length={d.copy_length} read twice must fit train.seq_len={config.train.seq_len}'
+    )
 
 
 def warnings(config: ConfigDict) -> list[str]:

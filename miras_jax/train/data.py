@@ -64,6 +64,7 @@ __all__ = [
   'shard_plan',
   'merge_saved_states',
   'ShardedTrainIterator',
+  'copy_rows',
 ]
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,7 @@ class ShardedTrainIterator:
 
   def _build(self, num_shards: int) -> None:
     t = self.config.train
+    rows = int(t.batch_size) // num_shards
     self.num_shards = num_shards
     self.shards, self.slice, self.slices = shard_plan(
       num_shards, self.process_index, self.process_count
@@ -192,12 +194,14 @@ class ShardedTrainIterator:
       s: make_train_iterator(
         self.path,
         seq_len=int(t.seq_len),
-        batch_size=int(t.batch_size) // num_shards,
+        batch_size=rows,
         seed=int(self.config.data.seed),
         process_index=s,
         process_count=num_shards,
         num_threads=int(self.config.data.num_threads),
         prefetch_buffer_size=max(8, 2 * int(t.batch_size)),
+        copy_rows=copy_rows(self.config.data, rows),
+        copy_length=int(self.config.data.get('copy_length', 8)),
       )
       for s in self.shards
     }
@@ -241,6 +245,19 @@ class ShardedTrainIterator:
       )
     for s, it in self._iters.items():
       it.set_state(state['shards'][s])
+
+
+def copy_rows(data: ConfigDict, rows: int) -> int:
+  """Rows of the copy task among a data shard's ``rows``: ``data.copy_fraction`` of them,
+  which must be a whole number (miras_jax/data/copy_task.py)."""
+  fraction = float(data.get('copy_fraction', 0.0) or 0.0)
+  n = round(fraction * rows)
+  if not 0.0 <= fraction < 1.0 or abs(n - fraction * rows) > 1e-6:
+    raise DataError(
+      f'data.copy_fraction={fraction} must be in [0, 1) and a whole number of the {rows} rows '
+      'a data shard reads per step'
+    )
+  return n
 
 
 def train_iterator(path: Path, config: ConfigDict) -> ShardedTrainIterator:
