@@ -56,6 +56,7 @@ from miras_jax.data.cache import NotBuiltError, prepare_corpus
 from miras_jax.data.errors import DataError
 from miras_jax.data.pipeline import load_index, make_train_iterator, make_val_iterator
 from miras_jax.data.prepare import INDEX_FILE
+from miras_jax.train import config as config_lib
 
 __all__ = [
   'resolve_dataset',
@@ -64,7 +65,6 @@ __all__ = [
   'shard_plan',
   'merge_saved_states',
   'ShardedTrainIterator',
-  'copy_rows',
 ]
 
 log = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ class ShardedTrainIterator:
         process_count=num_shards,
         num_threads=int(self.config.data.num_threads),
         prefetch_buffer_size=max(8, 2 * int(t.batch_size)),
-        copy_rows=copy_rows(self.config.data, rows),
+        copy_rows=config_lib.copy_rows(self.config.data, rows),
         copy_length=int(self.config.data.get('copy_length', 8)),
       )
       for s in self.shards
@@ -245,19 +245,6 @@ class ShardedTrainIterator:
       )
     for s, it in self._iters.items():
       it.set_state(state['shards'][s])
-
-
-def copy_rows(data: ConfigDict, rows: int) -> int:
-  """Rows of the copy task among a data shard's ``rows``: ``data.copy_fraction`` of them,
-  which must be a whole number (miras_jax/data/copy_task.py)."""
-  fraction = float(data.get('copy_fraction', 0.0) or 0.0)
-  n = round(fraction * rows)
-  if not 0.0 <= fraction < 1.0 or abs(n - fraction * rows) > 1e-6:
-    raise DataError(
-      f'data.copy_fraction={fraction} must be in [0, 1) and a whole number of the {rows} rows '
-      'a data shard reads per step'
-    )
-  return n
 
 
 def train_iterator(path: Path, config: ConfigDict) -> ShardedTrainIterator:
