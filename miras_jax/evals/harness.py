@@ -8,7 +8,8 @@ is the one entry point (the CLI and the trainer call it). It returns::
                "Hella. acc_n": .., "Wino. acc": .., "ARC-e acc": .., "ARC-c acc_n": ..,
                "SIQA acc": .., "BoolQ acc": .., "Avg.": ..},  # accuracies in %
      "synthetic": {"niah": {...}, "mqar": {...},              # when asked for
-                   "copy": {..., "init": {...}}},             # init: with init_params
+                   "copy": {..., "init": {...}},              # init: with init_params
+                   "copy_fixed": {..., "init": {...}}},
      "heldout": {...}, "repeat": {"trained": {...}, "init": {...}},  # the run's own split
      "settings": {...}}
 
