@@ -275,9 +275,10 @@ def evaluate(
     out.setdefault('synthetic', {})['copy'] = copy
   if 'copy_fixed' in names:
     args = (tokenizer, copy_fixed_length, copy_fixed_samples, seed)
-    fixed = synthetic.run_copy_fixed(factory, *args)
-    if init_params is not None:
-      fixed['init'] = synthetic.run_copy_fixed(lambda n: factory(n, init_params), *args)
+    blocks = factory(2 * copy_fixed_length + 1)
+    fixed = synthetic.run_copy_fixed(blocks, *args)
+    if init_params is not None:  # the same compiled scorer, the parameters at step 0
+      fixed['init'] = synthetic.run_copy_fixed(blocks.with_params(init_params), *args)
     out.setdefault('synthetic', {})['copy_fixed'] = fixed
   if 'heldout' in names:
     if heldout_dir is None:

@@ -290,12 +290,13 @@ def make_copy_fixed(tokenizer: Any, length: int = 8, samples: int = 32, seed: in
 
 
 def run_copy_fixed(
-  scorer_factory, tokenizer: Any, length: int = 8, samples: int = 32, seed: int = 0
+  scorer, tokenizer: Any, length: int = 8, samples: int = 32, seed: int = 0
 ) -> dict[str, Any]:
   """Fixed-offset copying: greedy (teacher-forced) accuracy on the second reading of each block
-  against the first (chance: one in 256), ``{first_acc, second_acc, length, samples}``."""
+  against the first (chance: one in 256), ``{first_acc, second_acc, length, samples}``.
+  ``scorer`` (``token_scores``) must hold ``2 * length + 1`` tokens."""
   blocks = make_copy_fixed(tokenizer, length, samples, seed)
-  res = scorer_factory(2 * length + 1).token_scores([(b[:1], b[1:]) for b in blocks])
+  res = scorer.token_scores([(b[:1], b[1:]) for b in blocks])
   hit = np.stack([r[1] for r in res]).astype(np.float64)  # [samples, 2L]
   return {
     'first_acc': float(hit[:, :length].mean()),

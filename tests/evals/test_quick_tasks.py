@@ -77,9 +77,9 @@ def test_copy_fixed_scores_second_reading_against_first(llama_tokenizer):
   for b in blocks:  # BOS, then six byte pieces read twice
     assert b[0] == llama_tokenizer.bos_id and b[1:7] == b[7:]
     assert all(llama_tokenizer._sp.IsByte(t) for t in b[1:])
-  res = run_copy_fixed(_OffsetCopier, llama_tokenizer, 6, samples=5, seed=1)
+  res = run_copy_fixed(_OffsetCopier(13), llama_tokenizer, 6, samples=5, seed=1)
   assert res == {'first_acc': 0.0, 'second_acc': 1.0, 'length': 6, 'samples': 5}
-  wrong = run_copy_fixed(lambda n: _OffsetCopier(n, 5), llama_tokenizer, 6, samples=5, seed=1)
+  wrong = run_copy_fixed(_OffsetCopier(13, 5), llama_tokenizer, 6, samples=5, seed=1)
   assert wrong['second_acc'] < 0.2  # one position off: the copy is at exactly 6 back
 
 
