@@ -15,8 +15,7 @@ SEQ, BATCH = 32, 4
 
 def test_alphabet_is_the_byte_pieces(llama_tokenizer):
   ids = copy_alphabet(llama_tokenizer.path)
-  assert len(ids) == 256
-  assert [llama_tokenizer.decode([int(i)]) for i in ids[65:68]] != []  # valid ids
+  assert len(ids) == 256 and np.all(np.diff(ids) == 1)
   sp_pieces = [llama_tokenizer._sp.IdToPiece(int(i)) for i in (ids[0], ids[-1])]
   assert sp_pieces == ['<0x00>', '<0xFF>']
 
