@@ -10,6 +10,7 @@ Training stream (:func:`build_train_dataset` / :func:`make_train_iterator`)::
       -> concatenate-and-split into rows of
          seq_len + 1 tokens                         grain.experimental.ConcatThenSplitIterDataset
       -> model fields, then per-process batches     .map(pack_row) / .batch(batch_size)
+      -> optionally, rows of the copy task appended  copy_rows (miras_jax/data/copy_task.py)
 
 Every process shuffles all documents with the same seed and keeps every
 ``process_count``-th one, so within an epoch the processes read disjoint
@@ -60,6 +61,7 @@ from typing import Any
 import grain
 import numpy as np
 
+from miras_jax.data import copy_task
 from miras_jax.data.errors import DataError, DataFileNotFoundError
 from miras_jax.data.prepare import FORMAT_VERSION, INDEX_FILE, SPLITS
 
@@ -193,10 +195,11 @@ class _CheckpointableIterator(grain.DatasetIterator):
         "not a miras_jax data-iterator state (expected keys 'pipeline' and 'iterator')"
       )
     saved = state['pipeline']
+    now = self._settings
     diffs = [
-      f'{k}: saved {saved.get(k)!r}, now {v!r}'
-      for k, v in self._settings.items()
-      if json.loads(json.dumps(saved.get(k))) != json.loads(json.dumps(v))
+      f'{k}: saved {saved.get(k)!r}, now {now.get(k)!r}'
+      for k in [*now, *(k for k in saved if k not in now)]
+      if json.loads(json.dumps(saved.get(k))) != json.loads(json.dumps(now.get(k)))
     ]
     if diffs:
       raise DataError(
@@ -218,6 +221,47 @@ class _CheckpointableIterDataset(grain.IterDataset):
 
   def __str__(self) -> str:
     return 'CheckpointableIterDataset'
+
+
+class _CopyMixIterator(grain.DatasetIterator):
+  """Appends ``rows`` copy-task rows to every batch of text rows (miras_jax/data/copy_task.py).
+
+  Batch ``n``'s copy rows come from a generator seeded by ``(seed, process_index, n)``, so the
+  state is the batch count (with the text pipeline's own state) and a resume is exact."""
+
+  def __init__(self, parent, rows, seq_len, length, alphabet, marker, seed, process_index):
+    super().__init__(parent)
+    self._args = (rows, seq_len, np.asarray(alphabet), length, marker)
+    self._key, self._n = (int(seed), int(process_index)), 0
+
+  def __next__(self):
+    text = next(self._parent)
+    rng = np.random.default_rng([*self._key, self._n, 0xC0])
+    self._n += 1
+    copy = copy_task.copy_batch(rng, *self._args)
+    return {k: np.concatenate([np.asarray(text[k]), copy[k]]) for k in BATCH_KEYS}
+
+  def get_state(self) -> dict[str, Any]:
+    return {'copy_batches': self._n, 'text': self._parent.get_state()}
+
+  def set_state(self, state: dict[str, Any]) -> None:
+    self._n = int(state['copy_batches'])
+    self._parent.set_state(state['text'])
+
+  def __str__(self) -> str:
+    return 'CopyMixIterator'
+
+
+class _CopyMixIterDataset(grain.IterDataset):
+  def __init__(self, parent: grain.IterDataset, *args):
+    super().__init__(parent)
+    self._args = args
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _CopyMixIterator(self._parent.__iter__(), *self._args)
+
+  def __str__(self) -> str:
+    return 'CopyMixIterDataset'
 
 
 # ------------------------------------------------------------------- public
@@ -254,6 +298,8 @@ def build_train_dataset(
   split: str = 'train',
   num_threads: int = 8,
   prefetch_buffer_size: int = 128,
+  copy_rows: int = 0,
+  copy_length: int = 8,
 ) -> grain.IterDataset:
   """The packed, batched training stream as a ``grain.IterDataset``.
 
@@ -269,6 +315,9 @@ def build_train_dataset(
       num_epochs: passes over the data; ``None`` repeats forever.
       split: ``"train"`` or ``"val"``.
       num_threads, prefetch_buffer_size: read-ahead of records (grain ReadOptions).
+      copy_rows: of the ``batch_size`` rows, how many are rows of the fixed-offset copy task
+          (blocks of ``copy_length`` random byte pieces read twice; miras_jax/data/copy_task.py),
+          appended after the ``batch_size - copy_rows`` text rows. 0: text only.
 
   Returns:
       An ``IterDataset`` of dicts with the :data:`BATCH_KEYS`, each [B, T].
@@ -286,6 +335,10 @@ def build_train_dataset(
     raise DataError(
       f'split {split!r} has {info["num_records"]} records, fewer than process_count={process_count}'
     )
+  if not 0 <= copy_rows < batch_size:
+    raise DataError(
+      f'copy_rows={copy_rows} must be in [0, batch_size={batch_size}) (some rows are text)'
+    )
   records = split_dataset(data_dir, split)
   if shuffle:
     records = records.shuffle(seed=seed)
@@ -293,7 +346,9 @@ def build_train_dataset(
   read_options = grain.ReadOptions(
     num_threads=num_threads, prefetch_buffer_size=prefetch_buffer_size
   )
-  batches = _packed_rows(records, seq_len, read_options).batch(batch_size, drop_remainder=True)
+  batches = _packed_rows(records, seq_len, read_options).batch(
+    batch_size - copy_rows, drop_remainder=True
+  )
   settings = {
     'state_version': _STATE_VERSION,
     'split': split,
@@ -308,6 +363,14 @@ def build_train_dataset(
     'num_tokens': info['num_tokens'],
     'tokenizer_sha256': index['tokenizer']['sha256'],
   }
+  if copy_rows:  # (the keys only then: states saved before the copy task still restore)
+    tok = index['tokenizer']
+    alphabet = copy_task.copy_alphabet(tok['path'])
+    marker = copy_task.copy_marker(tok.get('bos_id', -1), tok.get('eos_id', -1))
+    batches = _CopyMixIterDataset(
+      batches, copy_rows, seq_len, copy_length, alphabet, marker, seed, process_index
+    )
+    settings.update(copy_rows=copy_rows, copy_length=copy_length)
   return _CheckpointableIterDataset(batches, settings)
 
 

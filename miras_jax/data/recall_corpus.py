@@ -7,7 +7,9 @@ memories / KV caches exist for; the eval's ``copy`` task (miras_jax/evals/synthe
 measures it on unseen words. Deterministic (seeded) and generated locally: nothing is
 downloaded. Measured: mixed into the quickstart (a fifth or half of the tokens, 250–500
 steps) it did not make the 0.3M-parameter Moneta learn the copy task, nor a Moneta + SWA(64)
-hybrid (README; scripts/copy_probe.py measures the same on token-level copying alone).
+hybrid (README; scripts/copy_probe.py measures the same on token-level copying alone). The
+quickstart mixes in the fixed-offset copy task instead (miras_jax/data/copy_task.py: recall by
+position, which its SWA → Moneta learns).
 
 ``data.corpus = 'default,recall'`` trains on both; the files are written once into
 ``<cache_dir>/recall-copy-v1-.../`` (default cache: that of miras_jax/data/default_corpus.py).

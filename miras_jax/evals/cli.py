@@ -5,7 +5,7 @@
         [--step=N] [--data_dir=data/evals] [--limit=N] [--batch_size=8] [--max_len=4096] \\
         [--tokenizer=path/tokenizer.model] [--pack] [--output=results.json]
     python -m miras_jax.eval --workdir=... --tasks=niah,mqar --niah_lengths=1024,2048,4096
-    python -m miras_jax.eval --workdir=runs/quickstart --tasks=heldout,repeat  # the run's own split
+    python -m miras_jax.eval --workdir=runs/quickstart --tasks=heldout,copy_fixed  # the run's own split
 
 ``--workdir`` is a run directory (``config.json`` + ``checkpoints/``), its
 ``checkpoints/`` directory, or one ``checkpoints/<step>`` directory; the latest
@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     '--tasks',
     default='paper',
     help='comma-separated: piqa,hellaswag,winogrande,arc_easy,arc_challenge,siqa,boolq,lambada,'
-    "wikitext,niah,mqar,copy,heldout,repeat ('paper' = the nine zero-shot tasks)",
+    "wikitext,niah,mqar,copy,copy_fixed,heldout,repeat ('paper' = the nine zero-shot tasks)",
   )
   p.add_argument(
     '--data_dir',
@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument('--mqar_samples', type=_count(1), default=10)
   p.add_argument('--copy_words', type=_ints, default=[8, 16])
   p.add_argument('--copy_samples', type=_count(1), default=16)
+  p.add_argument(
+    '--copy_fixed_length',
+    type=_count(1),
+    default=None,
+    help="copy_fixed: tokens per reading (default: the run's data.copy_length, else 8)",
+  )
+  p.add_argument('--copy_fixed_samples', type=_count(1), default=32)
   p.add_argument('--heldout_tokens', type=_count(1), default=16384)
   p.add_argument('--repeat_passages', type=_count(1), default=64)
   p.add_argument(
@@ -139,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   from miras_jax.evals.harness import evaluate, format_table, parse_tasks  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.repeat import format_repeat, initial_params  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.run_data import find_tokenizer, run_dataset_dir  # pylint: disable=import-outside-toplevel
-  from miras_jax.evals.synthetic import format_copy  # pylint: disable=import-outside-toplevel
+  from miras_jax.evals.synthetic import format_copy, format_copy_fixed  # pylint: disable=import-outside-toplevel
   from miras_jax.evals.tasks import check_task_files  # pylint: disable=import-outside-toplevel
   from miras_jax.logs import quiet_logs  # pylint: disable=import-outside-toplevel
   from miras_jax.models.config import LMConfig  # pylint: disable=import-outside-toplevel
@@ -195,6 +202,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mqar_samples=args.mqar_samples,
     copy_words=args.copy_words,
     copy_samples=args.copy_samples,
+    copy_fixed_length=args.copy_fixed_length
+    or int((config.get('data') or {}).get('copy_length') or 8),
+    copy_fixed_samples=args.copy_fixed_samples,
     heldout_dir=run_dataset_dir(config, ckpt.run_dir)
     if {'heldout', 'repeat'} & set(tasks)
     else None,
@@ -202,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     repeat_passages=args.repeat_passages,
     repeat_length=args.repeat_length or 0,
     init_params=initial_params(model_cfg, int(config.get('seed') or 0))
-    if {'repeat', 'copy'} & set(tasks)
+    if {'repeat', 'copy', 'copy_fixed'} & set(tasks)
     else None,
     seed=args.seed,
     verbose=verbose,
@@ -218,8 +228,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
   if 'repeat' in out:
     print(format_repeat(out['repeat']))
+  formats = {'copy': format_copy, 'copy_fixed': format_copy_fixed}
   for name, res in (out.get('synthetic') or {}).items():
-    print(format_copy(res) if name == 'copy' else f'{name}: {json.dumps(res)}')
+    print(formats[name](res) if name in formats else f'{name}: {json.dumps(res)}')
   tmp = path.with_suffix('.json.tmp')
   tmp.write_text(json.dumps(out, indent=2) + '\n')
   os.replace(tmp, path)

@@ -8,7 +8,8 @@ is the one entry point (the CLI and the trainer call it). It returns::
                "Hella. acc_n": .., "Wino. acc": .., "ARC-e acc": .., "ARC-c acc_n": ..,
                "SIQA acc": .., "BoolQ acc": .., "Avg.": ..},  # accuracies in %
      "synthetic": {"niah": {...}, "mqar": {...},              # when asked for
-                   "copy": {..., "init": {...}}},             # init: with init_params
+                   "copy": {..., "init": {...}},              # init: with init_params
+                   "copy_fixed": {..., "init": {...}}},
      "heldout": {...}, "repeat": {"trained": {...}, "init": {...}},  # the run's own split
      "settings": {...}}
 
@@ -62,7 +63,7 @@ TABLE_COLUMNS = (
   ('SIQA acc', 'siqa', 'acc', True),
   ('BoolQ acc', 'boolq', 'acc', True),
 )
-SYNTHETIC_TASKS = ('niah', 'mqar', 'copy')
+SYNTHETIC_TASKS = ('niah', 'mqar', 'copy', 'copy_fixed')
 # the run's own validation split: perplexity (evals/heldout.py), recall of a passage read twice
 # (evals/repeat.py)
 RUN_TASKS = ('heldout', 'repeat')
@@ -173,6 +174,8 @@ def evaluate(
   mqar_samples: int = 10,
   copy_words: Sequence[int] = (8, 16),
   copy_samples: int = 16,
+  copy_fixed_length: int = 8,
+  copy_fixed_samples: int = 32,
   heldout_dir: Any = None,
   heldout_tokens: int = 16384,
   repeat_passages: int = 64,
@@ -200,8 +203,11 @@ def evaluate(
       heldout_dir: the run's prepared dataset, for the ``heldout`` and ``repeat`` tasks.
       repeat_passages, repeat_length: the ``repeat`` task's validation passages, each read
           twice (evals/repeat.py); length 0: half the context.
-      init_params: the same model at initialisation; the ``repeat`` and ``copy`` tasks score
-          it too (``copy``'s scores at initialisation go under its ``'init'`` key).
+      copy_fixed_length, copy_fixed_samples: the ``copy_fixed`` task's blocks (the run's
+          ``data.copy_length``; evals/synthetic.py).
+      init_params: the same model at initialisation; the ``repeat``, ``copy`` and
+          ``copy_fixed`` tasks score it too (the copy tasks' scores at initialisation go under
+          their ``'init'`` key).
   """
   if isinstance(tokenizer, str) or hasattr(tokenizer, '__fspath__'):
     from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
@@ -267,6 +273,13 @@ def evaluate(
         lambda n: factory(n, init_params), tokenizer, copy_words, copy_samples, seed
       )
     out.setdefault('synthetic', {})['copy'] = copy
+  if 'copy_fixed' in names:
+    args = (tokenizer, copy_fixed_length, copy_fixed_samples, seed)
+    blocks = factory(2 * copy_fixed_length + 1)
+    fixed = synthetic.run_copy_fixed(blocks, *args)
+    if init_params is not None:  # the same compiled scorer, the parameters at step 0
+      fixed['init'] = synthetic.run_copy_fixed(blocks.with_params(init_params), *args)
+    out.setdefault('synthetic', {})['copy_fixed'] = fixed
   if 'heldout' in names:
     if heldout_dir is None:
       raise ValueError("the heldout task needs the run's prepared dataset (heldout_dir)")

@@ -30,6 +30,7 @@ becomes ``[prefix_token_id]``. Rolling loglikelihood (WikiText) uses lm-eval's
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -172,6 +173,13 @@ class Scorer:
       if b >= n:
         return b
     return self.max_len
+
+  def with_params(self, params: Any) -> Scorer:
+    """This scorer for other parameters of the same shapes (e.g. the model at initialisation),
+    sharing its compiled functions: no second compilation."""
+    other = copy.copy(self)
+    other.params = params
+    return other
 
   def loglikelihood_tokens(
     self, requests: Sequence[tuple[Sequence[int], Sequence[int]]]

@@ -30,6 +30,13 @@ token accuracy on the second reading against the first; the evaluator also score
 initialisation (``init``), so what training added shows (`format_copy`). Short enough for a
 model trained on 128-token windows (the quickstart's 0.3M-parameter models learn none of it in
 500 steps, README).
+
+``copy_fixed``: fixed-offset copying (`run_copy_fixed`), the blocks the trainer mixes in with
+``data.copy_fraction`` (miras_jax/data/copy_task.py): a marker, then ``L`` random byte pieces,
+then the same ``L`` again; accuracy on the second reading against the first, trained and at
+initialisation (`format_copy_fixed`). Each copied token is exactly ``L`` back, so this is
+recall by position, the easier variant (the Copying task of Gu & Dao 2023, §4.1.1); ``copy``
+is recall by content. The quickstart's model learns this one (README).
 """
 
 from __future__ import annotations
@@ -52,6 +59,9 @@ __all__ = [
   'run_copy',
   'made_up_words',
   'format_copy',
+  'make_copy_fixed',
+  'run_copy_fixed',
+  'format_copy_fixed',
 ]
 
 NIAH_VARIANTS = ('passkey', 'number', 'word')
@@ -265,4 +275,47 @@ def format_copy(res: dict[str, Any]) -> str:
   )
   if 'init' in res:
     line += f'\n  the same model at initialisation: {readings(res["init"])}'
+  return line
+
+
+def make_copy_fixed(tokenizer: Any, length: int = 8, samples: int = 32, seed: int = 0):
+  """``samples`` unseen blocks ``[marker] + s + s`` of the copy task (miras_jax/data/copy_task.py),
+  drawn with a seed of their own (the trainer's blocks come from ``data.seed`` and the step)."""
+  from miras_jax.data import copy_task  # pylint: disable=import-outside-toplevel
+
+  alphabet = copy_task.copy_alphabet(tokenizer.path)
+  marker = copy_task.copy_marker(tokenizer.bos_id, tokenizer.eos_id)
+  rng = np.random.default_rng([int(seed), int(length), 0xE7A1])
+  return [copy_task.copy_block(rng, alphabet, length, marker) for _ in range(samples)]
+
+
+def run_copy_fixed(
+  scorer, tokenizer: Any, length: int = 8, samples: int = 32, seed: int = 0
+) -> dict[str, Any]:
+  """Fixed-offset copying: greedy (teacher-forced) accuracy on the second reading of each block
+  against the first (chance: one in 256), ``{first_acc, second_acc, length, samples}``.
+  ``scorer`` (``token_scores``) must hold ``2 * length + 1`` tokens."""
+  blocks = make_copy_fixed(tokenizer, length, samples, seed)
+  res = scorer.token_scores([(b[:1], b[1:]) for b in blocks])
+  hit = np.stack([r[1] for r in res]).astype(np.float64)  # [samples, 2L]
+  return {
+    'first_acc': float(hit[:, :length].mean()),
+    'second_acc': float(hit[:, length:].mean()),
+    'length': int(length),
+    'samples': int(samples),
+  }
+
+
+def format_copy_fixed(res: dict[str, Any]) -> str:
+  """Console lines of the ``copy_fixed`` task (with ``'init'``: the model at initialisation)."""
+
+  def acc(r: dict[str, Any]) -> str:
+    return f'{100 * r["first_acc"]:.0f}% -> {100 * r["second_acc"]:.0f}%'
+
+  line = (
+    f'fixed-offset copying ({res["samples"]} blocks of {res["length"]} random tokens read twice, '
+    f'recall by position; next-token accuracy, first reading -> second): {acc(res)}'
+  )
+  if 'init' in res:
+    line += f'\n  the same model at initialisation: {acc(res["init"])}'
   return line

@@ -170,6 +170,25 @@ def validate(config: ConfigDict, *, process_count: int | None = None) -> None:
   d = config.data
   if 'val_fraction' in d and not 0.0 <= float(d.val_fraction) < 1.0:
     raise ConfigError(f'data.val_fraction must be in [0, 1), got {d.val_fraction}')
+  if copy_rows(d, int(config.train.batch_size) // (shards or process_count)) and not (
+    1 <= 2 * int(d.copy_length) <= int(config.train.seq_len)
+  ):
+    raise ConfigError(
+      f'data.copy_length={d.copy_length} read twice must fit train.seq_len={config.train.seq_len}'
+    )
+
+
+def copy_rows(data: ConfigDict, rows: int) -> int:
+  """Rows of the copy task among a data shard's ``rows`` a step: ``data.copy_fraction`` of
+  them, which must be a whole number (miras_jax/data/copy_task.py)."""
+  fraction = float(data.get('copy_fraction', 0.0) or 0.0)
+  n = round(fraction * rows)
+  if not 0.0 <= fraction < 1.0 or abs(n - fraction * rows) > 1e-6:
+    raise ConfigError(
+      f'data.copy_fraction={fraction} must be in [0, 1) and give a whole number of the {rows} '
+      'rows a data shard reads a step'
+    )
+  return n
 
 
 def warnings(config: ConfigDict) -> list[str]:

@@ -56,6 +56,7 @@ from miras_jax.data.cache import NotBuiltError, prepare_corpus
 from miras_jax.data.errors import DataError
 from miras_jax.data.pipeline import load_index, make_train_iterator, make_val_iterator
 from miras_jax.data.prepare import INDEX_FILE
+from miras_jax.train import config as config_lib
 
 __all__ = [
   'resolve_dataset',
@@ -184,6 +185,7 @@ class ShardedTrainIterator:
 
   def _build(self, num_shards: int) -> None:
     t = self.config.train
+    rows = int(t.batch_size) // num_shards
     self.num_shards = num_shards
     self.shards, self.slice, self.slices = shard_plan(
       num_shards, self.process_index, self.process_count
@@ -192,12 +194,14 @@ class ShardedTrainIterator:
       s: make_train_iterator(
         self.path,
         seq_len=int(t.seq_len),
-        batch_size=int(t.batch_size) // num_shards,
+        batch_size=rows,
         seed=int(self.config.data.seed),
         process_index=s,
         process_count=num_shards,
         num_threads=int(self.config.data.num_threads),
         prefetch_buffer_size=max(8, 2 * int(t.batch_size)),
+        copy_rows=config_lib.copy_rows(self.config.data, rows),
+        copy_length=int(self.config.data.get('copy_length', 8)),
       )
       for s in self.shards
     }

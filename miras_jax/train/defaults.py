@@ -22,6 +22,9 @@ Sections (keys users type most are marked *):
                 ``shards``: data shards of a new run (0: the process count); a
                 resume keeps its checkpoint's, on any process count that divides
                 or is divided by it (train/data.py).
+                ``copy_fraction``: that fraction of each step's rows are rows of
+                the fixed-offset copy task (``copy_length`` random byte pieces
+                read twice; miras_jax/data/copy_task.py); 0: text only.
 ``train``       ``steps``\\*, ``batch_size``\\* (global, rows), ``seq_len``\\*, ``lr``\\*,
                 warmup + cosine (``warmup_steps``, ``min_lr_ratio``), AdamW
                 (``b1``, ``b2``, ``eps``, ``weight_decay``), ``grad_clip``,
@@ -71,6 +74,8 @@ def defaults() -> ConfigDict:
   d.seed = 0
   d.num_threads = 4
   d.shards = 0
+  d.copy_fraction = 0.0
+  d.copy_length = 8
 
   c.train = t = ConfigDict()
   t.steps = 1000

@@ -70,7 +70,7 @@ def test_cli_end_to_end(run_dir, data_dir, capsys):
     [
       f'--workdir={run}',
       '--step=5',
-      '--tasks=piqa,lambada,wikitext,arc_challenge,niah,mqar,copy',
+      '--tasks=piqa,lambada,wikitext,arc_challenge,niah,mqar,copy,copy_fixed',
       f'--data_dir={data_dir}',
       '--limit=2',
       '--niah_lengths=48,96',
@@ -80,6 +80,7 @@ def test_cli_end_to_end(run_dir, data_dir, capsys):
       '--mqar_samples=2',
       '--copy_words=2',
       '--copy_samples=2',
+      '--copy_fixed_samples=3',
       '--quiet',
     ]
   )
@@ -99,6 +100,9 @@ def test_cli_end_to_end(run_dir, data_dir, capsys):
   init = copy.pop('init')
   assert set(init['first_acc']) == {'2'} and init == copy
   assert 'in-context copying' in printed and 'the same model at initialisation' in printed
+  fixed = dict(saved['synthetic']['copy_fixed'])
+  assert fixed.pop('init') == fixed and (fixed['length'], fixed['samples']) == (8, 3)
+  assert 'fixed-offset copying (3 blocks of 8 random tokens' in printed
   # the trainer's entry point gives the same numbers
   direct = evaluate(
     params,

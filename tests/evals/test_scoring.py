@@ -40,6 +40,14 @@ def test_loglikelihood_known_values(char_tokenizer):
   assert res[3][0] == pytest.approx(MISS + HIT, abs=1e-5) and not res[3][1]
 
 
+def test_with_params_scores_other_parameters_without_recompiling(char_tokenizer):
+  sc = Scorer(next_plus_one, PARAMS, char_tokenizer, max_len=16, batch_size=2)
+  flat = sc.with_params({'s': jnp.float32(0.0)})  # every logit 0: log p = -log V everywhere
+  assert flat._score_plain is sc._score_plain  # the same compiled function
+  assert flat.loglikelihood([('ab', 'cd')])[0][0] == pytest.approx(-2 * math.log(V), abs=1e-5)
+  assert sc.loglikelihood([('ab', 'cd')])[0][0] == pytest.approx(2 * HIT, abs=1e-5)
+
+
 def test_trailing_space_moves_to_continuation(char_tokenizer):
   sc = Scorer(next_plus_one, PARAMS, char_tokenizer, max_len=16)
   assert sc.encode_pair('ab ', 'c') == (char_tokenizer.encode('ab'), char_tokenizer.encode(' c'))

@@ -162,6 +162,15 @@ def test_validate_catches_inconsistent_values():
   with pytest.raises(config_lib.ConfigError, match='divisor of train.batch_size'):
     config_lib.validate(c, process_count=1)
   c.data.shards, c.train.batch_size = 0, 32
+  c.data.copy_fraction = 0.25  # 8 of 32 rows, or 4 of the 16 each of 2 data shards reads
+  for n in (1, 2):
+    config_lib.validate(c, process_count=n)
+  with pytest.raises(config_lib.ConfigError, match='whole number of the 2 rows'):
+    config_lib.validate(c, process_count=16)
+  c.data.copy_length = 600
+  with pytest.raises(config_lib.ConfigError, match='copy_length=600 read twice'):
+    config_lib.validate(c, process_count=1)
+  c.data.copy_fraction, c.data.copy_length = 0.0, 8
   c.train.compute_dtype = 'fp8'
   with pytest.raises(config_lib.ConfigError, match='compute_dtype'):
     config_lib.validate(c, process_count=1)
@@ -183,8 +192,8 @@ def _config_file(name):
 
 def test_configs_load_and_lock():
   c = _config_file('quickstart').get_config()
-  assert (list(c.model.pattern), c.model.rule) == (['memory'], 'moneta')
-  assert c.data.corpus == 'default'
+  assert (list(c.model.pattern), c.model.rule) == (['swa', 'memory'], 'moneta')
+  assert (c.data.corpus, c.data.copy_fraction, c.data.copy_length) == ('default', 0.25, 8)
   config_lib.validate(c, process_count=1)
   c.lock()
   with pytest.raises(AttributeError):

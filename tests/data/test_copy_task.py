@@ -1,0 +1,76 @@
+"""The fixed-offset copy task mixed into training (miras_jax/data/copy_task.py): block layout,
+the rows the pipeline appends, and an exact resume."""
+
+import json
+
+import numpy as np
+import pytest
+
+from miras_jax.data.copy_task import copy_alphabet, copy_batch, copy_block
+from miras_jax.data.errors import DataError
+from miras_jax.data.pipeline import make_train_iterator
+
+SEQ, BATCH = 32, 4
+
+
+def test_alphabet_is_the_byte_pieces(llama_tokenizer):
+  ids = copy_alphabet(llama_tokenizer.path)
+  assert len(ids) == 256 and np.all(np.diff(ids) == 1)
+  sp_pieces = [llama_tokenizer._sp.IdToPiece(int(i)) for i in (ids[0], ids[-1])]
+  assert sp_pieces == ['<0x00>', '<0xFF>']
+
+
+def test_block_and_rows_train_only_the_second_reading():
+  rng = np.random.default_rng(0)
+  b = copy_block(rng, np.arange(10, 20), 5, marker=1)
+  assert len(b) == 11 and b[0] == 1 and b[1:6] == b[6:] and set(b[1:]) <= set(range(10, 20))
+  out = copy_batch(np.random.default_rng(1), 3, 22, np.arange(10, 20), 5, marker=1)
+  assert all(v.shape == (3, 22) for v in out.values())
+  for r in range(3):  # two blocks of 10 input positions, then padding
+    np.testing.assert_array_equal(out['segment_ids'][r], [1] * 10 + [2] * 10 + [0, 0])
+    np.testing.assert_array_equal(out['positions'][r, :20], np.tile(np.arange(10), 2))
+    for j in (0, 10):
+      assert out['inputs'][r, j] == 1
+      np.testing.assert_array_equal(out['inputs'][r, j + 1 : j + 10], out['targets'][r, j : j + 9])
+      mask = out['loss_mask'][r, j : j + 10]
+      np.testing.assert_array_equal(mask, [0] * 5 + [1] * 5)
+      # every trained target is the input 5 positions back: the same token of the first reading
+      t = out['targets'][r, j + 5 : j + 10]
+      np.testing.assert_array_equal(t, out['inputs'][r, j + 1 : j + 6])
+    assert out['loss_mask'][r, 20:].sum() == 0
+  with pytest.raises(DataError, match='do not fit'):
+    copy_batch(rng, 1, 9, np.arange(10, 20), 5, marker=1)
+
+
+def _it(data_dir, **kw):
+  args = dict(seq_len=SEQ, batch_size=BATCH, seed=7, process_index=0, process_count=1)
+  return make_train_iterator(data_dir, **{**args, **kw})
+
+
+def test_pipeline_appends_copy_rows_and_resumes_exactly(prepared):
+  data_dir, index, _ = prepared
+  text, mixed = _it(data_dir, batch_size=3), _it(data_dir, copy_rows=1)
+  state = None
+  batches = []
+  for step in range(4):
+    if step == 2:
+      state = json.loads(json.dumps(mixed.get_state()))
+    t, m = next(text), next(mixed)
+    batches.append(m)
+    for k in t:  # the text rows are the text-only stream's; one copy row after them
+      np.testing.assert_array_equal(m[k][:3], t[k], err_msg=k)
+    alphabet = set(copy_alphabet(index['tokenizer']['path']).tolist())
+    row = m['inputs'][3]
+    assert row[0] == index['tokenizer']['bos_id'] and set(row[1:9].tolist()) <= alphabet
+    assert m['loss_mask'][3].sum() == 2 * 8  # two blocks of 8, second readings only
+  assert not np.array_equal(batches[0]['inputs'][3], batches[1]['inputs'][3])
+  restored = _it(data_dir, copy_rows=1)
+  restored.set_state(state)
+  for want in batches[2:]:
+    got = next(restored)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+  with pytest.raises(DataError, match='copy_rows: saved 1, now None'):
+    _it(data_dir).set_state(state)
+  with pytest.raises(DataError, match=r'copy_rows=4 must be in \[0, batch_size=4\)'):
+    _it(data_dir, copy_rows=4)
