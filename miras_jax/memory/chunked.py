@@ -11,7 +11,9 @@ then computed layer by layer *without materialising per-token weights* (TTT "dua
 
     z_l = a ⊙ (H_q B_lᵀ) + s_l · [ d ⊙ (H_q S_lᵀ) + (C ⊙ H_q H_kᵀ) Δ_l ]
 
-and the state is updated once per chunk in primal form. A ``lax.scan`` runs over chunks in
+and the state is updated once per chunk in primal form. (``inner_form='scan'``: the same steps
+M_t = Σ_i C[t, i] g_i + d_t S' as per-token matrices by an associative scan over the chunk's
+tokens, chunk_scan.py; the read is then M_t h_t. Same values; the faster form is per platform.) A ``lax.scan`` runs over chunks in
 segments of ``remat_group`` chunks whose start states are the backward's only residuals, so
 activation memory grows as T/(b·group): the deep memories (``recompute_backward``) by the
 reverse-recompute VJP of chunk_vjp.py, the linear ones by autodiff of ``jax.checkpoint``ed groups.
@@ -293,17 +295,21 @@ def has_scan_form(rule: MemoryRule) -> bool:
   return _kernel(rule) is _chunk_general
 
 
+def _check_scan_form(rule: MemoryRule):
+  if not has_scan_form(rule):
+    raise ValueError(
+      f'rule {rule.name}: no associative-scan inner form (only the general chunk has one: not '
+      "the WY delta rules nor channel-wise decay); use inner_form='matmul' or 'auto'"
+    )
+
+
 def chunk_step(rule: MemoryRule, resets: bool, inner_form: str = 'matmul'):
   """The scan body over chunks, ``(carry, x, (fresh, outer)) -> (carry, y)`` for one (batch,
   head); x holds one chunk's slots of q, k, v, eta, la, lm, delta, reset, active and cut.
   ``inner_form`` 'matmul' | 'scan' (chunk_core; 'scan' only where ``has_scan_form``)."""
   kern = _kernel(rule)
   if inner_form == 'scan':
-    if kern is not _chunk_general:
-      raise ValueError(
-        f'rule {rule.name}: no associative-scan inner form (only the general chunk has one: not '
-        f"the WY delta rules nor channel-wise decay); use inner_form='matmul' or 'auto'"
-      )
+    _check_scan_form(rule)
     kern = functools.partial(_chunk_general, inner_form='scan')
   return functools.partial(_chunk_body, kern, rule, resets)
 
@@ -388,6 +394,11 @@ def chunked(
   """
   if backward not in BACKWARDS:
     raise ValueError(f'unknown backward {backward!r}; choose one of {BACKWARDS}')
+  form = resolve_inner_form(inner_form)
+  if inner_form == 'scan':
+    _check_scan_form(rule)
+  elif not has_scan_form(rule):
+    form = 'matmul'  # 'auto'
   cut = common.gradient_cuts(grad_horizon, chunk_size, state, q.shape[:3])
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   b = int(chunk_size)
@@ -403,9 +414,6 @@ def chunked(
   tok = {n: P[n] for n in ('q', 'k', 'v', 'eta', 'la', 'lm', 'delta', 'reset')}
   tok['cut'] = cut
   recompute = recompute_backward(rule) if backward == 'auto' else backward == 'recompute'
-  form = resolve_inner_form(inner_form)
-  if inner_form == 'auto' and not has_scan_form(rule):
-    form = 'matmul'
   fn = functools.partial(_run_one, rule, b, group, resets, aligned, n_chunks, recompute, form)
   y, st = common.vmap_bh(fn)(tok, (P['fresh'], P['outer']), P['state'])
   return y.astype(q.dtype), st
