@@ -32,7 +32,12 @@ system), and GLA's channel-wise decay (its own chunk, chunked._chunk_channel, al
 Cost: the scan materialises b per-token step matrices per layer (b·o·i floats, twice with
 momentum) and does ≈ 2b combines of them, against the matmul form's [b, b] products; which is
 faster is a property of the platform (``AUTO``, measured by ``scripts/bench_memory.py
---compare_inner_form``).
+--compare_inner_form``; on CPU the scan form is 35–60× slower, benchmarks/README.md).
+
+The Pallas deep-memory kernel (pallas_kernels/mlp_memory) keeps the matmul form:
+``jax.lax.associative_scan`` inside a Mosaic kernel does not lower (tried for v5e, b = 16: its
+odd/even recursion makes zero-size slices, "vector types must have positive constant sizes"), and
+the kernel's operands carry the gates' prefix sums, not the per-token gates the scan needs.
 """
 
 from __future__ import annotations
@@ -99,8 +104,10 @@ def chunk_steps(deltas, inputs, eta, la, reset, active, lm=None, s0=None):
     return m, None
   mu = jnp.exp(lm) * keep
   # The carried momentum enters as token 0's increment (S_0 = μ'_0 S' − η_0 g_0), so the scan's
-  # prefix of increments is the state itself.
-  s_inc = [x.at[0].add(mu[0] * s) for x, s in zip(u, s0)]
+  # prefix of increments is the state itself. A row mask, not a scatter (Mosaic has none).
+  first = jax.lax.broadcasted_iota(jnp.int32, mu.shape, 0) == 0
+  mu_0 = jnp.where(first, mu, 0.0)
+  s_inc = [x + _bc(mu_0) * s[None] for x, s in zip(u, s0)]
   m_inc = [_bc(active) * x for x in s_inc]
   _, _, _, m, s = jax.lax.associative_scan(
     _compose_momentum, (alpha, active * mu, mu, m_inc, s_inc)
