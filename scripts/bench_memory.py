@@ -23,7 +23,7 @@ op inflates its ratio under load.
 ``--compare_inner_form`` (issue 13, "Scope"): the general chunk's two in-chunk forms
 (chunked(inner_form='matmul' | 'scan'), memory/chunk_scan.py) at each ``--chunk_sizes``, forward
 and forward+backward (the default backward), timed in the same interleaved rounds; scan / matmul
-> 1 means the matmul form is faster. Sets memory/chunk_scan.AUTO for the platform it runs on.
+> 1 means the matmul form is faster; memory/chunk_scan.AUTO records the result per platform.
 
 ``--chunk_flops`` (issue 13): XLA's FLOP count (compiled cost analysis) of one chunk of the deep
 memory's general chunk function, vmapped over B·H: its forward (reads and state update), the

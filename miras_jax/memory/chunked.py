@@ -13,10 +13,11 @@ then computed layer by layer *without materialising per-token weights* (TTT "dua
 
 and the state is updated once per chunk in primal form. (``inner_form='scan'``: the same steps
 M_t = Σ_i C[t, i] g_i + d_t S' as per-token matrices by an associative scan over the chunk's
-tokens, chunk_scan.py; the read is then M_t h_t. Same values; the faster form is per platform.) A ``lax.scan`` runs over chunks in
-segments of ``remat_group`` chunks whose start states are the backward's only residuals, so
-activation memory grows as T/(b·group): the deep memories (``recompute_backward``) by the
-reverse-recompute VJP of chunk_vjp.py, the linear ones by autodiff of ``jax.checkpoint``ed groups.
+tokens, chunk_scan.py; the read is then M_t h_t. Same values; the faster form is per platform.)
+A ``lax.scan`` runs over chunks in segments of ``remat_group`` chunks whose start states are the
+backward's only residuals, so activation memory grows as T/(b·group): the deep memories
+(``recompute_backward``) by the reverse-recompute VJP of chunk_vjp.py, the linear ones by autodiff
+of ``jax.checkpoint``ed groups.
 
 Documents: tokens after a reset in a chunk take their gradients at, and read from, the
 initial memory W_0 and never see earlier tokens (segment-equality mask in C). Inactive
