@@ -70,21 +70,21 @@ def resolve_inner_form(inner_form: str) -> str:
   return AUTO.get(platform, 'matmul')
 
 
-def _bc(c):
-  return c[:, None, None]
+def _col(c):
+  return c[:, None]
 
 
 def _compose_gd(e, l):
   """Maps e (earlier tokens) then l (later): M ↦ α_l (α_e M + M_e) + M_l."""
   (a_e, m_e), (a_l, m_l) = e, l
-  return a_l * a_e, [_bc(a_l) * x + y for x, y in zip(m_e, m_l)]
+  return a_l * a_e, _col(a_l) * m_e + m_l
 
 
 def _compose_momentum(e, l):
   """The same for (M, S) with the transition [[α, c], [0, μ]] (module doc)."""
   (a_e, c_e, u_e, m_e, s_e), (a_l, c_l, u_l, m_l, s_l) = e, l
-  m = [_bc(a_l) * x + _bc(c_l) * y + z for x, y, z in zip(m_e, s_e, m_l)]
-  s = [_bc(u_l) * y + z for y, z in zip(s_e, s_l)]
+  m = _col(a_l) * m_e + _col(c_l) * s_e + m_l
+  s = _col(u_l) * s_e + s_l
   return a_l * a_e, a_l * c_e + c_l * u_e, u_l * u_e, m, s
 
 
@@ -96,20 +96,33 @@ def chunk_steps(deltas, inputs, eta, la, reset, active, lm=None, s0=None):
   s0: per layer [o, i], the carried momentum S' (with ``lm``).
   Returns (M, S): per layer [b, o, i], M_t = Σ_i C[t, i] g_i + d_t S' (chunked.py), and the
   momentum S_t (None without momentum)."""
+  b = eta.shape[0]
+  shapes = [(d.shape[1], h.shape[1]) for d, h in zip(deltas, inputs)]
+  # All layers' step matrices side by side as one [b, Σ o·i] array: the scan's element-wise
+  # combines then run once per level, not once per layer (fewer, larger ops).
+  flat = lambda ms: jnp.concatenate([m.reshape(m.shape[0], -1) for m in ms], axis=1)
+
+  def unflat(x):
+    out, at = [], 0
+    for o, i in shapes:
+      out.append(x[:, at : at + o * i].reshape(b, o, i))
+      at += o * i
+    return out
+
   keep = 1.0 - reset
   alpha = jnp.exp(la) * keep
-  u = [_bc(-eta) * d[:, :, None] * h[:, None, :] for d, h in zip(deltas, inputs)]
+  u = _col(-eta) * flat([d[:, :, None] * h[:, None, :] for d, h in zip(deltas, inputs)])
   if lm is None:
     _, m = jax.lax.associative_scan(_compose_gd, (alpha, u))
-    return m, None
+    return unflat(m), None
   mu = jnp.exp(lm) * keep
   # The carried momentum enters as token 0's increment (S_0 = μ'_0 S' − η_0 g_0), so the scan's
   # prefix of increments is the state itself. A row mask, not a scatter (Mosaic has none).
   first = jax.lax.broadcasted_iota(jnp.int32, mu.shape, 0) == 0
   mu_0 = jnp.where(first, mu, 0.0)
-  s_inc = [x + _bc(mu_0) * s[None] for x, s in zip(u, s0)]
-  m_inc = [_bc(active) * x for x in s_inc]
+  s_inc = u + _col(mu_0) * flat([s[None] for s in s0])
+  m_inc = _col(active) * s_inc
   _, _, _, m, s = jax.lax.associative_scan(
     _compose_momentum, (alpha, active * mu, mu, m_inc, s_inc)
   )
-  return m, s
+  return unflat(m), unflat(s)

@@ -9,8 +9,11 @@ into the chunk, a reset inside it, tail padding = the odd length's last chunk), 
 most of it compiling; the whole ``chunked`` call (≈ 30 s) and the other rules with a scan form
 behind ``-m slow``. Plus the selection: 'auto' per platform, and the one-line errors."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from miras_jax.layers.attention_backends.pallas_tpu.interpret import compile_pallas_for_tpu
@@ -66,42 +69,55 @@ def _floats(tree):
   return {n: x for n, x in tree.items() if n != 'pos'}
 
 
+def _one_chunk(rule, dk=4):
+  """One chunk of one head, fp64, made in numpy (no compiles). Slots 0–1: before the carried
+  state's position; 2–6: real tokens, a document starts at 4; 7: tail padding. Padding slots have
+  η = log α = log μ = 0, as chunked lays them."""
+  rng = np.random.default_rng(3)
+  normal = lambda *shape: rng.standard_normal(shape)
+  log_sigmoid = lambda x: -np.logaddexp(0.0, -x)
+  active = np.array([0, 0, 1, 1, 1, 1, 1, 0], np.float64)
+  reset = np.array([0, 0, 0, 0, 1, 0, 0, 0], np.float64)
+  b = active.shape[0]
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  x = dict(q=unit(normal(b, dk)), k=unit(normal(b, dk)), v=0.5 * normal(b, dk))
+  x['eta'] = active / (1.0 + np.exp(-normal(b) + 0.5))
+  x['log_alpha'] = active * log_sigmoid(normal(b) + 2.5)
+  x['log_mu'] = active * log_sigmoid(normal(b) + 1.0)
+  shapes = jax.eval_shape(lambda: rule.arch.init_weights(jax.random.PRNGKey(0), dk, dk))
+  fresh = fresh_state(rule, tuple(0.3 * normal(*w.shape) for w in shapes))
+  # A non-trivial carried state (weights, momentum, gradient point) two tokens into the chunk.
+  st = {n: tuple(np.asarray(w) + 0.1 * normal(*w.shape) for w in fresh[n]) for n in _floats(fresh)}
+  outer = jax.tree.map(lambda p: np.asarray(p) + 0.1 * normal(*p.shape), rule.arch.init_outer(dk))
+  return st, x, dict(reset=reset, active=active), fresh, outer
+
+
 def test_chunk_scan_equals_matmul_titans():
   rule = get_rule('titans')
   assert rule.algorithm.momentum
-  b = 8
-  # Slots 0–1: before the carried state's position; 2–6: real tokens, a document starts at 4;
-  # 7: tail padding. Padding slots have η = log α = log μ = 0, as chunked lays them.
-  active = jnp.array([0, 0, 1, 1, 1, 1, 1, 0], jnp.float64)
-  reset = jnp.array([0, 0, 0, 0, 1, 0, 0, 0], jnp.float64)
+  gate_of = dict(eta='eta', la='log_alpha', lm='log_mu')
+
+  def loss(stf, x, freshf, outer, masks, body, pos):
+    xc = {n: x[gate_of.get(n, n)] for n in ('q', 'k', 'v', 'eta', 'la', 'lm')}
+    xc.update(masks, delta=None, cut=None)
+    new, y = body(dict(stf, pos=pos + 2), xc, (dict(freshf, pos=pos), outer))
+    aux = (y, _floats(new))
+    return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(z)) for z in jax.tree.leaves(aux[1])), aux
+
   with jax.enable_x64(True):
-    f64 = lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x
-    inp = jax.tree.map(f64, random_inputs(rule, jax.random.PRNGKey(3), B=1, H=1, T=b, dk=4))
-    one = lambda x: x[0, 0]
-    st = jax.tree.map(one, perturbed_state(rule, inp['w0'], 1, jax.random.PRNGKey(5), pos=2))
-    fresh = fresh_state(rule, tuple(w[0] for w in inp['w0']))
-    outer = jax.tree.map(lambda x: x[0], inp['outer'])
-    g = {n: one(x) * active for n, x in inp['gates'].items()}
-    args = (_floats(st), one(inp['q']), one(inp['k']), one(inp['v']), g, _floats(fresh), outer)
+    st, x, masks, fresh, outer = _one_chunk(rule)
+    args = (st, x, _floats(fresh), outer, masks)
     res = {}
     for form in ('matmul', 'scan'):
-      body = chunk_step(rule, True, form)
-
-      def loss(stf, q, k, v, g, freshf, outer, body=body):
-        x = dict(q=q, k=k, v=v, eta=g['eta'], la=g['log_alpha'], lm=g['log_mu'], delta=None)
-        x.update(reset=reset, active=active, cut=None)
-        consts = (dict(freshf, pos=fresh['pos']), outer)
-        new, y = body(dict(stf, pos=st['pos']), x, consts)
-        aux = (y, _floats(new))
-        return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(z)) for z in jax.tree.leaves(aux[1])), aux
-
-      grad = jax.value_and_grad(loss, argnums=tuple(range(7)), has_aux=True)
-      res[form] = jax.jit(grad)(*args)
+      f = functools.partial(loss, body=chunk_step(rule, True, form), pos=fresh['pos'])
+      res[form] = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3), has_aux=True))(*args)
   (_, (y_m, s_m)), g_m = res['matmul']
   (_, (y_s, s_s)), g_s = res['scan']
   assert_tree_close(y_s, y_m, 1e-10, 'outputs')
   assert_tree_close(s_s, s_m, 1e-10, 'final state')
-  for what, m, s in zip(('state', 'q', 'k', 'v', 'gates', 'w0', 'outer'), g_m, g_s):
+  # The state, the token inputs (q, k, v, η, log α, log μ), W_0 (the reset target) and the
+  # LayerNorm parameters.
+  for what, m, s in zip(('state', 'tokens', 'w0', 'outer'), g_m, g_s):
     assert jax.tree.leaves(m), what
     assert_tree_close(s, m, 1e-9, f'grad[{what}]')
 
