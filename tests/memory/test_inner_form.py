@@ -5,7 +5,7 @@ mid-chunk initial state. (The matmul form is checked against the token-by-token 
 test_equivalence.py, so the scan form is too, through it.)
 
 Default run: Titans with momentum on one chunk (chunk_step: front padding = a state two tokens
-into the chunk, a reset inside it, tail padding = the odd length's last chunk), ≈ 10 s of CPU,
+into the chunk, a reset inside it, tail padding = the odd length's last chunk), ≈ 11 s of CPU,
 most of it compiling; the whole ``chunked`` call (≈ 30 s) and the other rules with a scan form
 behind ``-m slow``. Plus the selection: 'auto' per platform, and the one-line errors."""
 
