@@ -6,10 +6,10 @@ taken since the segment's base obey linear first-order recurrences in the per-to
 g_t = δ_t ⊗ h_t (one [o, i] matrix per layer and token):
 
     plain GD   M_t = α'_t M_{t−1} − η_t g_t
-    momentum   S_t = μ'_t S_{t−1} − η_t g_t,   M_t = α'_t M_{t−1} + act_t S_t    (Titans eq. 13–14)
+    momentum   S_t = μ'_t S_{t−1} − η_t g_t,   M_t = α'_t M_{t−1} + act_t S_t    (Titans' rule)
 
 with α'_t = α_t (1 − reset_t), μ'_t = μ_t (1 − reset_t): a document start zeroes the decay gates
-(as recurrentgemma's scan does, google-deepmind/recurrentgemma ``scan.py``), so no step crosses a
+(as google-deepmind/recurrentgemma does for its RG-LRU at segment starts), so no step crosses a
 reset and the carried momentum S' is dropped there; act_t is 0 on padding slots (μ = 1 there, so
 S stands still but must not be summed again). M_0 = 0 and S_{−1} = S' (the carried momentum),
 i.e. M_t = Σ_i C[t, i] g_i + d_t S' of chunked.py's dual form. Each token is an affine map of
