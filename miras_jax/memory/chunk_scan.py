@@ -32,7 +32,7 @@ system), and GLA's channel-wise decay (its own chunk, chunked._chunk_channel, al
 Cost: the scan materialises b per-token step matrices per layer (b·o·i floats, twice with
 momentum) and does ≈ 2b combines of them, against the matmul form's [b, b] products; which is
 faster is a property of the platform (``AUTO``, measured by ``scripts/bench_memory.py
---compare_inner_form``; on CPU the scan form is 35–60× slower, benchmarks/README.md).
+--compare_inner_form``; on CPU the scan form is 35–70× slower, benchmarks/README.md).
 
 The Pallas deep-memory kernel (pallas_kernels/mlp_memory) keeps the matmul form:
 ``jax.lax.associative_scan`` inside a Mosaic kernel does not lower (tried for v5e, b = 16: its
