@@ -4,6 +4,8 @@
         [--chunk_size=64] [--ref_max_len=2048] [--out=bench_memory.json]
     python scripts/bench_memory.py --compare_backward [--rules=titans] [--lengths=2048]
     python scripts/bench_memory.py --chunk_flops [--rules=titans,moneta]
+    python scripts/bench_memory.py --compare_inner_form [--rules=titans] [--lengths=2048]
+        [--chunk_sizes=16,64]
 
 For each rule and length: ms per fwd+bwd of both paths (same chunk size, same inputs),
 the speed ratio, and the peak temporary memory of the compiled chunked step from XLA's
@@ -17,6 +19,11 @@ of each, so machine load hits them alike), with the ratio fwd+bwd / fwd. On a sh
 run it single-threaded on one core (``XLA_FLAGS=--xla_cpu_multi_thread_eigen=false taskset -c 0``):
 the backward has many more small ops than the forward, and the two threads' synchronisation per
 op inflates its ratio under load.
+
+``--compare_inner_form`` (issue 13, "Scope"): the general chunk's two in-chunk forms
+(chunked(inner_form='matmul' | 'scan'), memory/chunk_scan.py) at each ``--chunk_sizes``, forward
+and forward+backward (the default backward), timed in the same interleaved rounds; scan / matmul
+> 1 means the matmul form is faster; memory/chunk_scan.AUTO records the result per platform.
 
 ``--chunk_flops`` (issue 13): XLA's FLOP count (compiled cost analysis) of one chunk of the deep
 memory's general chunk function, vmapped over B·H: its forward (reads and state update), the
@@ -88,6 +95,50 @@ def _compare_backward(a):
         print(
           f'{name:10s} {T:6d} {bw:>10s} {g or "-":>5} {1e3 * t:9.1f} {t / t_f:6.2f}', flush=True
         )
+  return rows
+
+
+def _compare_inner_form(a):
+  """Forward and forward+backward of both in-chunk forms (see the module doc)."""
+  print(f'device: {jax.devices()[0].device_kind}; B={a.batch} H={a.heads} d={a.head_dim}')
+  print(
+    f'{"rule":10s} {"T":>6s} {"b":>4s} {"pass":>8s} {"matmul ms":>10s} {"scan ms":>10s} '
+    f'{"scan/mm":>8s}'
+  )
+  rows = []
+  for name in a.rules.split(','):
+    rule = get_rule(name)
+    for T in [int(x) for x in a.lengths.split(',')]:
+      inp = random_inputs(rule, jax.random.PRNGKey(0), B=a.batch, H=a.heads, T=T, dk=a.head_dim)
+      args = (inp['q'], inp['k'], inp['v'], inp['gates'])
+      for b in [int(x) for x in a.chunk_sizes.split(',')]:
+
+        def loss(q, k, v, gates, form, b=b):
+          kw = dict(w0=inp['w0'], outer=inp['outer'], chunk_size=b)
+          y, _ = chunked(rule, q, k, v, gates, inner_form=form, **kw)
+          return jnp.sum(y.astype(jnp.float32) ** 2)
+
+        cases = {}
+        for form in ('matmul', 'scan'):
+          f = functools.partial(loss, form=form)
+          cases['forward', form] = jax.jit(f)
+          cases['fwd+bwd', form] = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))
+        for f in cases.values():
+          jax.block_until_ready(f(*args))
+        best = dict.fromkeys(cases, float('inf'))
+        for _ in range(a.repeats):
+          for key, f in cases.items():
+            best[key] = min(best[key], _time(f, args, 1, warm=False))
+        for pas in ('forward', 'fwd+bwd'):
+          t_m, t_s = best[pas, 'matmul'], best[pas, 'scan']
+          rows.append(
+            dict(rule=name, T=T, chunk=b, pass_=pas, matmul_ms=1e3 * t_m, scan_ms=1e3 * t_s)
+          )
+          print(
+            f'{name:10s} {T:6d} {b:4d} {pas:>8s} {1e3 * t_m:10.1f} {1e3 * t_s:10.1f} '
+            f'{t_s / t_m:8.2f}',
+            flush=True,
+          )
   return rows
 
 
@@ -183,13 +234,22 @@ def main(argv=None):
   )
   p.add_argument('--remat_groups', default='1,4', help='with --compare_backward')
   p.add_argument(
+    '--compare_inner_form',
+    action='store_true',
+    help="the general chunk's masked-matmul vs associative-scan in-chunk form (issue 13)",
+  )
+  p.add_argument('--chunk_sizes', default='16,64', help='with --compare_inner_form')
+  p.add_argument(
     '--chunk_flops',
     action='store_true',
     help="FLOPs of one chunk's forward, state update and VJP: the recompute backward's floor",
   )
   a = p.parse_args(argv)
-  if a.compare_backward or a.chunk_flops:
-    rows = _compare_backward(a) if a.compare_backward else _chunk_flops(a)
+  if a.compare_backward or a.chunk_flops or a.compare_inner_form:
+    if a.compare_inner_form:
+      rows = _compare_inner_form(a)
+    else:
+      rows = _compare_backward(a) if a.compare_backward else _chunk_flops(a)
     with open(a.out, 'w') as f:
       json.dump(dict(device=jax.devices()[0].device_kind, args=vars(a), rows=rows), f, indent=1)
     print(f'wrote {a.out}')

@@ -8,12 +8,16 @@ implementation = 'auto' | 'reference' | 'xla' | 'pallas'
                initial state on a chunk boundary); a one-line error for other rules.
   'auto'       'xla' (the kernels are picked on TPU / GPU only once benchmarks show them faster;
                not yet measured, so 'auto' stays on 'xla' everywhere).
+``inner_form`` ('auto' | 'matmul' | 'scan', the 'xla' path's deep / general chunk): its in-chunk
+steps by masked [b, b] matmuls or by an associative scan over the tokens; 'auto' picks per platform
+(memory/chunk_scan.py ``AUTO``).
 All give the same outputs, final state and gradients for the same chunk size
 (tests/memory/test_equivalence.py).
 """
 
 from __future__ import annotations
 
+from miras_jax.memory.chunk_scan import INNER_FORMS
 from miras_jax.memory.chunked import chunked
 from miras_jax.memory.reference import memory_step, reference
 from miras_jax.memory.rules import MemoryRule
@@ -37,6 +41,7 @@ def memory_forward(
   remat_group: int = 4,
   aligned: bool | None = None,
   grad_horizon: int | None = None,
+  inner_form: str = 'auto',
 ):
   """q, k [B, H, T, dk], v [B, H, T, dv] → (y [B, H, T, dv], final state [B, H, ...]).
 
@@ -46,6 +51,13 @@ def memory_forward(
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(
       f'unknown memory implementation {implementation!r}; choose one of {IMPLEMENTATIONS}'
+    )
+  if inner_form not in INNER_FORMS:
+    raise ValueError(f'unknown inner_form {inner_form!r}; choose one of {INNER_FORMS}')
+  if implementation == 'pallas' and inner_form == 'scan':
+    raise ValueError(
+      "inner_form='scan' is the xla path's (the Pallas kernels use the matmul form); "
+      "use implementation='xla'"
     )
   if implementation == 'reference':
     return reference(
@@ -80,6 +92,7 @@ def memory_forward(
     remat_group=remat_group,
     aligned=aligned,
     grad_horizon=grad_horizon,
+    inner_form=inner_form,
   )
 
 

@@ -11,10 +11,13 @@ then computed layer by layer *without materialising per-token weights* (TTT "dua
 
     z_l = a ⊙ (H_q B_lᵀ) + s_l · [ d ⊙ (H_q S_lᵀ) + (C ⊙ H_q H_kᵀ) Δ_l ]
 
-and the state is updated once per chunk in primal form. A ``lax.scan`` runs over chunks in
-segments of ``remat_group`` chunks whose start states are the backward's only residuals, so
-activation memory grows as T/(b·group): the deep memories (``recompute_backward``) by the
-reverse-recompute VJP of chunk_vjp.py, the linear ones by autodiff of ``jax.checkpoint``ed groups.
+and the state is updated once per chunk in primal form. (``inner_form='scan'``: the same steps
+M_t = Σ_i C[t, i] g_i + d_t S' as per-token matrices by an associative scan over the chunk's
+tokens, chunk_scan.py; the read is then M_t h_t. Same values; the faster form is per platform.)
+A ``lax.scan`` runs over chunks in segments of ``remat_group`` chunks whose start states are the
+backward's only residuals, so activation memory grows as T/(b·group): the deep memories
+(``recompute_backward``) by the reverse-recompute VJP of chunk_vjp.py, the linear ones by autodiff
+of ``jax.checkpoint``ed groups.
 
 Documents: tokens after a reset in a chunk take their gradients at, and read from, the
 initial memory W_0 and never see earlier tokens (segment-equality mask in C). Inactive
@@ -36,6 +39,7 @@ from jax.scipy.linalg import solve_triangular
 
 from miras_jax.memory import common
 from miras_jax.memory.architectures import backprop, keys_forward
+from miras_jax.memory.chunk_scan import chunk_steps, resolve_inner_form
 from miras_jax.memory.chunk_vjp import segment_scan
 from miras_jax.memory.coefficients import (  # noqa: F401 (re-exported: pallas_kernels/mlp_memory)
   chunk_sums,
@@ -124,23 +128,29 @@ def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
   return new, y
 
 
-def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer):
+def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer, inner_form='matmul'):
   if rule.retention.read_mode == 'lag':
     st, x = _lag_token(rule, st, x, fresh, outer)
   co = coefficients(x['la'], x['eta'], x['reset'], x['active'], x['lm'])
-  return chunk_core(rule, resets, st, x, co, fresh, outer)
+  return chunk_core(rule, resets, st, x, co, fresh, outer, inner_form)
 
 
-def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer):
+def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer, inner_form='matmul'):
   """The general chunk given its coefficients ``co`` (``coefficients``; after the lag token):
-  key factors, dual-form reads, primal update. Shared with pallas_kernels/mlp_memory, which
-  computes ``co`` outside the kernel. Returns (new state, y [b, dv])."""
+  key factors, reads, primal update. Shared with pallas_kernels/mlp_memory, which computes
+  ``co`` outside the kernel. ``inner_form``: 'matmul' (the dual form: masked [b, b] products) or
+  'scan' (per-token steps by chunk_scan.chunk_steps; needs x's gates la, reset, lm). Returns (new
+  state, y [b, dv])."""
   arch = rule.arch
   q, k, v = x['q'], x['k'], x['v']
   cont, a, C = co['cont'], co['a'], co['C']
   momentum = 'S' in st
+  scan = inner_form == 'scan'
 
   deltas, hk = _key_factors(rule, st['Wg'], fresh['Wg'], k, v, x['delta'], outer, cont, resets)
+  if scan:
+    lm, s0 = (x['lm'], st['S']) if momentum else (None, None)
+    steps, moms = chunk_steps(deltas, hk, x['eta'], x['la'], x['reset'], x['active'], lm, s0)
   base_c, s_c = read_base(rule, st)
   base_0, s_0 = read_base(rule, fresh)
   # Retention towards A_0 (retention.py 'initial'): A_t = A_0 + a_t (A' − A_0) + Σ C g, so the
@@ -156,9 +166,12 @@ def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer):
     if resets:
       zb = _sel(cont, zb, h @ base_0[l].T)
       s_tok = jnp.where(cont, s_c[l], s_0[l])
-    upd = ((h @ hk[l].T) * C) @ deltas[l]
-    if momentum:
-      upd = upd + co['d'][:, None] * (h @ st['S'][l].T)
+    if scan:  # M_t h_t: the steps' coefficient of S' is in M_t (chunk_scan)
+      upd = jnp.einsum('toi,ti->to', steps[l], h)
+    else:
+      upd = ((h @ hk[l].T) * C) @ deltas[l]
+      if momentum:
+        upd = upd + co['d'][:, None] * (h @ st['S'][l].T)
     if anchor:
       upd = upd + (1.0 - a)[:, None] * (h @ fresh['A'][l].T)
     z = a[:, None] * zb + s_tok[:, None] * upd
@@ -169,11 +182,14 @@ def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer):
   a_base = common.tree_where(e_cont, st['A'], fresh['A'])
   a_end, s_end, r_end = [], [], []
   for l in range(L):
-    step = (C[-1][:, None] * deltas[l]).T @ hk[l]
+    # 'scan': the last M includes d S' (momentum; then there is no R, rules.py).
+    step = steps[l][-1] if scan else (C[-1][:, None] * deltas[l]).T @ hk[l]
     acc = a[-1] * a_base[l] + step
     if anchor:
       acc = acc + (1.0 - a[-1]) * fresh['A'][l]
-    if momentum:
+    if momentum and scan:
+      s_end.append(moms[l][-1])
+    elif momentum:
       acc = acc + co['d'][-1] * st['S'][l]
       s_end.append(co['sdec'][-1] * st['S'][l] + (co['Cs'][-1][:, None] * deltas[l]).T @ hk[l])
     a_end.append(acc)
@@ -275,10 +291,28 @@ def recompute_backward(rule: MemoryRule) -> bool:
   return not rule.arch.is_linear and _kernel(rule) is _chunk_general
 
 
-def chunk_step(rule: MemoryRule, resets: bool):
+def has_scan_form(rule: MemoryRule) -> bool:
+  """Whether the rule's chunk has the associative-scan form (chunk_scan.py: the general chunk)."""
+  return _kernel(rule) is _chunk_general
+
+
+def _check_scan_form(rule: MemoryRule):
+  if not has_scan_form(rule):
+    raise ValueError(
+      f'rule {rule.name}: no associative-scan inner form (only the general chunk has one: not '
+      "the WY delta rules nor channel-wise decay); use inner_form='matmul' or 'auto'"
+    )
+
+
+def chunk_step(rule: MemoryRule, resets: bool, inner_form: str = 'matmul'):
   """The scan body over chunks, ``(carry, x, (fresh, outer)) -> (carry, y)`` for one (batch,
-  head); x holds one chunk's slots of q, k, v, eta, la, lm, delta, reset, active and cut."""
-  return functools.partial(_chunk_body, _kernel(rule), rule, resets)
+  head); x holds one chunk's slots of q, k, v, eta, la, lm, delta, reset, active and cut.
+  ``inner_form`` 'matmul' | 'scan' (chunk_core; 'scan' only where ``has_scan_form``)."""
+  kern = _kernel(rule)
+  if inner_form == 'scan':
+    _check_scan_form(rule)
+    kern = functools.partial(_chunk_general, inner_form='scan')
+  return functools.partial(_chunk_body, kern, rule, resets)
 
 
 def _chunk_body(kern, rule, resets, carry, xc, consts):
@@ -290,7 +324,7 @@ def _chunk_body(kern, rule, resets, carry, xc, consts):
   return kern(rule, resets, carry, xc, fresh, outer)
 
 
-def _run_one(rule, b, group, resets, aligned, n_chunks, recompute, tok, head, st):
+def _run_one(rule, b, group, resets, aligned, n_chunks, recompute, inner_form, tok, head, st):
   """One (batch, head): lay tokens into chunk slots, scan, read back."""
   fresh, outer = head
   T = tok['q'].shape[0]
@@ -309,7 +343,7 @@ def _run_one(rule, b, group, resets, aligned, n_chunks, recompute, tok, head, st
   xs['active'] = lay(jnp.ones((T,), jnp.float32))
   xs = jax.tree.map(lambda x: x.reshape((n_chunks // group, group, b) + x.shape[1:]), xs)
 
-  body = chunk_step(rule, resets)
+  body = chunk_step(rule, resets, inner_form)
   if recompute:
     st, ys = segment_scan(body, st, xs, (fresh, outer))
   else:
@@ -340,6 +374,7 @@ def chunked(
   aligned: bool | None = None,
   grad_horizon: int | None = None,
   backward: str = 'auto',
+  inner_form: str = 'auto',
 ):
   """Chunk-parallel memory; same signature and results as ``reference`` with the same b.
 
@@ -352,11 +387,19 @@ def chunked(
   exact gradients, else truncated BPTT (common.gradient_cuts). ``backward``: 'recompute'
   (chunk_vjp.segment_scan: segment-start residuals, ``remat_group`` chunks per segment),
   'autodiff' (autodiff through ``jax.checkpoint`` groups of ``remat_group`` chunks) or 'auto'
-  (``recompute_backward(rule)``); identical values and gradients.
+  (``recompute_backward(rule)``); identical values and gradients. ``inner_form``: how the general
+  chunk forms its in-chunk steps, 'matmul' (masked [b, b] products, the dual form), 'scan'
+  (associative scan over the tokens, chunk_scan.py) or 'auto' (chunk_scan.AUTO for the platform;
+  'matmul' for the rules without a scan form); identical values and gradients.
   Returns (y [B, H, T, dv] in q's dtype, final state).
   """
   if backward not in BACKWARDS:
     raise ValueError(f'unknown backward {backward!r}; choose one of {BACKWARDS}')
+  form = resolve_inner_form(inner_form)
+  if inner_form == 'scan':
+    _check_scan_form(rule)
+  elif not has_scan_form(rule):
+    form = 'matmul'  # 'auto'
   cut = common.gradient_cuts(grad_horizon, chunk_size, state, q.shape[:3])
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   b = int(chunk_size)
@@ -372,6 +415,6 @@ def chunked(
   tok = {n: P[n] for n in ('q', 'k', 'v', 'eta', 'la', 'lm', 'delta', 'reset')}
   tok['cut'] = cut
   recompute = recompute_backward(rule) if backward == 'auto' else backward == 'recompute'
-  fn = functools.partial(_run_one, rule, b, group, resets, aligned, n_chunks, recompute)
+  fn = functools.partial(_run_one, rule, b, group, resets, aligned, n_chunks, recompute, form)
   y, st = common.vmap_bh(fn)(tok, (P['fresh'], P['outer']), P['state'])
   return y.astype(q.dtype), st
