@@ -120,14 +120,31 @@ def test_yaad_mask_is_the_default():
   assert get_rule('yaad').bias.mode == 'mask'
 
 
-@pytest.mark.parametrize('target', ['zero', 'initial'])
-def test_titans_momentum_chunked(target):
-  """Titans Eq. 10–13 with μ > 0 at b = 8; forgetting towards zero (the paper) or W_0."""
-  rule = with_options(get_rule('titans'), retention_target=target)
+@pytest.mark.parametrize(
+  'target,step',
+  [
+    ('zero', 'none'),
+    ('initial', 'none'),
+    ('zero', 'implicit_chunk'),
+    pytest.param('zero', 'implicit', marks=pytest.mark.slow),
+  ],
+)
+def test_titans_momentum_chunked(target, step):
+  """Titans Eq. 10–13 with μ > 0 at b = 8; forgetting towards zero (the paper) or W_0; the
+  papers' step or the implicit one bounded by the curvature (step_scale, rules.step_factors)."""
+  rule = with_options(get_rule('titans'), retention_target=target, step_scale=step)
   x, w0, ln = _inputs(2, rule)
   to_init = target == 'initial'
-  run = lambda x, w0, ln: pr.run_gd(_mlp()(ln), w0, x, 8, pr.u_l2, True, to_init)
+  implicit = {'none': 0.0, 'implicit': 1.0, 'implicit_chunk': 8.0}[step]
+  run = lambda x, w0, ln: pr.run_gd(_mlp()(ln), w0, x, 8, pr.u_l2, True, to_init, implicit)
   _check(rule, 8, x, w0, ln, run, lambda st: st['A'])
+  if implicit:  # the bound acts at these inputs: the papers' step gives other outputs
+    with jax.enable_x64(True):
+      f64 = lambda d: {k: jnp.asarray(v, jnp.float64) for k, v in d.items()}
+      w = [jnp.asarray(a, jnp.float64) for a in w0]
+      y_imp = run(f64(x), w, f64(ln))[0]
+      y_sum = pr.run_gd(_mlp()(f64(ln)), w, f64(x), 8, pr.u_l2, True)[0]
+      assert float(jnp.max(jnp.abs(y_imp - y_sum))) > 1e-2
 
 
 @pytest.mark.parametrize('target', ['zero', 'initial'])
