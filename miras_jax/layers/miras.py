@@ -89,6 +89,9 @@ class MirasLayer(nn.Module):
           'initial' (the learned W_0; memory/retention.py ``target``).
       momentum_form: 'sum' (Titans eq. 10: S_t = μ_t S_{t−1} − θ_t ∇ℓ) or 'ema' (the step
           θ_t (1 − μ_t): an average of the gradients; layers/miras_params.py).
+      step_scale: the deep memory's inner step, 'none' (the papers) or 'implicit' /
+          'implicit_chunk' (bounded by the inner loss's curvature along it; memory/rules.py
+          ``step_factors``).
       output_gate: 'silu' (default, as Gated DeltaNet / FLA) or 'sigmoid'.
       remat_group: chunks per ``jax.checkpoint`` in the chunked memory.
       grad_horizon: 0 for exact gradients; else truncated back-propagation through the memory
@@ -123,6 +126,7 @@ class MirasLayer(nn.Module):
   ln_eps: float = LMConfig.memory_ln_eps
   retention_target: str = LMConfig.retention_target
   momentum_form: str = LMConfig.momentum_form
+  step_scale: str = LMConfig.step_scale
   output_gate: str = LMConfig.output_gate
   remat_group: int = LMConfig.memory_remat_group
   grad_horizon: int = LMConfig.memory_grad_horizon
@@ -141,6 +145,7 @@ class MirasLayer(nn.Module):
       memora_form=self.memora_form,
       ln_eps=self.ln_eps,
       retention_target=self.retention_target,
+      step_scale=self.step_scale,
     )
 
   def _dense(self, features, axes, axis=-1):

@@ -46,7 +46,7 @@ from miras_jax.memory.coefficients import (  # noqa: F401 (re-exported: pallas_k
   coefficients,
   coefficients_from_sums,
 )
-from miras_jax.memory.rules import MemoryRule, read_base
+from miras_jax.memory.rules import MemoryRule, read_base, step_factors
 
 
 def _sel(cont, x_c, x_0):
@@ -56,20 +56,21 @@ def _sel(cont, x_c, x_0):
 def _key_factors(rule, wg, w0g, k, v, delta, outer, cont, resets):
   """Per-token gradient factors at the token's gradient point (Wg, or W_0 after a reset).
 
-  Returns (deltas, inputs) lists over layers, each [b, d]."""
+  Returns (deltas, inputs) lists over layers, each [b, d], and the output gradients u [b, dv]."""
   arch, bias = rule.arch, rule.bias
 
   def at(w):
     p, cache = keys_forward(arch, w, k, outer)
     u = bias.grad(p, v, delta)
-    return backprop(arch, w, k, outer, cache, u)
+    return backprop(arch, w, k, outer, cache, u) + (u,)
 
-  dl, hl = at(wg)
+  dl, hl, u = at(wg)
   if resets:
-    dl0, hl0 = at(w0g)
+    dl0, hl0, u0 = at(w0g)
     dl = [_sel(cont, x, y) for x, y in zip(dl, dl0)]
     hl = [_sel(cont, x, y) for x, y in zip(hl, hl0)]
-  return dl, hl
+    u = _sel(cont, u, u0)
+  return dl, hl, u
 
 
 def _lag_token(rule: MemoryRule, st, x, fresh, outer):
@@ -147,7 +148,13 @@ def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer, inner_fo
   momentum = 'S' in st
   scan = inner_form == 'scan'
 
-  deltas, hk = _key_factors(rule, st['Wg'], fresh['Wg'], k, v, x['delta'], outer, cont, resets)
+  deltas, hk, u = _key_factors(rule, st['Wg'], fresh['Wg'], k, v, x['delta'], outer, cont, resets)
+  if rule.step_scale != 'none':
+    # η̃_i = η_i · factor_i (rules.py step_factors): one number per token, from its own gradient
+    # ‖g_i‖² = Σ_l ‖δ_l,i‖² ‖h_l,i‖² (outer products), so it multiplies the key factors.
+    gg = sum(jnp.sum(jnp.square(d), -1) * jnp.sum(jnp.square(h), -1) for d, h in zip(deltas, hk))
+    f = step_factors(rule, gg, jnp.sum(jnp.square(u), -1), x['eta'], x['lm'], q.shape[0])
+    deltas = [d * f[:, None] for d in deltas]
   if scan:
     lm, s0 = (x['lm'], st['S']) if momentum else (None, None)
     steps, moms = chunk_steps(deltas, hk, x['eta'], x['la'], x['reset'], x['active'], lm, s0)

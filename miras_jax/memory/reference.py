@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from miras_jax.memory import common
-from miras_jax.memory.rules import MemoryRule
+from miras_jax.memory.rules import MemoryRule, step_factors
 
 
 def step(rule: MemoryRule, b: int, st: dict, x: dict, fresh: dict, outer):
@@ -46,6 +46,10 @@ def step(rule: MemoryRule, b: int, st: dict, x: dict, fresh: dict, outer):
   u = bias.grad(p, x['v'], x['delta'])
   _, vjp = jax.vjp(lambda w: arch.apply(w, x['k'], outer), wpt)
   (g,) = vjp(u)
+  if rule.step_scale != 'none':  # η̃_t = η_t · factor (rules.py step_factors)
+    gg = sum(jnp.sum(jnp.square(gi)) for gi in g)
+    f = step_factors(rule, gg, jnp.sum(jnp.square(u)), x['eta'], x['lm'], b)
+    g = tuple(f * gi for gi in g)
   eta = x['eta']
   new = dict(st)
   mode = ret.read_mode

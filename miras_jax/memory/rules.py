@@ -48,6 +48,9 @@ class MemoryRule:
   # What the layer should produce (hints, not used by the core math):
   decay_style: str = 'none'  # none | fixed (RetNet γ per head) | data (per token)
   eta_style: str = 'data'  # data | one (linear attention: η ≡ 1)
+  # The inner step: 'none' (the papers' η_t) or 'implicit' / 'implicit_chunk' (bounded by
+  # the inner loss's curvature along it; ``step_factors``).
+  step_scale: str = 'none'
 
   def __post_init__(self):
     if self.form not in ('minibatch', 'wy'):
@@ -75,6 +78,15 @@ class MemoryRule:
       raise ValueError(f'rule {self.name}: channel-wise decay with momentum is not supported')
     if self.retention.read_mode == 'lag' and self.retention.decay == 'channel':
       raise ValueError(f'rule {self.name}: the lag scheme needs scalar or no decay')
+    if self.step_scale not in STEP_SCALES:
+      raise ValueError(f'rule {self.name}: unknown step_scale {self.step_scale!r}')
+    if self.step_scale != 'none' and (
+      self.arch.is_linear or self.retention.read_mode not in ('identity', 'scale')
+    ):
+      raise ValueError(
+        f'rule {self.name}: step_scale={self.step_scale!r} needs a deep memory with the '
+        'identity or ℓq retention map'
+      )
     if self.retention.read_mode in ('wspace', 'lag') and self.algorithm.momentum:
       raise ValueError(
         f'rule {self.name}: {self.retention.map} retention with momentum is not supported'
@@ -140,6 +152,49 @@ def prepare_gates(rule: MemoryRule, gates: dict | None, q, k, v):
     kk = jnp.sum(jnp.square(k.astype(f32)), axis=-1)
     eta = eta / (1.0 + eta * kk)
   return eta, la, lm, delta
+
+
+# ----------------------------------------------------------------------------------
+# The inner step's scale.
+
+# 'none': the papers' step η_t. 'implicit': token t's step is bounded by the inner loss's
+# curvature along it, as in the implicit (proximal) step of online regression (Longhorn, Liu et
+# al. 2024, eq. 9: ε = β/(1 + β kᵀk)):
+#     η̃_t = η_t / (1 + η̄_t λ_t),   λ_t = ‖∇_W ℓ_t‖² / ‖∂ℓ_t/∂M‖²,   η̄_t = η_t / (1 − μ_t)
+# λ_t is the Rayleigh quotient of the Gauss–Newton matrix J Jᵀ (J = ∂M(k_t)/∂W at the gradient
+# point) along the error direction: for a linear memory J Jᵀ = ‖k‖² I, so λ = ‖k‖² and (without
+# momentum) η̃ is Longhorn's step. η̄ is the gradient's total weight over all later tokens
+# (Titans eq. 10's sum form: η/(1 − μ); η without momentum), so η̃/(1 − μ) · λ < 1 whatever η, μ.
+# Why (issue 10 §3): the deep memory's output LayerNorm (ε ≪ var) makes M invariant to the scale
+# of its last matrix (and nearly so, through the GELU, to the others'), so λ ∝ 1/‖W‖². Forgetting
+# shrinks a trained Titans memory several-fold over thousands of tokens, far beyond the training
+# context; the effective step η̄ λ of the papers' rule grows with 1/‖W‖² and the exact gradient
+# through 4K tokens overflows. Here η̄ λ stays below 1; where η̄ λ ≪ 1 the rule is the papers'.
+# λ_t comes from token t's own gradient at the chunk-start memory, so the factor is one number
+# per token and the chunked dual form stays exact (it multiplies the token's key factors).
+# 'implicit_chunk': the same with b η̄_t λ_t, b the chunk size. The b tokens of a chunk take
+# their gradients at one point (the chunk-start memory), so their steps add up along what their
+# gradients share before any of them is seen by the next gradient; for a scale-invariant memory
+# that is at least the scale direction. The chunk's summed step then has η̄ λ < 1 (b = 1:
+# 'implicit'). Measured (benchmarks/README.md "Issue 10 §3"): the trained tiny Titans MAG's exact
+# gradient at 4K / 8K tokens is 1.1e7 / 1.4e9 with the papers' step, 4.6e4 / 2.0e5 with
+# 'implicit' and 5.9e3 / 9.1e3 with 'implicit_chunk', at the same validation loss.
+STEP_SCALES = ('none', 'implicit', 'implicit_chunk')
+
+
+def step_factors(rule: MemoryRule, gg, uu, eta, log_mu, chunk_size: int):
+  """η̃_t / η_t (``step_scale`` 'implicit' / 'implicit_chunk'; ones for 'none'), per token:
+  gg = ‖∇_W ℓ_t‖² (summed over the weight matrices), uu = ‖∂ℓ_t/∂M‖², eta = η_t, log_mu =
+  log μ_t or None, all of one shape; ``chunk_size`` b of the chunk semantics."""
+  if rule.step_scale == 'none':
+    return jnp.ones_like(eta)
+  lam = gg / jnp.where(uu > 0, uu, 1.0)  # u = 0 gives g = 0: λ = 0
+  if rule.step_scale == 'implicit_chunk':
+    lam = chunk_size * lam
+  total = eta
+  if log_mu is not None:  # 1 − μ = −expm1(log μ); η = 0 (padding) with μ = 1 gives 0
+    total = eta / jnp.maximum(-jnp.expm1(log_mu), 1e-6)
+  return 1.0 / (1.0 + total * lam)
 
 
 # ----------------------------------------------------------------------------------
@@ -267,6 +322,7 @@ def with_options(
   memora_form: str | None = None,
   ln_eps: float | None = None,
   retention_target: str | None = None,
+  step_scale: str | None = None,
 ) -> MemoryRule:
   """``rule`` with its variant options applied.
 
@@ -280,7 +336,13 @@ def with_options(
   retention_target  what the scalar decay forgets towards: 'zero' (the papers: α_t A) or
                'initial' (α_t A + (1 − α_t) A_0, retention.py); for rules with a scalar decay
                and the identity or ℓq map (Titans, Moneta, Yaad).
+  step_scale   the inner step: 'none' (the papers' η_t), 'implicit' (η_t/(1 + η̄_t λ_t), λ_t
+               the curvature along the step) or 'implicit_chunk' (η_t/(1 + b η̄_t λ_t));
+               ``step_factors``; for the deep memories with the identity or ℓq map (Titans,
+               Moneta, Yaad, TTT).
   """
+  if step_scale is not None and step_scale not in STEP_SCALES:
+    raise ValueError(f'unknown step_scale {step_scale!r}; choose one of {STEP_SCALES}')
   if huber_mode is not None and isinstance(rule.bias, Huber):
     rule = rule.replace(bias=dataclasses.replace(rule.bias, mode=huber_mode))
   if memora_form is not None and rule.retention.map in ('softmax', 'softmax_lag'):
@@ -300,6 +362,9 @@ def with_options(
     and not rule.arch.is_linear
   ):
     rule = rule.replace(retention=dataclasses.replace(ret, target=retention_target))
+  ok_map = rule.retention.read_mode in ('identity', 'scale')
+  if step_scale is not None and not rule.arch.is_linear and ok_map:
+    rule = rule.replace(step_scale=step_scale)
   return rule
 
 
@@ -321,6 +386,8 @@ __all__ = [
   'with_options',
   'MEMORA_FORMS',
   'MOMENTUM_FORMS',
+  'STEP_SCALES',
+  'step_factors',
   'init_state',
   'fresh_state',
   'prepare_gates',

@@ -46,6 +46,14 @@ scalar decay and the identity or ℓq map (Titans, Moneta, Yaad); ignored by the
 η_t (1 − μ_t), so a gradient's weights over all later tokens sum to at most η_t instead of
 η_t / (1 − μ_t) (layers/miras_params.py). It bounds Titans' trained 4K–8K gradient (1.1e7 →
 2.0e4 at 4K) but cost 0.18 of validation loss in the tiny run, so no preset takes it.
+``step_scale`` (default 'none', the papers' step η_t): 'implicit' bounds each token's step by
+the inner loss's curvature along it, η_t/(1 + η̄_t λ_t) with λ_t = ‖∇_W ℓ_t‖²/‖∂ℓ_t/∂M‖² and
+η̄_t = η_t/(1 − μ_t) (Longhorn's implicit step for a linear memory); 'implicit_chunk' counts the
+chunk's b steps taken at one point, η_t/(1 + b η̄_t λ_t) (memory/rules.py ``step_factors``). The
+output LayerNorm makes λ ∝ 1/‖W‖², which forgetting inflates far beyond the training context
+(benchmarks/README.md "Issue 10 §3"): 'implicit_chunk' bounds the trained tiny Titans MAG's exact
+4K / 8K gradient (1.1e7 / 1.4e9 → 5.9e3 / 9.1e3) at the same validation loss (4.99 against 5.04).
+Opt-in (not the papers' step), for the deep memories with the identity or ℓq map.
 
 ``memory_grad_horizon`` (tokens, 0 = exact): truncated back-propagation through every memory
 state, cut every that many tokens (a multiple of ``chunk_size``; the forward pass is unchanged).
@@ -69,7 +77,7 @@ import jax.numpy as jnp
 
 from miras_jax.memory.biases import HUBER_MODES
 from miras_jax.memory.retention import TARGETS
-from miras_jax.memory.rules import MEMORA_FORMS, MOMENTUM_FORMS
+from miras_jax.memory.rules import MEMORA_FORMS, MOMENTUM_FORMS, STEP_SCALES
 
 MIXERS = ('attention', 'swa', 'memory', 'mag', 'mac')
 REMAT_POLICIES = (
@@ -112,6 +120,7 @@ class LMConfig:
   memory_ln_eps: float = 1.0
   retention_target: str = 'zero'
   momentum_form: str = 'sum'
+  step_scale: str = 'none'
   output_gate: str = 'silu'
   memory_remat_group: int = 4
   memory_grad_horizon: int = 0
@@ -146,6 +155,8 @@ class LMConfig:
       raise ValueError(
         f'unknown momentum_form {self.momentum_form!r}; choose from {MOMENTUM_FORMS}'
       )
+    if self.step_scale not in STEP_SCALES:
+      raise ValueError(f'unknown step_scale {self.step_scale!r}; choose from {STEP_SCALES}')
     bad = [m for m in self.pattern if m not in MIXERS]
     if bad or not self.pattern:
       raise ValueError(f'pattern {self.pattern}: unknown mixer(s) {bad}; choose from {MIXERS}')

@@ -71,6 +71,7 @@ def memory_layer(cfg: LMConfig, **kw) -> MirasLayer:
     ln_eps=cfg.memory_ln_eps,
     retention_target=cfg.retention_target,
     momentum_form=cfg.momentum_form,
+    step_scale=cfg.step_scale,
     output_gate=cfg.output_gate,
     remat_group=cfg.memory_remat_group,
     grad_horizon=cfg.memory_grad_horizon,

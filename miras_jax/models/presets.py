@@ -146,6 +146,7 @@ def model_config(family: str, size: str) -> ConfigDict:
   # --config.model.retention_target=initial.
   c.retention_target = LMConfig.retention_target
   c.momentum_form = LMConfig.momentum_form
+  c.step_scale = LMConfig.step_scale  # the papers' step ('implicit': opt-in, memory/rules.py)
   c.output_gate = LMConfig.output_gate
   c.memory_remat_group = LMConfig.memory_remat_group
   c.memory_grad_horizon = LMConfig.memory_grad_horizon  # 0: exact gradients (opt-in truncation)

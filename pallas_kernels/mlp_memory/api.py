@@ -30,7 +30,9 @@ from pallas_kernels.mlp_memory.chunk import SUMS, TOKENS, VECTORS, Layout, as_2d
 
 
 def supported(rule: MemoryRule) -> bool:
-  return recompute_backward(rule) and rule.retention.read_mode != 'lag'
+  # step_scale 'implicit(_chunk)' needs the momentum gate per token (not in the kernel's TOKENS).
+  ok = rule.retention.read_mode != 'lag' and rule.step_scale == 'none'
+  return recompute_backward(rule) and ok
 
 
 def _split_pos(tree):
@@ -61,7 +63,7 @@ def mlp_memory(
   if not supported(rule):
     raise ValueError(
       f'rule {rule.name}: no deep-memory Pallas kernel (covered: the general chunk of the MLP '
-      f"memories, not Memora's lag form); use implementation='xla'"
+      f"memories, not Memora's lag form nor step_scale 'implicit'); use implementation='xla'"
     )
   pos = None if state is None else state['pos']
   # Checked on the host (numpy): inside a trace, jnp on a concrete array would be staged too.

@@ -82,10 +82,14 @@ def u_yaad_norm(e, delta):
 # --- rules -------------------------------------------------------------------------------
 
 
-def run_gd(memory, ws, xs, b, u_fn, momentum=False, to_initial=False):
+def run_gd(memory, ws, xs, b, u_fn, momentum=False, to_initial=False, implicit=0.0):
   """W_t = α_t W_{t−1} − η_t g_t (or Titans: S_t = μ_t S_{t−1} − η_t g_t, W_t = α_t W_{t−1} +
   S_t), g_t at the chunk-start memory; y_t = M(W_t; q_t). Yaad, Titans, TTT.
-  ``to_initial``: the decay forgets towards W_0, α_t W_{t−1} + (1 − α_t) W_0."""
+  ``to_initial``: the decay forgets towards W_0, α_t W_{t−1} + (1 − α_t) W_0.
+  ``implicit`` = c > 0: the step η_t / (1 + c η̄_t λ_t), λ_t = ‖g_t‖² / ‖u_t‖² (all matrices'
+  entries, u_t = ∂ℓ/∂M at the chunk-start memory), η̄_t = η_t / (1 − μ_t) with momentum, else η_t
+  (the project's step_scale='implicit' with c = 1, 'implicit_chunk' with c = b; Longhorn's
+  implicit step for a linear memory at c = 1)."""
   ws = [jnp.asarray(w) for w in ws]
   w_init = ws
   S = [jnp.zeros_like(w) for w in ws]
@@ -95,8 +99,13 @@ def run_gd(memory, ws, xs, b, u_fn, momentum=False, to_initial=False):
     if t % b == 0:
       wb = ws
     e = memory(wb, xs['k'][t]) - xs['v'][t]
-    g = weight_grad(memory, wb, xs['k'][t], u_fn(e, xs['delta'][t]))
+    u = u_fn(e, xs['delta'][t])
+    g = weight_grad(memory, wb, xs['k'][t], u)
     al, eta = xs['alpha'][t], xs['eta'][t]
+    if implicit:
+      lam = sum((gi * gi).sum() for gi in g) / (u * u).sum()
+      total = eta / (1.0 - xs['mu'][t]) if momentum else eta
+      g = [gi / (1.0 + implicit * total * lam) for gi in g]
     kept = [al * w + (1.0 - al) * w_i if to_initial else al * w for w, w_i in zip(ws, w_init)]
     if momentum:
       S = [xs['mu'][t] * s - eta * gi for s, gi in zip(S, g)]

@@ -53,6 +53,8 @@ VARIANTS = {
   # Forgetting towards the initial memory (retention.py 'initial'; models/presets.py).
   'titans_to_initial': lambda: with_options(get_rule('titans'), retention_target='initial'),
   'moneta_to_initial': lambda: with_options(get_rule('moneta'), retention_target='initial'),
+  # The step bounded by the curvature along it (rules.py step_factors; b × for the chunk).
+  'titans_implicit_chunk': lambda: with_options(get_rule('titans'), step_scale='implicit_chunk'),
   'mlp3_l2_momentum': lambda: MemoryRule(
     'mlp3_l2_momentum', MLPMemory(depth=3, expansion=2), L2(), Retention('none'), Momentum()
   ),
@@ -61,7 +63,7 @@ RULES = list_rules() + sorted(VARIANTS)
 # Variants whose every case is behind ``slow`` (CI budget; ~40 s each on 2 cores): their chunk
 # code is the deep memories' with one added term, and tests/memory/test_paper_equations.py checks
 # both implementations against an independent recurrence in the default run.
-SLOW_VARIANTS = ('titans_to_initial', 'moneta_to_initial')
+SLOW_VARIANTS = ('titans_to_initial', 'moneta_to_initial', 'titans_implicit_chunk')
 
 
 def _rule(name):

@@ -120,14 +120,31 @@ def test_yaad_mask_is_the_default():
   assert get_rule('yaad').bias.mode == 'mask'
 
 
-@pytest.mark.parametrize('target', ['zero', 'initial'])
-def test_titans_momentum_chunked(target):
-  """Titans Eq. 10–13 with μ > 0 at b = 8; forgetting towards zero (the paper) or W_0."""
-  rule = with_options(get_rule('titans'), retention_target=target)
+@pytest.mark.parametrize(
+  'target,step',
+  [
+    ('zero', 'none'),
+    ('initial', 'none'),
+    ('zero', 'implicit_chunk'),
+    pytest.param('zero', 'implicit', marks=pytest.mark.slow),
+  ],
+)
+def test_titans_momentum_chunked(target, step):
+  """Titans Eq. 10–13 with μ > 0 at b = 8; forgetting towards zero (the paper) or W_0; the
+  papers' step or the implicit one bounded by the curvature (step_scale, rules.step_factors)."""
+  rule = with_options(get_rule('titans'), retention_target=target, step_scale=step)
   x, w0, ln = _inputs(2, rule)
   to_init = target == 'initial'
-  run = lambda x, w0, ln: pr.run_gd(_mlp()(ln), w0, x, 8, pr.u_l2, True, to_init)
+  implicit = {'none': 0.0, 'implicit': 1.0, 'implicit_chunk': 8.0}[step]
+  run = lambda x, w0, ln: pr.run_gd(_mlp()(ln), w0, x, 8, pr.u_l2, True, to_init, implicit)
   _check(rule, 8, x, w0, ln, run, lambda st: st['A'])
+  if implicit:  # the bound acts at these inputs: the first token's step is well below η_0
+    with jax.enable_x64(True):
+      mem = _mlp()({k: jnp.asarray(v, jnp.float64) for k, v in ln.items()})
+      ws = [jnp.asarray(w, jnp.float64) for w in w0]
+      e = mem(ws, x['k'][0]) - x['v'][0]
+      lam = sum(float((g * g).sum()) for g in pr.weight_grad(mem, ws, x['k'][0], e)) / float(e @ e)
+      assert 1.0 / (1.0 + implicit * x['eta'][0] / (1.0 - x['mu'][0]) * lam) < 0.5
 
 
 @pytest.mark.parametrize('target', ['zero', 'initial'])

@@ -82,6 +82,7 @@ def test_preset_gates_keep_the_4k_gradient_bounded(rule):
     ln_eps=c.memory_ln_eps,
     retention_target=c.retention_target,
     momentum_form=c.momentum_form,
+    step_scale=c.step_scale,
   )
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((1, c.max_len, 2 * d)), jnp.float32)
