@@ -82,13 +82,7 @@ def _compare_backward(a):
         for g in groups:
           step = functools.partial(loss, backward=bw, group=g)
           cases[bw, g] = jax.jit(jax.value_and_grad(step, argnums=(0, 1, 2, 3)))
-      # Rounds over all cases, best of each: load from other jobs hits every case alike.
-      for f in cases.values():
-        jax.block_until_ready(f(*args))
-      best = dict.fromkeys(cases, float('inf'))
-      for _ in range(a.repeats):
-        for key, f in cases.items():
-          best[key] = min(best[key], _time(f, args, 1, warm=False))
+      best = _best_of_rounds(cases, args, a.repeats)
       t_f = best['forward', None]
       for (bw, g), t in best.items():
         rows.append(dict(rule=name, T=T, backward=bw, group=g, ms=1e3 * t, ratio=t / t_f))
@@ -123,12 +117,7 @@ def _compare_inner_form(a):
           f = functools.partial(loss, form=form)
           cases['forward', form] = jax.jit(f)
           cases['fwd+bwd', form] = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2, 3)))
-        for f in cases.values():
-          jax.block_until_ready(f(*args))
-        best = dict.fromkeys(cases, float('inf'))
-        for _ in range(a.repeats):
-          for key, f in cases.items():
-            best[key] = min(best[key], _time(f, args, 1, warm=False))
+        best = _best_of_rounds(cases, args, a.repeats)
         for pas in ('forward', 'fwd+bwd'):
           t_m, t_s = best[pas, 'matmul'], best[pas, 'scan']
           rows.append(
@@ -199,6 +188,18 @@ def _time(f, args, repeats, warm=True):
     t = time.perf_counter()
     jax.block_until_ready(f(*args))
     best = min(best, time.perf_counter() - t)
+  return best
+
+
+def _best_of_rounds(cases, args, rounds):
+  """{key: best seconds} of ``cases`` ({key: jitted f}), each compiled first, then timed once per
+  round in turn: load from other jobs hits every case alike."""
+  for f in cases.values():
+    jax.block_until_ready(f(*args))
+  best = dict.fromkeys(cases, float('inf'))
+  for _ in range(rounds):
+    for key, f in cases.items():
+      best[key] = min(best[key], _time(f, args, 1, warm=False))
   return best
 
 
