@@ -20,6 +20,18 @@ kinds of work that reach across tokens run here, each under ``jax.shard_map`` (r
   log-depth scan, and each device adds the read of its true start state to its outputs. Resets
   come from the *global* segment ids, so a document starting on a slice boundary (or anywhere
   in a slice) cuts the carried state exactly. Exact: the same sums in another order.
+* **Delta rules** (DeltaNet, Gated DeltaNet, Longhorn): the slice's state map S ↦ A S + U has a
+  full [dk, dk] multiplier A = Π α_t (I − β_t k_t k_tᵀ) (Yang et al. 2024, "Parallelizing Linear
+  Transformers with the Delta Rule", §3). Each device runs the configured implementation once
+  on its slice with the value width widened to dv + dk (values [v | 0], start [0 | I], W_0
+  [W_0 | 0]): the first dv columns are the run from a zero start (y0, U), the last dk the
+  homogeneous run from the identity (A, and r_t = A_tᵀ q_t), sharing the WY solve. The maps are
+  composed across devices by pallas_kernels/delta_rule/state_passing.py (``pass_state_across``:
+  an all-gather of one [dk, dk + dv] map per (row, head) and device, a log-depth scan of
+  (A₂ A₁, A₂ U₁ + U₂)) and each device adds y_t += S_dᵀ r_t for its true start state S_d. A
+  reset zeroes A and r from the reset on, so resets come from the global segment ids as above.
+  Cost: one local run at width dv + dk (≈ 2x the width-dependent work at dk = dv; the solve is
+  shared) instead of dv, plus a [T, dk] x [dk, dv] read; no second pass. Exact.
 * **Attention**: all-gather of K / V (and their segment ids) over ``sequence``; each device's
   queries keep their global positions (slice offset + local index), so the causal, window and
   document masks are the single-device ones. This is MaxText's context parallelism
@@ -30,10 +42,9 @@ kinds of work that reach across tokens run here, each under ``jax.shard_map`` (r
   backends ('xla', 'cudnn') do it; the Pallas TPU kernels refuse at startup.
 
 Memories without an associative state combine cannot be split this way: the deep (MLP)
-memories (Titans, Moneta, Yaad, Memora, TTT-Linear / TTT-MLP) update a non-linear state, and the
-delta rules (DeltaNet, Gated DeltaNet, Longhorn) have a state map S ↦ S(I − β k kᵀ) + … whose
-composition across devices is not implemented here. ``check_model`` refuses them at startup
-with one line, and the layers raise the same line if they meet a split sequence anyway.
+memories (Titans, Moneta, Yaad, Memora, TTT-Linear / TTT-MLP) update a non-linear state.
+``check_model`` refuses them at startup with one line, and the layers raise the same line if
+they meet a split sequence anyway.
 """
 
 from __future__ import annotations
@@ -81,12 +92,11 @@ def memory_refusal(rule) -> str | None:
   from pallas_kernels.memory_dispatch import kernel_for  # pylint: disable=import-outside-toplevel
 
   op = kernel_for(rule)
-  if op == 'linear_memory':
+  if op in ('linear_memory', 'delta_rule'):
     return None
   kind = {
-    'delta_rule': 'the delta rule has no cross-device state combine here',
     'mlp_memory': 'a deep (MLP) memory is not a linear recurrence',
-  }.get(op, 'its state update is not a linear recurrence with a diagonal decay')
+  }.get(op, 'its state update is not an affine map of the state with a known combine')
   return f'memory rule {rule.name!r} ({kind})'
 
 
@@ -168,7 +178,7 @@ def causal_conv(conv, x, kernel, bias, segment_ids, dtype, axis):
 
 
 # ------------------------------------------------------------------------------------------
-# Linear memories: local chunked run + associative state combine across devices.
+# Linear memories and delta rules: local chunked run + associative state combine across devices.
 
 
 def linear_memory(rule, q, k, v, gates, *, w0, outer, segment_ids, axis, chunk_size, local_forward):
@@ -177,12 +187,16 @@ def linear_memory(rule, q, k, v, gates, *, w0, outer, segment_ids, axis, chunk_s
   q, k [B, H, T, dk], v [B, H, T, dv], gates {name: [B, H, T(, c)]}; w0 / outer per head [H, …].
   ``local_forward(rule, q, k, v, gates, w0=, outer=, state=, segment_ids=)`` is the configured
   single-device implementation (memory_forward), run on each slice. Only rules that
-  ``memory_refusal`` accepts (state = {'A': ([B, H, dv, dk],), 'Wg', 'pos'}, identity read)."""
+  ``memory_refusal`` accepts (state = {'A': ([B, H, dv, dk],), 'Wg', 'pos'}, identity read): the
+  dot-product linear memories (diagonal-decay combine) and the delta rules (widened run, [dk, dk]
+  combine; module doc)."""
   from miras_jax.memory import common  # pylint: disable=import-outside-toplevel
   from miras_jax.memory.rules import init_state, prepare_gates  # pylint: disable=import-outside-toplevel
+  from pallas_kernels.delta_rule import state_passing as delta_sp  # pylint: disable=import-outside-toplevel
   from pallas_kernels.linear_memory.state_passing import (  # pylint: disable=import-outside-toplevel
     pass_state_across,
   )
+  from pallas_kernels.memory_dispatch import kernel_for  # pylint: disable=import-outside-toplevel
 
   why = memory_refusal(rule)
   if why:
@@ -195,17 +209,47 @@ def linear_memory(rule, q, k, v, gates, *, w0, outer, segment_ids, axis, chunk_s
   if segment_ids is not None:
     reset = common.resets_from_segments(segment_ids, (B, 1, T))[:, 0]  # [B, T]
   names = sorted(gates)
+  delta = kernel_for(rule) == 'delta_rule'
+
+  def start_of(fresh, reset):
+    """The slice's own run starts from zero, or from W_0 when a document starts at its first
+    token (the local segment ids cannot see that reset)."""
+    start = jax.tree.map(jnp.zeros_like, fresh)
+    if reset is None:
+      return start
+    new_doc = reset[:, 0] > 0  # [B]
+    return jax.tree.map(
+      lambda f, z: jnp.where(new_doc.reshape((-1,) + (1,) * (f.ndim - 1)), f, z), fresh, start
+    )
+
+  def delta_body(q, k, v, g, w0, outer, seg, reset):
+    # One local run with the value width widened to dv + dk gives the slice's map (A, U) and the
+    # read coefficients r_t = A_tᵀ q_t (pallas_kernels/delta_rule/state_passing.py). Built here
+    # in the memory's A layout [dv, dk] = Sᵀ: widening S's dv columns is widening A's rows.
+    dv, dk = v.shape[-1], k.shape[-1]
+    (w,) = w0  # [H, dv, dk]
+    w2 = (jnp.concatenate([w, jnp.zeros(w.shape[:-2] + (dk, dk), w.dtype)], axis=-2),)
+    fresh2 = init_state(rule, w2, q.shape[0])  # [W_0 | 0]ᵀ; 'A', 'Wg' [B, H, dv + dk, dk]
+    start = start_of(fresh2, reset)
+    eye = jnp.broadcast_to(jnp.eye(dk, dtype=jnp.float32), q.shape[:2] + (dk, dk))
+    cont = jnp.ones(q.shape[:1], bool) if reset is None else reset[:, 0] == 0
+    eye = jnp.where(cont[:, None, None, None], eye, 0.0)  # [0 | I]ᵀ, or [W_0 | 0]ᵀ at a doc start
+    a2 = jnp.concatenate([start['A'][0][..., :dv, :], eye], axis=-2)
+    start = dict(start, A=(a2,), Wg=(a2,))
+    v2 = jnp.concatenate([v, jnp.zeros(v.shape[:-1] + (dk,), v.dtype)], axis=-1)
+    y2, st = local_forward(rule, q, k, v2, g, w0=w2, outer=outer, state=start, segment_ids=seg)
+    y0, U, r, A = delta_sp.split(y2, jnp.swapaxes(st['A'][0], -1, -2), dv)
+    h0 = jnp.swapaxes(init_state(rule, tuple(w0), q.shape[0])['A'][0], -1, -2)  # row starts at W_0
+    y, end = delta_sp.pass_state_across(y0, U, r, A, h0, axis_name=axis)
+    return y, jnp.swapaxes(end, -1, -2)
 
   def body(q, k, v, gate_list, w0, outer, seg, reset):
     f32 = jnp.float32
-    fresh = init_state(rule, tuple(w0), q.shape[0])  # [B, H, ...]
-    start = jax.tree.map(jnp.zeros_like, fresh)  # the slice's own run starts from zero ...
-    if reset is not None:  # ... or from W_0 when a document starts at its first token
-      new_doc = reset[:, 0] > 0  # [B]
-      start = jax.tree.map(
-        lambda f, z: jnp.where(new_doc.reshape((-1,) + (1,) * (f.ndim - 1)), f, z), fresh, start
-      )
     g = dict(zip(names, gate_list))
+    if delta:
+      return delta_body(q, k, v, g, w0, outer, seg, reset)
+    fresh = init_state(rule, tuple(w0), q.shape[0])  # [B, H, ...]
+    start = start_of(fresh, reset)
     y0, st = local_forward(rule, q, k, v, g, w0=w0, outer=outer, state=start, segment_ids=seg)
     U = jnp.swapaxes(st['A'][0], -1, -2)  # [B, H, dk, dv], the kernels' layout
     h0 = jnp.swapaxes(fresh['A'][0], -1, -2)  # the row starts from W_0
@@ -237,7 +281,8 @@ def linear_memory(rule, q, k, v, gates, *, w0, outer, segment_ids, axis, chunk_s
   )(q, k, v, [gates[n] for n in names], tuple(w0), outer, segment_ids, reset)
   # As pallas_kernels/memory_dispatch.py: the gradient point of a dot-product memory is never
   # read, so the exact memory A stands for it; pos is the row's place in its chunk grid.
-  pos = jnp.full((B, H), T % int(chunk_size), jnp.int32)
+  # The delta rules' state is exact at any chunk grid (chunked.py, form 'wy'): pos stays 0.
+  pos = jnp.full((B, H), 0 if delta else T % int(chunk_size), jnp.int32)
   return y, {'A': (a,), 'Wg': (a,), 'pos': pos}
 
 

@@ -27,8 +27,8 @@ parallel are therefore a config change (``train.mesh.*``), not a code change;
 one of ``data`` / ``fsdp`` / ``sequence`` / ``tensor`` may be -1 ("the rest of the
 devices"). ``sequence`` (default 1) splits every row's tokens over devices; the
 layers whose work crosses tokens run in context-parallel form then
-(layers/sequence_parallel.py: the linear memories, the short convolutions and
-attention; other memories refuse at startup):
+(layers/sequence_parallel.py: the linear memories, the delta rules, the short
+convolutions and attention; the deep memories refuse at startup):
 
 ======================== ================================= ==========================
 layout                    ``train.mesh``                    state per chip

@@ -30,10 +30,16 @@ def delta_rule(
   seg_chunks: int | None = None,
   backend: str = 'auto',
   interpret: bool | None = None,
+  state_passing: str = 'sequential',
 ):
   """q, k [B, H, T, dk], v [B, H, T, dv], beta [B, H, T]; log_alpha [B, H, T] or None;
   segment_ids [B, T] or reset [B, H, T]; initial_state [B, H, dk, dv]; reset_state [H, dk, dv].
-  Returns (y [B, H, T, dv] in q's dtype, final state [B, H, dk, dv] fp32)."""
+  Returns (y [B, H, T, dv] in q's dtype, final state [B, H, dk, dv] fp32).
+  ``state_passing``: 'sequential' (the Pallas kernel: state on chip, chunk after chunk) or
+  'associative' (log-depth ``jax.lax.associative_scan`` over the chunks' affine state maps, XLA;
+  state_passing.py)."""
+  if state_passing not in ('sequential', 'associative'):
+    raise ValueError(f"state_passing must be 'sequential' or 'associative', got {state_passing!r}")
   B, H, T, dk = q.shape
   dv = v.shape[-1]
   if k.shape != q.shape or v.shape[:3] != q.shape[:3] or beta.shape != q.shape[:3]:
@@ -58,7 +64,11 @@ def delta_rule(
   toks = [pad(q), pad(k).astype(q.dtype), pad(v).astype(q.dtype)]
   toks += [pad(beta.astype(f32)[..., None]), G, E, seg]
   toks = [layout.flat(x) for x in toks]
-  if lowering == 'gpu':
+  if state_passing == 'associative':
+    from pallas_kernels.delta_rule.state_passing import chunk_scan
+
+    core = lambda *a, R, interpret, **kw: chunk_scan(*a, **kw)
+  elif lowering == 'gpu':
     from pallas_kernels.delta_rule.pallas_gpu import delta_rule_gpu as core
   else:
     from pallas_kernels.delta_rule.pallas_tpu import delta_rule_tpu as core

@@ -6,10 +6,12 @@ model on one device (fp32, random parameters, so W_0 and every gate are non-triv
 packed documents whose boundaries fall on a slice boundary, inside a slice, and documents that
 run across slices. By default: a one-layer GLA LM (conv halo, local chunked memory, state
 combine across devices) and a one-layer Transformer++ (K / V all-gather), plus the trainer's
-startup refusal (one line) of a deep memory and of the delta rule. ``-m slow``: the tiny presets
-of GLA, RetNet, the GLA hybrid (memory + sliding-window attention) and Transformer++ at
-sequence 8, as configured (scanned, rematerialised layers), and a Mamba2 LM whose slices run the
-Pallas kernel (memory_impl='pallas').
+startup refusal (one line) of a deep memory; and the Gated DeltaNet memory alone on 4 slices
+(the delta rules' widened local run and [dk, dk] combine). ``-m slow``: the tiny presets of GLA,
+RetNet, the GLA hybrid (memory + sliding-window attention) and Transformer++ at sequence 8, as
+configured (scanned, rematerialised layers), and a Mamba2 LM whose slices run the Pallas kernel
+(memory_impl='pallas'); one-layer and preset Gated DeltaNet, DeltaNet and Longhorn LMs, and a
+Gated DeltaNet LM on the Pallas delta-rule kernel; the DeltaNet and Longhorn memories alone.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ SCRIPT = textwrap.dedent("""
     if sys.argv[1] == 'default':
       same('gla', 4, 2, ('collective-permute', 'all-gather'), True, **SMALL)
       same('transformer', 4, 2, ('all-gather',), **SMALL)
-      for family in ('moneta', 'deltanet'):
+      for family in ('moneta',):
         config = paper_config(family, 'tiny')
         config.train.batch_size, config.train.seq_len = 8, 32
         config.train.mesh.data, config.train.mesh.sequence = -1, 4
@@ -96,6 +98,12 @@ SCRIPT = textwrap.dedent("""
           raise SystemExit(f'{family}: no refusal')
         except sh.MeshError as e:
           print('refused', family, str(e), flush=True)
+    elif sys.argv[1] == 'delta':
+      same('gated_deltanet', 4, 2, ('collective-permute', 'all-gather'), True, **SMALL)
+      for family in ('gated_deltanet', 'deltanet', 'longhorn'):
+        same(family, 4, 2, ('collective-permute', 'all-gather'))
+      # the Pallas delta-rule kernel (interpret mode here) as the local implementation
+      same('gated_deltanet', 4, 2, ('collective-permute',), memory_impl='pallas', **SMALL)
     else:
       same('gla', 4, 2, ('collective-permute', 'all-gather'))
       same('retnet', 4, 2, ('collective-permute', 'all-gather'))
@@ -106,9 +114,79 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+# The memory alone (layers/sequence_parallel.linear_memory with the XLA chunked path as the local
+# run) on a mesh of 4 slices against memory_forward on one device: outputs, the final state dict
+# and the gradients of q, k, v, every gate and W_0 — the layer side of the delta rules' combine
+# (the widened run, the W_0 start of a slice that begins a document, the state layout), at a
+# fraction of a whole model's compile time.
+MEMORY_SCRIPT = textwrap.dedent("""
+    import functools, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh
+    from miras_jax.layers import sequence_parallel
+    from miras_jax.memory import get_rule, memory_forward
+    from miras_jax.testing import assert_tree_close
+
+    B, H, T, D = 2, 2, 32, 8  # slices of 8 tokens
+    rng = np.random.default_rng(0)
+    normal = lambda *s: rng.standard_normal(s).astype(np.float32)
+    seg = np.zeros((B, T), np.int32)
+    for b, ss in enumerate([[8, 13], [3, 24]]):  # on slice boundaries (8, 24) and inside (13, 3)
+      for t in ss:
+        seg[b, t:] += 1
+    mesh = Mesh(jax.devices()[:4], ('sequence',))
+    for name in sys.argv[1].split(','):
+      rule = get_rule(name)
+      k = normal(B, H, T, D)
+      args = [normal(B, H, T, D), k / np.linalg.norm(k, axis=-1, keepdims=True), normal(B, H, T, D)]
+      gates = {'eta': 1 / (1 + np.exp(-normal(B, H, T)))}
+      if rule.retention.decay != 'none':
+        gates['log_alpha'] = -np.log1p(np.exp(-normal(B, H, T) - 2.0))
+      w0 = (0.5 * normal(H, D, D),)
+      fwd = functools.partial(memory_forward, chunk_size=4)  # several chunks per slice
+
+      def one(q, k, v, gates, w0):
+        return fwd(rule, q, k, v, gates, w0=w0, segment_ids=seg)
+
+      def split(q, k, v, gates, w0):
+        return sequence_parallel.linear_memory(
+          rule, q, k, v, gates, w0=w0, outer={}, segment_ids=jnp.asarray(seg),
+          axis='sequence', chunk_size=4, local_forward=fwd)
+
+      def og(fn):
+        def go(*a):
+          ya = lambda *a: (lambda y, st: ((y, st['A'][0]), st))(*fn(*a))
+          out, vjp, state = jax.vjp(ya, *a, has_aux=True)
+          ct = jax.tree.map(lambda o: jnp.cos(jnp.arange(o.size, dtype=o.dtype)).reshape(o.shape), out)
+          return out, state, vjp(ct)  # y and the final memory, the state dict, the gradients
+        return jax.jit(go)(*args, gates, w0)
+
+      want = og(one)
+      with jax.set_mesh(mesh):
+        got = og(split)
+      assert_tree_close(got, want, 1e-5, name)
+      print('ok memory', name, flush=True)
+""")
+
+
+# Unoptimised XLA:CPU code generation halves the compile time of these tiny programs.
+_FAST = '--xla_backend_optimization_level=0'
+
+
 def _run(which: str) -> str:
-  # Unoptimised XLA:CPU code generation halves the compile time of these tiny programs.
-  return run_on_cpu_devices(SCRIPT, which, timeout=1800, flags='--xla_backend_optimization_level=0')
+  return run_on_cpu_devices(SCRIPT, which, timeout=1800, flags=_FAST)
+
+
+def test_delta_rule_memory_split_equals_one_device():
+  out = run_on_cpu_devices(MEMORY_SCRIPT, 'gated_deltanet', devices=4, flags=_FAST)
+  assert 'ok memory gated_deltanet' in out, out
+
+
+@pytest.mark.slow
+def test_delta_rule_memories_split_equal_one_device():
+  out = run_on_cpu_devices(MEMORY_SCRIPT, 'deltanet,longhorn', devices=4, flags=_FAST)
+  for name in ('deltanet', 'longhorn'):
+    assert f'ok memory {name}' in out, out
 
 
 def test_sequence_parallel_step_equals_one_device():
@@ -119,8 +197,6 @@ def test_sequence_parallel_step_equals_one_device():
   assert lines == [
     "refused moneta train.mesh.sequence=4: memory rule 'moneta' (a deep (MLP) memory is not a "
     'linear recurrence) has no sequence parallelism; set train.mesh.sequence=1',
-    "refused deltanet train.mesh.sequence=4: memory rule 'deltanet' (the delta rule has no "
-    'cross-device state combine here) has no sequence parallelism; set train.mesh.sequence=1',
   ], out
 
 
@@ -131,7 +207,15 @@ def test_sequence_parallel_presets_equal_one_device():
     assert f'ok {family} ' in out, out
 
 
-@pytest.mark.parametrize('family', ['titans', 'yaad', 'memora', 'ttt_mlp', 'gated_deltanet'])
+@pytest.mark.slow
+def test_sequence_parallel_delta_rules_equal_one_device():
+  out = _run('delta')
+  assert out.count('ok gated_deltanet ') == 3, out  # small, preset, Pallas local run
+  for family in ('deltanet', 'longhorn'):
+    assert f'ok {family} ' in out, out
+
+
+@pytest.mark.parametrize('family', ['titans', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear'])
 def test_refusal_names_the_rule_and_the_axis(family):
   cfg = LMConfig.from_config(model_config(family, 'tiny'))
   with pytest.raises(sequence_parallel.SequenceParallelError) as e:
@@ -142,6 +226,8 @@ def test_refusal_names_the_rule_and_the_axis(family):
 
 def test_linear_and_attention_families_pass_the_check_and_bad_lengths_do_not():
   for family in ('gla', 'mamba2', 'linear_attention', 'retnet', 'hybrid_gla', 'transformer'):
+    sequence_parallel.check_model(LMConfig.from_config(model_config(family, 'tiny')), 4, 64)
+  for family in ('deltanet', 'gated_deltanet', 'longhorn'):  # the delta rules' [dk, dk] combine
     sequence_parallel.check_model(LMConfig.from_config(model_config(family, 'tiny')), 4, 64)
   cfg = LMConfig.from_config(model_config('gla', 'tiny'))
   with pytest.raises(sequence_parallel.SequenceParallelError, match='not divisible'):
