@@ -9,6 +9,7 @@ import pytest
 from miras_jax.data.copy_task import copy_alphabet, copy_batch, copy_block
 from miras_jax.data.errors import DataError
 from miras_jax.data.pipeline import make_train_iterator
+from miras_jax.data.train_tokenizer import train_tokenizer
 
 SEQ, BATCH = 32, 4
 
@@ -74,3 +75,20 @@ def test_pipeline_appends_copy_rows_and_resumes_exactly(prepared):
     _it(data_dir).set_state(state)
   with pytest.raises(DataError, match=r'copy_rows=4 must be in \[0, batch_size=4\)'):
     _it(data_dir, copy_rows=4)
+
+
+def test_alphabet_of_a_tokenizer_without_byte_pieces_is_a_one_line_error(tmp_path):
+  # a toy vocabulary trained without byte fallback (as `--no-byte_fallback` gives): no <0x..>
+  # pieces, so the copy task has no alphabet; `python -m miras_jax.train` prints a DataError as
+  # its one-line error (train/__main__.py), so the function's message is what the user sees
+  words = 'the quick brown fox jumps over the lazy dog'.split()
+  lines = [' '.join(words[i:] + words[:i]) for i in range(len(words))] * 20
+  (tmp_path / 'text.txt').write_text('\n'.join(lines))
+  path = train_tokenizer(
+    str(tmp_path / 'text.txt'), tmp_path / 'tok', 40, byte_fallback=False, progress=False
+  )
+  with pytest.raises(DataError, match='byte-fallback pieces') as e:
+    copy_alphabet(path)
+  message = str(e.value)
+  assert path in message and 'train the tokenizer with byte_fallback' in message
+  assert '\n' not in message
