@@ -320,9 +320,16 @@ def _steps(
   """The training steps from ``start``, with logging, evaluation, checkpoints and stops."""
   config, t = plan.config, plan.config.train
   total, every_save = int(t.steps), int(config.checkpoint.every_steps)
-  wandb_run = init_wandb(config, plan.config_dict, workdir) if jax.process_index() == 0 else None
-  writer = metrics_lib.MetricsWriter(workdir, total_steps=total, wandb_run=wandb_run)
-  watcher = ckpt_lib.PreemptionWatcher()
+  writer = None
+  try:  # set-up that can fail (wandb.init, opening metrics.jsonl, the SIGTERM handler)
+    wandb_run = init_wandb(config, plan.config_dict, workdir) if jax.process_index() == 0 else None
+    writer = metrics_lib.MetricsWriter(workdir, total_steps=total, wandb_run=wandb_run)
+    watcher = ckpt_lib.PreemptionWatcher()
+  except BaseException:
+    ckpt.close()  # a run that fails still waits for and closes its checkpoint manager
+    if writer is not None:
+      writer.close()
+    raise
   monitor = DivergenceMonitor(float(t.get('loss_spike_factor', 0.0) or 0.0))
   timer = StepTimer(plan, start)
   delay = float(os.environ.get(_STEP_DELAY_ENV, '0') or 0)
