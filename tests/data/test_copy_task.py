@@ -92,3 +92,44 @@ def test_alphabet_of_a_tokenizer_without_byte_pieces_is_a_one_line_error(tmp_pat
   message = str(e.value)
   assert path in message and 'train the tokenizer with byte_fallback' in message
   assert '\n' not in message
+
+
+def _copy_rows_of(batch, length=8):
+  """Which rows are copy-task rows, from their content: every block's trained targets are its
+  first reading, and only those (two blocks of ``length`` a row at SEQ=32)."""
+  span = 2 * length
+  out = []
+  for r in range(len(batch['inputs'])):
+    x, y, mask = batch['inputs'][r], batch['targets'][r], batch['loss_mask'][r]
+    blocks = [
+      np.array_equal(y[j + length : j + span], x[j + 1 : j + length + 1])
+      and mask[j : j + length].sum() == 0
+      for j in range(0, SEQ, span)
+    ]
+    out.append(all(blocks) and mask.sum() == SEQ // 2)
+  return np.array(out)
+
+
+def test_copy_rows_are_spread_evenly_over_equal_batch_slices(prepared):
+  """Each of N equal slices of a batch (the devices of a data-parallel step) holds the same
+  number of copy rows; the other rows are the text-only stream's, in order; a resume is exact."""
+  data_dir, _, _ = prepared
+  for batch, copy, slices in [(8, 4, (2, 4)), (8, 2, (2,)), (12, 3, (3,)), (6, 1, ())]:
+    text = _it(data_dir, batch_size=batch - copy)
+    mixed = _it(data_dir, batch_size=batch, copy_rows=copy)
+    for _ in range(2):
+      t, m = next(text), next(mixed)
+      is_copy = _copy_rows_of(m)
+      assert is_copy.sum() == copy and not _copy_rows_of(t).any(), (batch, copy, is_copy)
+      for k in t:
+        np.testing.assert_array_equal(m[k][~is_copy], t[k], err_msg=k)
+      for n in slices:
+        counts = is_copy.reshape(n, batch // n).sum(1)
+        assert counts.tolist() == [copy // n] * n, (batch, copy, n, is_copy)
+    state = json.loads(json.dumps(mixed.get_state()))
+    want = next(mixed)
+    restored = _it(data_dir, batch_size=batch, copy_rows=copy)
+    restored.set_state(state)
+    got = next(restored)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)
