@@ -2,6 +2,7 @@
 the rows the pipeline appends, and an exact resume."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,21 +78,76 @@ def test_pipeline_appends_copy_rows_and_resumes_exactly(prepared):
     _it(data_dir, copy_rows=4)
 
 
-def test_alphabet_of_a_tokenizer_without_byte_pieces_is_a_one_line_error(tmp_path):
-  # a toy vocabulary trained without byte fallback (as `--no-byte_fallback` gives): no <0x..>
-  # pieces, so the copy task has no alphabet; `python -m miras_jax.train` prints a DataError as
-  # its one-line error (train/__main__.py), so the function's message is what the user sees
+@pytest.fixture
+def no_byte_tokenizer(tmp_path) -> tuple[str, Path]:
+  """(tokenizer path, its training text): a toy 40-piece vocabulary trained without byte
+  fallback (as ``--no-byte_fallback`` gives), so it has no ``<0x..>`` pieces (0.02 s)."""
   words = 'the quick brown fox jumps over the lazy dog'.split()
   lines = [' '.join(words[i:] + words[:i]) for i in range(len(words))] * 20
-  (tmp_path / 'text.txt').write_text('\n'.join(lines))
-  path = train_tokenizer(
-    str(tmp_path / 'text.txt'), tmp_path / 'tok', 40, byte_fallback=False, progress=False
-  )
+  text = tmp_path / 'text.txt'
+  text.write_text('\n'.join(lines))
+  path = train_tokenizer(str(text), tmp_path / 'tok', 40, byte_fallback=False, progress=False)
+  return path, text
+
+
+def test_alphabet_of_a_tokenizer_without_byte_pieces_is_a_one_line_error(no_byte_tokenizer):
+  # `python -m miras_jax.train` prints a DataError as its one-line error (train/__main__.py), so
+  # the function's message is what the user sees
+  path, _ = no_byte_tokenizer
   with pytest.raises(DataError, match='byte-fallback pieces') as e:
     copy_alphabet(path)
   message = str(e.value)
   assert path in message and 'train the tokenizer with byte_fallback' in message
   assert '\n' not in message
+
+
+def _files(root: Path) -> dict[str, int]:
+  return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob('*')}
+
+
+def test_trainer_refuses_bad_data_before_writing_anything(
+  tmp_path, no_byte_tokenizer, monkeypatch, capsys
+):
+  """`python -m miras_jax.train` with data.copy_fraction > 0 and that tokenizer: exit 2, the
+  one line, and the workdir as it was (absent, or the same files and mtimes), for a prepared
+  directory and for raw text with data.tokenizer (whose cache would go into the workdir). The
+  pipeline only raises it at the first batch, after the model's init and config.json; so too
+  its other errors (here: more data shards than records)."""
+  from miras_jax.data.prepare import prepare
+  from miras_jax.train import __main__ as cli
+  from miras_jax.train.defaults import family_config
+
+  tok, text = no_byte_tokenizer
+  prepared = tmp_path / 'prepared'
+  prepare(str(text), format='text', tokenizer=tok, output_dir=prepared, log_every_docs=0)
+  monkeypatch.setattr(cli, '_maybe_initialize_distributed', lambda: None)  # flags not parsed
+
+  def run(workdir, expect, **data):
+    c = family_config('transformer', 'tiny')
+    c.model.vocab_size = 64
+    c.train.update(steps=2, batch_size=4, seq_len=32, compute_dtype='float32')
+    c.data.update(data)
+    status = cli.run(c, str(workdir))
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert status == 2 and len(err) == 1 and err[0].startswith(cli.PROG), (status, err)
+    assert expect in err[0], err
+
+  existing = tmp_path / 'existing'
+  (existing / 'notes').mkdir(parents=True)
+  (existing / 'notes' / 'a.txt').write_text('mine')
+  before = _files(existing)
+  no_alphabet = f'{tok!r} has none (train the tokenizer with byte_fallback)'
+  one_record = "split 'train' has 1 records, fewer than process_count=2"  # one document
+  for corpus, workdir, expect, extra in [
+    (prepared, tmp_path / 'new' / 'run', no_alphabet, {}),
+    (prepared, existing, no_alphabet, {}),
+    (text, tmp_path / 'new' / 'run', no_alphabet, {'tokenizer': tok}),  # raw: nothing prepared
+    (text, existing, no_alphabet, {'tokenizer': tok}),
+    (prepared, existing, one_record, {'copy_fraction': 0.0, 'shards': 2}),
+  ]:
+    run(workdir, expect, corpus=str(corpus), **{'copy_fraction': 0.25, **extra})
+    assert not (tmp_path / 'new').exists(), (corpus, workdir)
+    assert _files(existing) == before, (corpus, workdir)
 
 
 def _copy_rows_of(batch, length=8):

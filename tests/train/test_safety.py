@@ -354,6 +354,7 @@ def test_validate_rejects_every_bad_value_up_front():
     ('eval', 'tasks', 'piqa,bogus'): "unknown task 'bogus'",
     ('eval', 'limit', -1): 'eval.limit',
     ('data', 'val_fraction', 1.0): 'data.val_fraction',
+    ('data', 'seed', -1): 'data.seed must be in [0, 2**32)',  # (the pipeline: at its 1st batch)
   }
   for (section, key, value), expect in bad.items():
     c = family_config('transformer', 'tiny')
