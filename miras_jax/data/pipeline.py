@@ -10,7 +10,7 @@ Training stream (:func:`build_train_dataset` / :func:`make_train_iterator`)::
       -> concatenate-and-split into rows of
          seq_len + 1 tokens                         grain.experimental.ConcatThenSplitIterDataset
       -> model fields, then per-process batches     .map(pack_row) / .batch(batch_size)
-      -> optionally, rows of the copy task appended  copy_rows (miras_jax/data/copy_task.py)
+      -> optionally, rows of the copy task mixed in  copy_rows (miras_jax/data/copy_task.py)
 
 Every process shuffles all documents with the same seed and keeps every
 ``process_count``-th one, so within an epoch the processes read disjoint
@@ -223,8 +223,22 @@ class _CheckpointableIterDataset(grain.IterDataset):
     return 'CheckpointableIterDataset'
 
 
+def _copy_row_slots(batch_size: int, copy_rows: int) -> np.ndarray:
+  """Where a batch's ``copy_rows`` copy-task rows go among its ``batch_size`` rows (int [copy_rows]).
+
+  Row ``k`` is the last of the ``k``-th of ``copy_rows`` near-equal groups,
+  ``(k + 1) * batch_size // copy_rows - 1``: spread evenly, so when the batch is cut into ``N``
+  equal slices (the devices of a data-parallel step) and ``N`` divides ``copy_rows``, each slice
+  holds ``copy_rows / N`` of them (all at the end would load the last devices with them). One
+  copy row is the last row.
+  """
+  k = np.arange(copy_rows)
+  return (k + 1) * batch_size // copy_rows - 1
+
+
 class _CopyMixIterator(grain.DatasetIterator):
-  """Appends ``rows`` copy-task rows to every batch of text rows (miras_jax/data/copy_task.py).
+  """Mixes ``rows`` copy-task rows into every batch of text rows (miras_jax/data/copy_task.py),
+  at :func:`_copy_row_slots`; the text rows keep their order in the others.
 
   Batch ``n``'s copy rows come from a generator seeded by ``(seed, process_index, n)``, so the
   state is the batch count (with the text pipeline's own state) and a resume is exact."""
@@ -239,7 +253,15 @@ class _CopyMixIterator(grain.DatasetIterator):
     rng = np.random.default_rng([*self._key, self._n, 0xC0])
     self._n += 1
     copy = copy_task.copy_batch(rng, *self._args)
-    return {k: np.concatenate([np.asarray(text[k]), copy[k]]) for k in BATCH_KEYS}
+    rows = len(text['inputs']) + len(copy['inputs'])
+    is_copy = np.zeros(rows, bool)
+    is_copy[_copy_row_slots(rows, len(copy['inputs']))] = True
+    out = {}
+    for k in BATCH_KEYS:
+      v = np.empty((rows, *copy[k].shape[1:]), copy[k].dtype)
+      v[is_copy], v[~is_copy] = copy[k], np.asarray(text[k])
+      out[k] = v
+    return out
 
   def get_state(self) -> dict[str, Any]:
     return {'copy_batches': self._n, 'text': self._parent.get_state()}
@@ -317,7 +339,8 @@ def build_train_dataset(
       num_threads, prefetch_buffer_size: read-ahead of records (grain ReadOptions).
       copy_rows: of the ``batch_size`` rows, how many are rows of the fixed-offset copy task
           (blocks of ``copy_length`` random byte pieces read twice; miras_jax/data/copy_task.py),
-          appended after the ``batch_size - copy_rows`` text rows. 0: text only.
+          spread evenly among the ``batch_size - copy_rows`` text rows (:func:`_copy_row_slots`:
+          equal batch slices, e.g. the devices, get equal numbers of them). 0: text only.
 
   Returns:
       An ``IterDataset`` of dicts with the :data:`BATCH_KEYS`, each [B, T].

@@ -29,6 +29,7 @@ from typing import Any
 import jax
 
 from miras_jax import workdir as workdir_lib
+from miras_jax.train.orbax_restore import absl_errors_only, orbax_restore_guard
 from miras_jax.workdir import is_committed
 
 __all__ = [
@@ -132,8 +133,9 @@ def load_params(ckpt: ResolvedCheckpoint | str | os.PathLike, *, sharding: Any =
     raise CheckpointNotFoundError(
       f"checkpoint {str(ckpt.step_dir)!r} has no 'state' (or 'params') item"
     )
-  try:
-    return _restore_params(ocp, item, sharding)
+  try:  # a damaged checkpoint: one line, without tracebacks of Orbax's late reads
+    with orbax_restore_guard():
+      return _restore_params(ocp, item, sharding)
   except (CheckpointNotFoundError, KeyboardInterrupt):
     raise
   except Exception as e:  # pylint: disable=broad-except  # Orbax / TensorStore / IO errors
@@ -145,7 +147,8 @@ def load_params(ckpt: ResolvedCheckpoint | str | os.PathLike, *, sharding: Any =
 
 def _restore_params(ocp: Any, item: Path, sharding: Any) -> Any:
   checkpointer = ocp.PyTreeCheckpointer()
-  meta = checkpointer.metadata(item)
+  with absl_errors_only():  # a damaged item: "Failed to get item metadata"; load_params reports it
+    meta = checkpointer.metadata(item)
   tree = getattr(getattr(meta, 'item_metadata', None), 'tree', None)
   if tree is None:
     tree = getattr(meta, 'tree', meta)

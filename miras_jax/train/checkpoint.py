@@ -24,7 +24,7 @@ Restoring tells two failures apart (:meth:`Checkpointer.restore_latest`):
 - *unreadable*: the metadata cannot be read, or it fits but reading the arrays
   or the data position fails (truncated / corrupt files). Only then is the
   step reported, moved aside to ``checkpoints/corrupt-<step>-<time>`` and the
-  previous step used.
+  previous step used (the reads Orbax leaves pending print nothing: train/orbax_restore.py).
 
 Saving policy: every ``every_steps`` steps (Orbax's ``save_interval_steps``),
 keep the last ``keep_last`` plus every ``keep_every``-th step
@@ -58,6 +58,7 @@ from jax.experimental import multihost_utils
 from miras_jax import workdir as workdir_lib
 from miras_jax.data.errors import DataError
 from miras_jax.train import data as data_lib
+from miras_jax.train.orbax_restore import absl_errors_only, orbax_restore_guard
 
 __all__ = [
   'CHECKPOINT_DIR',
@@ -218,13 +219,8 @@ class Checkpointer:
 
   def stored_signature(self, step: int) -> Any:
     """:func:`state_signature` of the stored state of ``step`` (raises when unreadable)."""
-    absl_log = logging.getLogger('absl')
-    level = absl_log.level
-    absl_log.setLevel(logging.ERROR)  # Orbax warns that the item has no _CHECKPOINT_METADATA file
-    try:
+    with absl_errors_only():  # Orbax warns that the item has no _CHECKPOINT_METADATA file
       meta = ocp.PyTreeCheckpointer().metadata(self.directory / str(step) / 'state')
-    finally:
-      absl_log.setLevel(level)
     tree = getattr(getattr(meta, 'item_metadata', None), 'tree', None)
     if tree is None:
       tree = getattr(meta, 'tree', meta)
@@ -242,7 +238,8 @@ class Checkpointer:
     want = state_signature(abstract_state)
     for step in steps:
       try:
-        have = self.stored_signature(step)
+        with orbax_restore_guard():  # a damaged step's late reads print nothing
+          have = self.stored_signature(step)
       except Exception as e:  # pylint: disable=broad-except
         self._unreadable(step, e)
         continue
@@ -254,7 +251,8 @@ class Checkpointer:
           'count it can take, or use a new --workdir (nothing was changed)'
         )
       try:
-        state, data_state = self.restore(step, abstract_state)
+        with orbax_restore_guard():
+          state, data_state = self.restore(step, abstract_state)
       except Exception as e:  # pylint: disable=broad-except
         self._unreadable(step, e)
         continue

@@ -168,6 +168,8 @@ def validate(config: ConfigDict, *, process_count: int | None = None) -> None:
   if not str(config.data.corpus):
     raise ConfigError("data.corpus is empty (use 'default', a text file/dir, or a prepared dir)")
   d = config.data
+  if not 0 <= int(d.seed) < 2**32:  # (else the data pipeline raises it only at the first batch)
+    raise ConfigError(f'data.seed must be in [0, 2**32), got {d.seed}')
   if 'val_fraction' in d and not 0.0 <= float(d.val_fraction) < 1.0:
     raise ConfigError(f'data.val_fraction must be in [0, 1), got {d.val_fraction}')
   if copy_rows(d, int(config.train.batch_size) // (shards or process_count)) and not (

@@ -53,6 +53,7 @@ import numpy as np
 from ml_collections import ConfigDict
 
 from miras_jax.data.cache import NotBuiltError, prepare_corpus
+from miras_jax.data.copy_task import copy_alphabet
 from miras_jax.data.errors import DataError
 from miras_jax.data.pipeline import load_index, make_train_iterator, make_val_iterator
 from miras_jax.data.prepare import INDEX_FILE
@@ -90,12 +91,28 @@ def _prepare_raw(
     raise _not_shared(e.path) from None
 
 
+def _check_copy_tokenizer(data: ConfigDict, tokenizer: str | os.PathLike) -> None:
+  """With ``data.copy_fraction`` > 0: the one-line ``DataError`` of a ``tokenizer`` without the
+  copy task's alphabet (its byte-fallback pieces), now; the pipeline only looks at the first batch."""
+  if float(data.get('copy_fraction', 0.0) or 0.0) > 0:
+    copy_alphabet(tokenizer)
+
+
 def resolve_dataset(
   data: ConfigDict, workdir: str | os.PathLike, model_vocab: int | None = None
 ) -> Path:
-  """The prepared dataset directory for ``config.data`` (preparing it on first use)."""
+  """The prepared dataset directory for ``config.data`` (preparing it on first use).
+
+  A tokenizer the copy task cannot use (``data.copy_fraction`` > 0, no byte-fallback pieces) is
+  refused before anything is prepared (``data.tokenizer``) or at least before the run writes
+  anything (a prepared directory's tokenizer).
+  """
   corpus = str(data.corpus)
-  if corpus != 'default' and (Path(corpus).expanduser() / INDEX_FILE).is_file():
+  prepared = corpus != 'default' and (Path(corpus).expanduser() / INDEX_FILE).is_file()
+  given = Path(str(data.get('tokenizer') or '')).expanduser()
+  if not prepared and data.get('tokenizer') and given.is_file():
+    _check_copy_tokenizer(data, given)  # before the cache (maybe in the workdir) is written
+  if prepared:
     path = Path(corpus).expanduser()
   elif jax.process_count() == 1:
     path = _prepare_raw(data, workdir, model_vocab)
@@ -115,6 +132,7 @@ def resolve_dataset(
       f"tokenizer vocabulary ({vocab}) is larger than the model's vocab_size ({model_vocab}); "
       'raise model.vocab_size or use a smaller tokenizer'
     )
+  _check_copy_tokenizer(data, index['tokenizer']['path'])
   return path
 
 
@@ -206,12 +224,18 @@ class ShardedTrainIterator:
       for s in self.shards
     }
 
+  def build(self) -> None:
+    """Build the pipelines of a fresh run now (a no-op once built): their one-line
+    ``DataError`` (e.g. fewer records than data shards) then come before the run writes
+    anything, not at its first batch."""
+    if self._iters is None:
+      self._build(self.num_shards)
+
   def __iter__(self):
     return self
 
   def __next__(self) -> dict[str, np.ndarray]:
-    if self._iters is None:
-      self._build(self.num_shards)
+    self.build()
     parts = [next(self._iters[s]) for s in self.shards]
     batch = {k: np.concatenate([np.asarray(p[k]) for p in parts]) for k in parts[0]}
     if self.slices > 1:
@@ -220,8 +244,7 @@ class ShardedTrainIterator:
     return batch
 
   def get_state(self) -> dict[str, Any]:
-    if self._iters is None:
-      self._build(self.num_shards)
+    self.build()
     return {
       'num_shards': self.num_shards,
       'shards': {str(s): it.get_state() for s, it in self._iters.items()},

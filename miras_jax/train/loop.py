@@ -14,7 +14,9 @@
 3. a resume check: the config stored with the newest checkpoint must agree on
    the model and the optimiser's structure (``config.resume_mismatch``), else a
    one-line refusal that changes nothing;
-4. the dataset resolved / prepared from ``config.data``;
+4. the dataset resolved / prepared from ``config.data``, and for a fresh run its data pipelines
+   built, so that their one-line errors (a tokenizer the copy task cannot use, fewer records
+   than data shards) come before anything is written, not at the first batch;
 5. the train state (step, float32 params, AdamW state) created directly in its
    shardings (``jax.jit(init, out_shardings=...)``), or restored from the
    newest readable checkpoint together with the data position of every data
@@ -260,6 +262,7 @@ def _init_or_restore(plan: _Plan, ckpt: ckpt_lib.Checkpointer, data_iter: Any) -
   with nn.logical_axis_rules(plan.rules):
     restored = ckpt.restore_latest(plan.abstract_state)
   if restored is None:
+    data_iter.build()  # (done already unless every checkpoint was unreadable)
     with jax.set_mesh(plan.mesh), nn.logical_axis_rules(plan.rules):
       state = plan.init_state(jax.random.key(int(config.seed)))
     print0('init: fresh parameters')
@@ -279,6 +282,9 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
     check_resume_config(checkpoints, plan.config_dict)
     data_dir = data_lib.resolve_dataset(config.data, workdir, plan.model.cfg.vocab_size)
     print0(f'data: {data_dir}')
+    data_iter = data_lib.train_iterator(data_dir, config)
+    if not workdir_lib.committed_steps(checkpoints):  # a fresh run: its data errors before any
+      data_iter.build()  # file is written (the pipelines would raise them at the first batch)
     # stored with every checkpoint: evals and sampling read what the run trained on
     # (miras_jax/evals/run_data.py), never a re-resolved config.data
     plan.config_dict['dataset'] = dataset_record(data_dir)
@@ -297,7 +303,6 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
       async_save=k.async_save,
     )
     try:
-      data_iter = data_lib.train_iterator(data_dir, config)
       start, state = _init_or_restore(plan, ckpt, data_iter)
       if jax.process_index() == 0:  # the run is known to start: now the config is the run's
         config_lib.write_json(config, workdir)
@@ -320,9 +325,16 @@ def _steps(
   """The training steps from ``start``, with logging, evaluation, checkpoints and stops."""
   config, t = plan.config, plan.config.train
   total, every_save = int(t.steps), int(config.checkpoint.every_steps)
-  wandb_run = init_wandb(config, plan.config_dict, workdir) if jax.process_index() == 0 else None
-  writer = metrics_lib.MetricsWriter(workdir, total_steps=total, wandb_run=wandb_run)
-  watcher = ckpt_lib.PreemptionWatcher()
+  writer = None
+  try:  # set-up that can fail (wandb.init, opening metrics.jsonl, the SIGTERM handler)
+    wandb_run = init_wandb(config, plan.config_dict, workdir) if jax.process_index() == 0 else None
+    writer = metrics_lib.MetricsWriter(workdir, total_steps=total, wandb_run=wandb_run)
+    watcher = ckpt_lib.PreemptionWatcher()
+  except BaseException:
+    ckpt.close()  # a run that fails still waits for and closes its checkpoint manager
+    if writer is not None:
+      writer.close()
+    raise
   monitor = DivergenceMonitor(float(t.get('loss_spike_factor', 0.0) or 0.0))
   timer = StepTimer(plan, start)
   delay = float(os.environ.get(_STEP_DELAY_ENV, '0') or 0)

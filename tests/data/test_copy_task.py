@@ -2,6 +2,7 @@
 the rows the pipeline appends, and an exact resume."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from miras_jax.data.copy_task import copy_alphabet, copy_batch, copy_block
 from miras_jax.data.errors import DataError
 from miras_jax.data.pipeline import make_train_iterator
+from miras_jax.data.train_tokenizer import train_tokenizer
 
 SEQ, BATCH = 32, 4
 
@@ -74,3 +76,116 @@ def test_pipeline_appends_copy_rows_and_resumes_exactly(prepared):
     _it(data_dir).set_state(state)
   with pytest.raises(DataError, match=r'copy_rows=4 must be in \[0, batch_size=4\)'):
     _it(data_dir, copy_rows=4)
+
+
+@pytest.fixture
+def no_byte_tokenizer(tmp_path) -> tuple[str, Path]:
+  """(tokenizer path, its training text): a toy 40-piece vocabulary trained without byte
+  fallback (as ``--no-byte_fallback`` gives), so it has no ``<0x..>`` pieces (0.02 s)."""
+  words = 'the quick brown fox jumps over the lazy dog'.split()
+  lines = [' '.join(words[i:] + words[:i]) for i in range(len(words))] * 20
+  text = tmp_path / 'text.txt'
+  text.write_text('\n'.join(lines))
+  path = train_tokenizer(str(text), tmp_path / 'tok', 40, byte_fallback=False, progress=False)
+  return path, text
+
+
+def test_alphabet_of_a_tokenizer_without_byte_pieces_is_a_one_line_error(no_byte_tokenizer):
+  # `python -m miras_jax.train` prints a DataError as its one-line error (train/__main__.py), so
+  # the function's message is what the user sees
+  path, _ = no_byte_tokenizer
+  with pytest.raises(DataError, match='byte-fallback pieces') as e:
+    copy_alphabet(path)
+  message = str(e.value)
+  assert path in message and 'train the tokenizer with byte_fallback' in message
+  assert '\n' not in message
+
+
+def _files(root: Path) -> dict[str, int]:
+  return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob('*')}
+
+
+def test_trainer_refuses_bad_data_before_writing_anything(
+  tmp_path, no_byte_tokenizer, monkeypatch, capsys
+):
+  """`python -m miras_jax.train` with data.copy_fraction > 0 and that tokenizer: exit 2, the
+  one line, and the workdir as it was (absent, or the same files and mtimes), for a prepared
+  directory and for raw text with data.tokenizer (whose cache would go into the workdir). The
+  pipeline only raises it at the first batch, after the model's init and config.json; so too
+  its other errors (here: more data shards than records)."""
+  from miras_jax.data.prepare import prepare
+  from miras_jax.train import __main__ as cli
+  from miras_jax.train.defaults import family_config
+
+  tok, text = no_byte_tokenizer
+  prepared = tmp_path / 'prepared'
+  prepare(str(text), format='text', tokenizer=tok, output_dir=prepared, log_every_docs=0)
+  monkeypatch.setattr(cli, '_maybe_initialize_distributed', lambda: None)  # flags not parsed
+
+  def run(workdir, expect, **data):
+    c = family_config('transformer', 'tiny')
+    c.model.vocab_size = 64
+    c.train.update(steps=2, batch_size=4, seq_len=32, compute_dtype='float32')
+    c.data.update(data)
+    status = cli.run(c, str(workdir))
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert status == 2 and len(err) == 1 and err[0].startswith(cli.PROG), (status, err)
+    assert expect in err[0], err
+
+  existing = tmp_path / 'existing'
+  (existing / 'notes').mkdir(parents=True)
+  (existing / 'notes' / 'a.txt').write_text('mine')
+  before = _files(existing)
+  no_alphabet = f'{tok!r} has none (train the tokenizer with byte_fallback)'
+  one_record = "split 'train' has 1 records, fewer than process_count=2"  # one document
+  for corpus, workdir, expect, extra in [
+    (prepared, tmp_path / 'new' / 'run', no_alphabet, {}),
+    (prepared, existing, no_alphabet, {}),
+    (text, tmp_path / 'new' / 'run', no_alphabet, {'tokenizer': tok}),  # raw: nothing prepared
+    (text, existing, no_alphabet, {'tokenizer': tok}),
+    (prepared, existing, one_record, {'copy_fraction': 0.0, 'shards': 2}),
+  ]:
+    run(workdir, expect, corpus=str(corpus), **{'copy_fraction': 0.25, **extra})
+    assert not (tmp_path / 'new').exists(), (corpus, workdir)
+    assert _files(existing) == before, (corpus, workdir)
+
+
+def _copy_rows_of(batch, length=8):
+  """Which rows are copy-task rows, from their content: every block's trained targets are its
+  first reading, and only those (two blocks of ``length`` a row at SEQ=32)."""
+  span = 2 * length
+  out = []
+  for r in range(len(batch['inputs'])):
+    x, y, mask = batch['inputs'][r], batch['targets'][r], batch['loss_mask'][r]
+    blocks = [
+      np.array_equal(y[j + length : j + span], x[j + 1 : j + length + 1])
+      and mask[j : j + length].sum() == 0
+      for j in range(0, SEQ, span)
+    ]
+    out.append(all(blocks) and mask.sum() == SEQ // 2)
+  return np.array(out)
+
+
+def test_copy_rows_are_spread_evenly_over_equal_batch_slices(prepared):
+  """Each of N equal slices of a batch (the devices of a data-parallel step) holds the same
+  number of copy rows; the other rows are the text-only stream's, in order; a resume is exact."""
+  data_dir, _, _ = prepared
+  for batch, copy, slices in [(8, 4, (2, 4)), (8, 2, (2,)), (12, 3, (3,)), (6, 1, ())]:
+    text = _it(data_dir, batch_size=batch - copy)
+    mixed = _it(data_dir, batch_size=batch, copy_rows=copy)
+    for _ in range(2):
+      t, m = next(text), next(mixed)
+      is_copy = _copy_rows_of(m)
+      assert is_copy.sum() == copy and not _copy_rows_of(t).any(), (batch, copy, is_copy)
+      for k in t:
+        np.testing.assert_array_equal(m[k][~is_copy], t[k], err_msg=k)
+      for n in slices:
+        counts = is_copy.reshape(n, batch // n).sum(1)
+        assert counts.tolist() == [copy // n] * n, (batch, copy, n, is_copy)
+    state = json.loads(json.dumps(mixed.get_state()))
+    want = next(mixed)
+    restored = _it(data_dir, batch_size=batch, copy_rows=copy)
+    restored.set_state(state)
+    got = next(restored)
+    for k in want:
+      np.testing.assert_array_equal(got[k], want[k], err_msg=k)

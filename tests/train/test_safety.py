@@ -15,6 +15,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
+import types
 from pathlib import Path
 
 import jax
@@ -252,7 +255,9 @@ def _eval(capsys, *args: str) -> tuple[int, str]:
   return status, capsys.readouterr().err
 
 
-def test_eval_errors_and_the_checkpoints_own_config(tmp_path, straight_run, capsys):
+def test_eval_errors_and_the_checkpoints_own_config(
+  tmp_path, straight_run, capsys, caplog, monkeypatch
+):
   from miras_jax.data.tokenizer import file_sha256
   from miras_jax.evals.checkpoint import load_config, resolve_checkpoint
   from miras_jax.evals.run_data import find_tokenizer
@@ -293,7 +298,14 @@ def test_eval_errors_and_the_checkpoints_own_config(tmp_path, straight_run, caps
   for p in (run / 'checkpoints' / str(STEPS) / 'state').rglob('*'):  # lose the array data
     if p.is_file() and 'ocdbt' in str(p) and p.stat().st_size > 0:
       p.unlink()
-  assert f'checkpoint {str(run / "checkpoints" / str(STEPS))!r} is unreadable' in error()
+  # that one line only: no Orbax warning about the files, no traceback of a read that ends after
+  # Orbax closed its event loop (train/orbax_restore.py; the default hook prints them to stderr)
+  monkeypatch.setattr(sys, 'unraisablehook', sys.__unraisablehook__)
+  line = error()
+  assert f'checkpoint {str(run / "checkpoints" / str(STEPS))!r} is unreadable' in line
+  time.sleep(0.1)
+  assert not capsys.readouterr().err
+  assert not [r.getMessage() for r in caplog.records if r.name == 'absl' and r.levelno >= 30]
   assert not (run / 'eval').exists() or not list((run / 'eval').iterdir())
 
 
@@ -310,6 +322,7 @@ def test_validate_rejects_every_bad_value_up_front():
     ('eval', 'tasks', 'piqa,bogus'): "unknown task 'bogus'",
     ('eval', 'limit', -1): 'eval.limit',
     ('data', 'val_fraction', 1.0): 'data.val_fraction',
+    ('data', 'seed', -1): 'data.seed must be in [0, 2**32)',  # (the pipeline: at its 1st batch)
   }
   for (section, key, value), expect in bad.items():
     c = family_config('transformer', 'tiny')
@@ -399,10 +412,61 @@ def test_restore_refuses_a_readable_checkpoint_of_another_shape(tmp_path, monkey
     if p.is_file() and 'ocdbt' in str(p) and p.stat().st_size > 0:
       with open(p, 'r+b') as f:
         f.truncate(p.stat().st_size // 2)
+  late = []  # what reaches the hook in place (train/orbax_restore.py drops Orbax's late reads)
+  monkeypatch.setattr(sys, 'unraisablehook', late.append)
   step, restored, _ = ck.restore_latest(abstract(2))
+  time.sleep(0.1)
+  assert not late, [str(u.exc_value) for u in late]
   assert step == 1 and float(restored.params['w'].sum()) == 6.0
   assert list(tmp_path.glob('corrupt-2-*'))
   ck.close()
+
+
+def test_orbax_restore_guard_drops_only_late_reads(monkeypatch):
+  """Around a restore that fails, the unraisable-exception hook drops exactly the report of a read
+  that ends after Orbax closed its event loop (``RuntimeError('Event loop is closed')`` in
+  ``call_soon_threadsafe``, no object), also one coming after the failure, and passes on the rest;
+  then the previous hook is back (train/orbax_restore.py)."""
+  import asyncio
+
+  from miras_jax.train.orbax_restore import orbax_restore_guard
+
+  seen = []
+  monkeypatch.setattr(sys, 'unraisablehook', seen.append)
+  loop = asyncio.new_event_loop()
+  loop.close()
+
+  def report(fn, obj=None, delay=0.0):  # what Python does with an exception no caller can catch
+    time.sleep(delay)
+    try:
+      fn()
+    except RuntimeError as e:
+      args = dict(exc_value=e, exc_traceback=e.__traceback__, err_msg=None, object=obj)
+      sys.unraisablehook(types.SimpleNamespace(exc_type=type(e), **args))
+
+  def late():  # a TensorStore read completing after Orbax closed the restore's loop
+    loop.call_soon_threadsafe(print)
+
+  def other():
+    raise RuntimeError('Event loop is closed')  # the same message from elsewhere
+
+  straggler = threading.Thread(target=report, args=(late,), kwargs={'delay': 0.05})
+  with pytest.raises(ValueError, match='damaged'):
+    with orbax_restore_guard(quiet_s=0.2):
+      report(late)
+      report(late, obj='x')
+      report(other)
+      straggler.start()
+      raise ValueError('damaged')
+  straggler.join()
+  assert sys.unraisablehook == seen.append
+  assert [u.object for u in seen] == ['x', None]
+  assert seen[1].exc_traceback.tb_next.tb_frame.f_code.co_name == 'other'
+  report(late)  # after the guard: passed on
+  assert len(seen) == 3
+  with orbax_restore_guard():  # a restore that succeeds: the hook is back at once
+    assert sys.unraisablehook != seen.append
+  assert sys.unraisablehook == seen.append
 
 
 def test_workdir_lock_is_exclusive_and_stale_after_a_crash(tmp_path):
@@ -453,3 +517,31 @@ def test_single_document_corpus_gets_both_splits(tmp_path, dataset):
   index = prepare(str(doc), format='text', tokenizer=tok, output_dir=tmp_path / 'n', val_fraction=0)
   assert not _has_val_split(tmp_path / 'n') and _has_val_split(tmp_path / 'o')  # trainer: no val
   assert index['splits']['val']['num_docs'] == 0 and index['splits']['train']['num_tokens'] == total
+
+
+def test_a_run_failing_before_its_first_step_closes_its_checkpoint_manager(tmp_path, monkeypatch):
+  """A failure in the set-up between the restore and the first step (here wandb.init) still
+  waits for and closes the run's checkpoint manager (train/loop.py ``_steps``)."""
+  import types
+
+  from miras_jax.train import checkpoint as ckpt_lib
+  from miras_jax.train import loop
+  from miras_jax.train.config import ConfigError
+  from miras_jax.train.defaults import family_config
+
+  closed = []
+
+  class Spy(ckpt_lib.Checkpointer):
+    def close(self):
+      closed.append(self.directory)
+      super().close()
+
+  def no_wandb(*args):
+    raise ConfigError('wandb.init failed')
+
+  monkeypatch.setattr(loop, 'init_wandb', no_wandb)
+  ck = Spy(tmp_path / 'checkpoints', every_steps=1, keep_last=1)
+  plan = types.SimpleNamespace(config=family_config('transformer', 'tiny'), config_dict={})
+  with pytest.raises(ConfigError, match='wandb.init failed'):
+    loop._steps(plan, tmp_path, ck, None, None, 0, None)  # nothing past the set-up is reached
+  assert closed == [(tmp_path / 'checkpoints').resolve()]
