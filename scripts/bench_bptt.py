@@ -4,6 +4,7 @@ back-propagation through deep memories with forgetting (benchmarks/README.md).
 
     python scripts/bench_bptt.py [--rules=titans,yaad,memora,moneta,ttt_mlp] [--lengths=1024,4096]
                                  [--horizons=0,512] [--head_dim=64] [--heads=2] [--ln_eps=1.0]
+                                 [--variants=step_scale=implicit_chunk,...]
                                  [--checkpoints=NAME=WORKDIR,...] [--out=benchmarks/results/x.txt]
 
 At initialisation, for each (rule, T, horizon): one Miras layer (``--heads`` heads, head_dim D,
@@ -15,7 +16,11 @@ the layer's parameters. Horizon 0 = exact gradients; h > 0 = truncated every h t
 the rule's 170m preset (miras_jax/models/presets.py `_GATES`, `memory_grad_horizon`).
 ``--ln_eps`` lists the ε of the memory's output LayerNorm to measure (1.0 is the layer's
 default, which bounds its gain; 1e-6 is the former, unbounded one). The baseline of a rule is
-its first row.
+its first row. ``--variants=step_scale=implicit_chunk`` adds, beside each "layer" row, the same
+layer (default gates, same horizons and ε) with other MirasLayer options, labelled
+"layer:<variant>" (syntax of ``--learned_variants``); a variant that leaves a rule's memory rule
+unchanged (rules.py ``with_options`` ignores an option a rule does not define) is not measured
+again but noted in one comment line.
 
 Learned: ``--checkpoints=name=workdir`` takes the first memory layer of a trained LM (every
 parameter, the gates included, as learned; ``miras_jax.train`` run directory) and measures the
@@ -32,6 +37,8 @@ no-op at initialisation (layers/miras.py).
 from __future__ import annotations
 
 import argparse
+import ast
+import inspect
 import time
 
 import jax
@@ -39,6 +46,48 @@ import jax.numpy as jnp
 import numpy as np
 
 from miras_jax.layers.miras import MirasLayer  # noqa: E402
+from miras_jax.memory.rules import with_options
+
+# The MirasLayer options that only reach the memory rule (rules.py ``with_options``): a variant
+# made of these alone is a no-op where the rule comes out unchanged.
+RULE_OPTIONS = frozenset(inspect.signature(with_options).parameters) - {'rule'}
+
+
+def parse_variants(spec: str) -> list[tuple[str, dict]]:
+  """[(label, MirasLayer options)] of a variants flag: "k=v" options, "+" joins the options of
+  one variant, "," separates variants (``retention_target=initial,momentum_form=ema+eta_max=10``).
+  A value Python reads as a literal (10, 0.5, True) is that literal, anything else a string."""
+
+  def value(v):
+    try:
+      return ast.literal_eval(v)
+    except (ValueError, SyntaxError):
+      return v
+
+  out = []
+  for variant in [v for v in spec.split(',') if v]:
+    out.append((variant, {k: value(v) for k, v in (o.split('=', 1) for o in variant.split('+'))}))
+  return out
+
+
+def rule_unchanged(rule: str, opts: dict) -> bool:
+  """Whether the options ``opts`` leave a default layer of ``rule`` as it is: rule options only,
+  and the memory rule they give equal to the default one."""
+  base = MirasLayer(rule=rule)
+  return set(opts) <= RULE_OPTIONS and base.clone(**opts).memory_rule == base.memory_rule
+
+
+def variant_setting(label: str, opts: dict, horizons: list[int], eps: float) -> tuple:
+  """The setting (name, eta_max, alpha_init, horizons, ε, W_0 logit std, options) of a
+  ``--variants`` entry on the layer gates: what ``measure`` takes as arguments (the gates, ε,
+  W_0's std, the horizon) goes there, the other MirasLayer options stay options."""
+  o = dict(opts)
+  horizons = [o.pop('grad_horizon')] if 'grad_horizon' in o else horizons
+  eta_max = o.pop('eta_max', MirasLayer.eta_max)
+  alpha_init = tuple(o.pop('alpha_init', MirasLayer.alpha_init))
+  eps = o.pop('ln_eps', eps)
+  w0 = o.pop('simplex_w0_std', MirasLayer.simplex_w0_std)
+  return (f'layer:{label}', eta_max, alpha_init, horizons, eps, w0, o)
 
 
 def grad_norms(layer: MirasLayer, params, T: int, E: int) -> tuple[float, float]:
@@ -63,8 +112,10 @@ def measure(
   simplex_w0_std: float = MirasLayer.simplex_w0_std,
   ln_eps: float = MirasLayer.ln_eps,
   heads: int = 2,
+  **options,
 ) -> tuple[float, float]:
-  """`grad_norms` of a freshly initialised layer (E = 2D)."""
+  """`grad_norms` of a freshly initialised layer (E = 2D); ``options``: other MirasLayer
+  attributes (``--variants``)."""
   layer = MirasLayer(
     rule=rule,
     num_heads=heads,
@@ -76,6 +127,7 @@ def measure(
     alpha_init=tuple(alpha_init),
     simplex_w0_std=simplex_w0_std,
     ln_eps=ln_eps,
+    **options,
   )
   x = jnp.zeros((1, 8, 2 * D), jnp.float32)
   params = jax.jit(layer.init)(jax.random.PRNGKey(0), x)
@@ -131,6 +183,12 @@ def main(argv=None):
     help="Memora only: also measure with these stds of W_0's logits (the layer's default is "
     f'{MirasLayer.simplex_w0_std}; 0.02, the former one, makes the memory a no-op at init)',
   )
+  p.add_argument(
+    '--variants',
+    default='',
+    help='also measure each rule with the layer gates and these MirasLayer options (syntax of '
+    '--learned_variants; e.g. step_scale=implicit_chunk); rows "layer:<variant>"',
+  )
   p.add_argument('--checkpoints', default='', help='name=workdir,...: learned layers')
   p.add_argument(
     '--learned_ln_eps',
@@ -150,6 +208,7 @@ def main(argv=None):
   a = p.parse_args(argv)
   lengths = [int(t) for t in a.lengths.split(',')]
   a.learned_ln_eps = [float(e) for e in a.learned_ln_eps.split(',') if e]
+  variants = parse_variants(a.variants)
   lines = [
     f'# jax {jax.__version__} on {jax.devices()[0].device_kind}; head_dim {a.head_dim}, '
     f'{a.heads} heads',
@@ -172,9 +231,15 @@ def main(argv=None):
     base = None
     preset = model_config(rule, '170m')
     layer_h = [int(x) for x in a.horizons.split(',')]
-    settings = []
+    settings = []  # (name, eta_max, alpha_init, horizons, eps, W_0 logit std, options)
+    w0_layer = MirasLayer.simplex_w0_std
     for eps in (float(e) for e in a.ln_eps.split(',')):
-      settings.append(('layer', MirasLayer.eta_max, MirasLayer.alpha_init, layer_h, eps))
+      settings.append(
+        ('layer', MirasLayer.eta_max, MirasLayer.alpha_init, layer_h, eps, w0_layer, {})
+      )
+      for label, opts in variants:  # the layer gates with other options
+        if not rule_unchanged(rule, opts):
+          settings.append(variant_setting(label, opts, layer_h, eps))
       if a.presets:  # the 170m preset's gates and horizon
         settings.append(
           (
@@ -183,20 +248,30 @@ def main(argv=None):
             tuple(preset.alpha_init),
             [preset.memory_grad_horizon],
             eps,
+            w0_layer,
+            {},
           )
         )
       if rule == 'memora' and a.memora_w0_std:
         for s in a.memora_w0_std.split(','):
           w0 = float(s)
-          settings.append((f'w0std={s}', MirasLayer.eta_max, MirasLayer.alpha_init, [0], eps, w0))
+          settings.append(
+            (f'w0std={s}', MirasLayer.eta_max, MirasLayer.alpha_init, [0], eps, w0, {})
+          )
+    for label, opts in variants:
+      if rule_unchanged(rule, opts):
+        line = (
+          f'# {rule}: {label} leaves its memory rule unchanged (not measured; = the layer rows)'
+        )
+        print(line, flush=True)
+        lines.append(line)
     for T in lengths:
-      for name, eta_max, alpha_init, horizons, eps, *w0std in settings:
+      for name, eta_max, alpha_init, horizons, eps, w0, opts in settings:
         for h in horizons:
           if h and h >= T:
             continue
           t0 = time.perf_counter()
-          w0 = w0std[0] if w0std else MirasLayer.simplex_w0_std
-          g0, gn = measure(rule, T, h, a.head_dim, eta_max, alpha_init, w0, eps, a.heads)
+          g0, gn = measure(rule, T, h, a.head_dim, eta_max, alpha_init, w0, eps, a.heads, **opts)
           base = gn if base is None else base
           emit(rule, name, eps, T, h, g0, gn, base, t0)
   for item in [c for c in a.checkpoints.split(',') if c]:
@@ -216,8 +291,7 @@ def main(argv=None):
         g0, gn = grad_norms(layer.clone(ln_eps=eps), params, T, E)
         base = gn if base is None else base
         emit(rule, f'learned:{name}', eps, T, 0, g0, gn, base, t0)
-      for variant in [v for v in a.learned_variants.split(',') if v]:
-        opts = dict(o.split('=', 1) for o in variant.split('+'))
+      for variant, opts in parse_variants(a.learned_variants):
         t0 = time.perf_counter()
         g0, gn = grad_norms(layer.clone(**opts), params, T, E)
         base = gn if base is None else base
