@@ -66,7 +66,14 @@ def _fingerprint(source: str, fmt: str) -> list[Any]:
 
 
 def _atomic_build(final: Path, build) -> None:
-  """Run ``build(tmp_dir)`` and move the result to ``final`` (first writer wins)."""
+  """Run ``build(tmp_dir)`` and move the result to ``final`` (first writer wins).
+
+  A failed build (an empty corpus, SentencePiece refusing its settings, ...) leaves nothing:
+  besides its temporary directory, the folders made for it are removed again (those still
+  empty: another process may be building next to it), so a refused run keeps its workdir as
+  it was (the cache may be ``<workdir>/data``).
+  """
+  made = [d for d in (final.parent, *final.parent.parents) if not d.exists()]
   final.parent.mkdir(parents=True, exist_ok=True)
   tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.', dir=final.parent))
   try:
@@ -76,6 +83,14 @@ def _atomic_build(final: Path, build) -> None:
     except OSError:
       if not final.exists():
         raise
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    for d in made:  # deepest first
+      try:
+        d.rmdir()
+      except OSError:
+        break
+    raise
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
 

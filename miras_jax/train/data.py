@@ -60,6 +60,7 @@ from miras_jax.data.prepare import INDEX_FILE
 from miras_jax.train import config as config_lib
 
 __all__ = [
+  'cache_dir',
   'resolve_dataset',
   'train_iterator',
   'val_iterator',
@@ -71,7 +72,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def _cache_dir(data: ConfigDict, workdir: str | os.PathLike) -> Path:
+def cache_dir(data: ConfigDict, workdir: str | os.PathLike) -> Path:
+  """Where raw corpora are prepared (and tokenizers trained): ``data.cache_dir`` or
+  ``<workdir>/data``."""
   return Path(data.cache_dir).expanduser() if data.cache_dir else Path(workdir) / 'data'
 
 
@@ -86,7 +89,7 @@ def _prepare_raw(
   data: ConfigDict, workdir: str | os.PathLike, model_vocab: int | None, build: bool = True
 ) -> Path:
   try:
-    return prepare_corpus(data, _cache_dir(data, workdir), model_vocab, build)
+    return prepare_corpus(data, cache_dir(data, workdir), model_vocab, build)
   except NotBuiltError as e:
     raise _not_shared(e.path) from None
 
@@ -98,42 +101,57 @@ def _check_copy_tokenizer(data: ConfigDict, tokenizer: str | os.PathLike) -> Non
     copy_alphabet(tokenizer)
 
 
+def _check_vocab(
+  vocab: int,
+  model_vocab: int | None,
+  what: str = 'tokenizer vocabulary',
+  fix: str = 'use a smaller tokenizer',
+) -> None:
+  """The one-line ``DataError`` of a tokenizer whose ids the model's embedding cannot look up."""
+  if model_vocab is not None and int(vocab) > int(model_vocab):
+    raise DataError(
+      f"{what} ({vocab}) is larger than the model's vocab_size ({model_vocab}); "
+      f'raise model.vocab_size or {fix}'
+    )
+
+
 def resolve_dataset(
   data: ConfigDict, workdir: str | os.PathLike, model_vocab: int | None = None
 ) -> Path:
   """The prepared dataset directory for ``config.data`` (preparing it on first use).
 
-  A tokenizer the copy task cannot use (``data.copy_fraction`` > 0, no byte-fallback pieces) is
-  refused before anything is prepared (``data.tokenizer``) or at least before the run writes
-  anything (a prepared directory's tokenizer).
+  A tokenizer the model cannot use (more pieces than ``model_vocab``) or the copy task cannot
+  use (``data.copy_fraction`` > 0, no byte-fallback pieces) is refused before anything is
+  prepared: a prepared directory's tokenizer from its index, a given ``data.tokenizer`` from its
+  model file, a tokenizer still to be trained from ``data.tokenizer_vocab_size`` (SentencePiece
+  makes exactly that many pieces, or fails). The cache may be ``<workdir>/data``, so a refused
+  run must not have written it.
   """
   corpus = str(data.corpus)
-  prepared = corpus != 'default' and (Path(corpus).expanduser() / INDEX_FILE).is_file()
-  given = Path(str(data.get('tokenizer') or '')).expanduser()
-  if not prepared and data.get('tokenizer') and given.is_file():
-    _check_copy_tokenizer(data, given)  # before the cache (maybe in the workdir) is written
-  if prepared:
+  if corpus != 'default' and (Path(corpus).expanduser() / INDEX_FILE).is_file():
     path = Path(corpus).expanduser()
-  elif jax.process_count() == 1:
-    path = _prepare_raw(data, workdir, model_vocab)
-  else:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+    tokenizer = load_index(path)['tokenizer']
+    _check_vocab(tokenizer['vocab_size'], model_vocab)
+    _check_copy_tokenizer(data, tokenizer['path'])
+    return path
+  if data.get('tokenizer'):
+    from miras_jax.data.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
 
-    path = None
-    if jax.process_index() == 0:
-      path = _prepare_raw(data, workdir, model_vocab)
-    multihost_utils.sync_global_devices('miras_jax.train.data: prepared')
-    if path is None:
-      path = _prepare_raw(data, workdir, model_vocab, build=False)
-  index = load_index(path)
-  vocab = int(index['tokenizer']['vocab_size'])
-  if model_vocab is not None and vocab > int(model_vocab):
-    raise DataError(
-      f"tokenizer vocabulary ({vocab}) is larger than the model's vocab_size ({model_vocab}); "
-      'raise model.vocab_size or use a smaller tokenizer'
-    )
-  _check_copy_tokenizer(data, index['tokenizer']['path'])
-  return path
+    given = Path(str(data.tokenizer)).expanduser()
+    _check_vocab(Tokenizer(given).vocab_size, model_vocab)  # (a one-line error if it is missing)
+    _check_copy_tokenizer(data, given)
+  else:  # trained into the cache with byte fallback (data/cache.py), so the copy task can use it
+    vocab = int(data.tokenizer_vocab_size or 0)
+    _check_vocab(vocab, model_vocab, 'data.tokenizer_vocab_size', "lower it (0: the model's)")
+  if jax.process_count() == 1:
+    return _prepare_raw(data, workdir, model_vocab)
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  path = None
+  if jax.process_index() == 0:
+    path = _prepare_raw(data, workdir, model_vocab)
+  multihost_utils.sync_global_devices('miras_jax.train.data: prepared')
+  return path or _prepare_raw(data, workdir, model_vocab, build=False)
 
 
 def shard_plan(

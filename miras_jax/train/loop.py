@@ -16,7 +16,9 @@
    one-line refusal that changes nothing;
 4. the dataset resolved / prepared from ``config.data``, and for a fresh run its data pipelines
    built, so that their one-line errors (a tokenizer the copy task cannot use, fewer records
-   than data shards) come before anything is written, not at the first batch;
+   than data shards) come before anything is written, not at the first batch; a tokenizer
+   larger than the model's vocabulary is refused before any preparing, and what a refused
+   command prepared into ``<workdir>/data`` is removed again;
 5. the train state (step, float32 params, AdamW state) created directly in its
    shardings (``jax.jit(init, out_shardings=...)``), or restored from the
    newest readable checkpoint together with the data position of every data
@@ -280,6 +282,7 @@ def train(config: ConfigDict, workdir: str | os.PathLike) -> TrainResult:
   with RunDirectory(workdir) as run_dir:  # checked, created, locked
     checkpoints = workdir / workdir_lib.CHECKPOINT_DIR
     check_resume_config(checkpoints, plan.config_dict)
+    run_dir.track_cache(data_lib.cache_dir(config.data, workdir))  # (undone on a refusal)
     data_dir = data_lib.resolve_dataset(config.data, workdir, plan.model.cfg.vocab_size)
     print0(f'data: {data_dir}')
     data_iter = data_lib.train_iterator(data_dir, config)

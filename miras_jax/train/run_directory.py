@@ -38,7 +38,9 @@ class RunDirectory:
 
   On a failure before the run starts (``started`` still False), a directory this invocation
   created is removed again when nothing but empty folders / the lock are in it, so a rejected
-  command leaves no trace.
+  command leaves no trace; so are the entries it added to a data cache inside the run directory
+  (:meth:`track_cache`: a tokenizer trained or a corpus prepared before a refusal that only the
+  prepared data can show, e.g. fewer records than data shards).
   """
 
   def __init__(self, workdir: Path):
@@ -46,6 +48,29 @@ class RunDirectory:
     self.created: Path | None = None
     self.lock = lock_lib.WorkdirLock(workdir)
     self.started = False
+    self._cache: Path | None = None
+    self._cache_before: set[Path] = set()
+
+  def track_cache(self, cache: Path) -> None:
+    """Note what the data cache ``cache`` (``<cache>/{tokenizers,prepared}/<entry>``, see
+    miras_jax/data/cache.py) holds now; if it lies inside the run directory, what this
+    invocation adds to it is removed on a failure before the run starts."""
+    cache = Path(cache).expanduser().resolve()
+    if not cache.is_relative_to(self.path.expanduser().resolve()):
+      return  # a cache shared with other runs (maybe by a symlink): its entries are theirs too
+    self._cache = cache
+    self._cache_before = set(_cache_entries(cache))
+
+  def _undo_cache(self) -> None:
+    new = [p for p in _cache_entries(self._cache) if p not in self._cache_before]
+    for p in sorted(new, key=lambda p: -len(p.parts)):  # entries, then the folders made for them
+      if p.is_dir() and len(p.relative_to(self._cache).parts) == 2:
+        shutil.rmtree(p, ignore_errors=True)
+      else:
+        try:
+          p.rmdir()
+        except OSError:  # not empty: not only ours
+          pass
 
   def __enter__(self) -> RunDirectory:
     path = self.path
@@ -83,10 +108,24 @@ class RunDirectory:
     return self
 
   def __exit__(self, exc_type, *_) -> None:
+    if exc_type is not None and not self.started and self._cache is not None:
+      if jax.process_index() == 0:  # (still holding the lock: no other run is using them)
+        self._undo_cache()
     self.lock.release()
     if exc_type is not None and not self.started and self.created is not None:
       if jax.process_index() == 0 and not any(p.is_file() for p in self.created.rglob('*')):
         shutil.rmtree(self.created, ignore_errors=True)
+
+
+def _cache_entries(cache: Path) -> list[Path]:
+  """``cache``, its ``tokenizers`` / ``prepared`` folders and their entries, those that exist."""
+  if not cache.is_dir():
+    return []
+  out = [cache]
+  for kind in ('tokenizers', 'prepared'):
+    if (cache / kind).is_dir():
+      out += [cache / kind, *(cache / kind).iterdir()]
+  return out
 
 
 def check_resume_config(checkpoints: Path, config_dict: dict[str, Any]) -> None:

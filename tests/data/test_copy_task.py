@@ -112,7 +112,9 @@ def test_trainer_refuses_bad_data_before_writing_anything(
   one line, and the workdir as it was (absent, or the same files and mtimes), for a prepared
   directory and for raw text with data.tokenizer (whose cache would go into the workdir). The
   pipeline only raises it at the first batch, after the model's init and config.json; so too
-  its other errors (here: more data shards than records)."""
+  its other errors (here: more data shards than records). A tokenizer with more pieces than the
+  model's vocab_size (given, or to be trained: data.tokenizer_vocab_size) was refused only after
+  the raw text was prepared into <workdir>/data; an empty corpus left empty cache folders."""
   from miras_jax.data.prepare import prepare
   from miras_jax.train import __main__ as cli
   from miras_jax.train.defaults import family_config
@@ -120,17 +122,21 @@ def test_trainer_refuses_bad_data_before_writing_anything(
   tok, text = no_byte_tokenizer
   prepared = tmp_path / 'prepared'
   prepare(str(text), format='text', tokenizer=tok, output_dir=prepared, log_every_docs=0)
+  blank = tmp_path / 'blank.txt'
+  blank.write_text('\n \n')
   monkeypatch.setattr(cli, '_maybe_initialize_distributed', lambda: None)  # flags not parsed
 
-  def run(workdir, expect, **data):
+  def run(workdir, expect, vocab=64, **data):
     c = family_config('transformer', 'tiny')
-    c.model.vocab_size = 64
+    c.model.vocab_size = vocab
     c.train.update(steps=2, batch_size=4, seq_len=32, compute_dtype='float32')
     c.data.update(data)
     status = cli.run(c, str(workdir))
-    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    out, err = capsys.readouterr()
+    err = [l for l in err.splitlines() if l.strip()]
     assert status == 2 and len(err) == 1 and err[0].startswith(cli.PROG), (status, err)
     assert expect in err[0], err
+    return out
 
   existing = tmp_path / 'existing'
   (existing / 'notes').mkdir(parents=True)
@@ -138,16 +144,25 @@ def test_trainer_refuses_bad_data_before_writing_anything(
   before = _files(existing)
   no_alphabet = f'{tok!r} has none (train the tokenizer with byte_fallback)'
   one_record = "split 'train' has 1 records, fewer than process_count=2"  # one document
-  for corpus, workdir, expect, extra in [
-    (prepared, tmp_path / 'new' / 'run', no_alphabet, {}),
-    (prepared, existing, no_alphabet, {}),
-    (text, tmp_path / 'new' / 'run', no_alphabet, {'tokenizer': tok}),  # raw: nothing prepared
-    (text, existing, no_alphabet, {'tokenizer': tok}),
-    (prepared, existing, one_record, {'copy_fraction': 0.0, 'shards': 2}),
-  ]:
-    run(workdir, expect, corpus=str(corpus), **{'copy_fraction': 0.25, **extra})
-    assert not (tmp_path / 'new').exists(), (corpus, workdir)
-    assert _files(existing) == before, (corpus, workdir)
+  too_big = "tokenizer vocabulary (40) is larger than the model's vocab_size (32)"
+  to_train = "data.tokenizer_vocab_size (300) is larger than the model's vocab_size (64)"
+  no_docs = 'has no non-empty documents'  # (found when preparing; it left empty folders)
+  no_copy = {'copy_fraction': 0.0}
+  for workdir in (tmp_path / 'new' / 'run', existing):
+    for corpus, expect, extra in [
+      (prepared, no_alphabet, {}),
+      (text, no_alphabet, {'tokenizer': tok}),  # raw: nothing prepared
+      (prepared, one_record, {**no_copy, 'shards': 2}),
+      (text, one_record, {**no_copy, 'shards': 2, 'tokenizer': tok, 'max_record_tokens': 0}),
+      (text, too_big, {**no_copy, 'tokenizer': tok, 'vocab': 32}),
+      (text, to_train, {**no_copy, 'tokenizer_vocab_size': 300}),
+      (blank, no_docs, {**no_copy, 'tokenizer': tok}),
+    ]:
+      out = run(workdir, expect, corpus=str(corpus), **{'copy_fraction': 0.25, **extra})
+      # refused before any tokenizer training or preparing, unless only preparing can show it
+      assert ('data: preparing' in out) == (expect in (one_record, no_docs) and corpus != prepared)
+      assert not (tmp_path / 'new').exists(), (corpus, workdir, extra)
+      assert _files(existing) == before, (corpus, workdir, extra)
 
 
 def _copy_rows_of(batch, length=8):
