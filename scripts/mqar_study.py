@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from miras_jax.data.mqar import make_mqar_batch, mqar_chance
+from miras_jax.data.mqar import make_mqar_batch, mqar_chance, seen_value_guess
 from miras_jax.models import build_model
 from miras_jax.models.presets import model_config
 from miras_jax.studies import read_rows
@@ -170,19 +170,31 @@ def grid(results: list[dict]) -> dict:
   return rows
 
 
-def table(results: list[dict], pairs, chance: float) -> str:
-  """One row per family and width, a column per pair count (blank: not run yet)."""
+def table(results: list[dict], pairs, chance: float, guess=None) -> str:
+  """One row per family and width, a column per pair count (blank: not run yet); ``guess``
+  (per pair count, ``seen_guesses``) adds the no-recall reference row."""
   head = '| family | width | params | ' + ' | '.join(f'{n} pairs' for n in pairs) + ' | lr |'
   lines = [head, '|' + ' --- |' * (len(pairs) + 4)]
   for (f, w), row in sorted(grid(results).items(), key=lambda kv: kv[0][1]):
     accs = ' | '.join(f'{row["acc"][str(n)]:.3f}' if str(n) in row['acc'] else '' for n in pairs)
     lrs = ', '.join(sorted({f'{lr:g}' for lr in row['lr'].values()}))
     lines.append(f'| {LABELS.get(f, f)} | {w} | {row["params"] / 1e3:.0f}K | {accs} | {lrs} |')
+  if guess is not None:
+    lines.append(
+      f'| (no recall: a guess among the values read) | | | {" | ".join(f"{g:.3f}" for g in guess)} | |'
+    )
   lines.append(f'\nchance = {chance:.4f}')
   return '\n'.join(lines)
 
 
-def plot(results: list[dict], pairs, widths, chance: float, path: Path) -> None:
+def seen_guesses(vocab: int, seq_len: int, pairs) -> list[float]:
+  """``seen_value_guess`` per pair count on 256 rows of a fixed seed: what a model that binds no
+  key to its value scores by guessing among the values it has read (miras_jax/data/mqar.py)."""
+  rng = np.random.default_rng(20_000)
+  return [seen_value_guess(make_mqar_batch(rng, 256, seq_len, n, vocab), vocab) for n in pairs]
+
+
+def plot(results: list[dict], pairs, widths, chance: float, path: Path, guess=None) -> None:
   import matplotlib  # pylint: disable=import-outside-toplevel
 
   matplotlib.use('Agg')
@@ -196,6 +208,8 @@ def plot(results: list[dict], pairs, widths, chance: float, path: Path) -> None:
         xs = [n for n in pairs if str(n) in row['acc']]
         ax.plot(xs, [row['acc'][str(n)] for n in xs], marker='o', label=LABELS.get(f, f))
     ax.axhline(chance, color='grey', ls=':', lw=1, label='chance')
+    if guess is not None:
+      ax.plot(pairs, guess, color='grey', ls='--', lw=1, label='guess among values read')
     ax.set_xscale('log', base=2)
     ax.set_xticks(pairs, [str(n) for n in pairs])
     ax.set_ylim(-0.02, 1.02)
@@ -221,10 +235,20 @@ def write_outputs(results, args, widths, chance, out: Path) -> str:
     f'chunk {args.chunk}, {args.eval_examples} held-out rows per count; '
     f'{train_min:.1f} min of training in all on {jax.devices()[0].platform}'
   )
-  md = f'{setting}\n\n{table(results, pairs, chance)}\n'
+  guess = seen_guesses(args.vocab, args.seq_len, pairs)
+  md = f'{setting}\n\n{table(results, pairs, chance, guess)}\n'
   (out / f'{args.name}.md').write_text(md)
   (out / f'{args.name}.json').write_text(
-    json.dumps({'setting': setting, 'args': vars(args), 'results': results}, indent=1) + '\n'
+    json.dumps(
+      {
+        'setting': setting,
+        'args': vars(args),
+        'seen_value_guess': dict(zip(map(str, pairs), guess)),
+        'results': results,
+      },
+      indent=1,
+    )
+    + '\n'
   )
   plot(
     results,
@@ -232,6 +256,7 @@ def write_outputs(results, args, widths, chance, out: Path) -> str:
     [w for w in widths if any(r['width'] == w for r in results)],
     chance,
     out / f'{args.name}.png',
+    guess,
   )
   return md
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from miras_jax.data.mqar import make_mqar_batch, mqar_chance
+from miras_jax.data.mqar import make_mqar_batch, mqar_chance, seen_value_guess
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,3 +76,22 @@ def test_table_gathers_the_per_pair_count_runs_of_a_model_in_one_row():
   assert lines[2] == '| Transformer++ | 16 | 16K | 0.500 | 0.125 | 0.001, 0.003 |'
   assert lines[3] == '| DeltaNet | 16 | 16K | 0.250 |  | 0.003 |'
   assert lines[4] == '| Transformer++ | 32 | 32K | 0.750 |  | 0.003 |'
+  with_guess = mod.table(runs, [4, 8], 0.1, guess=[0.25, 0.125]).splitlines()
+  assert with_guess[5] == '| (no recall: a guess among the values read) | | | 0.250 | 0.125 | |'
+
+
+def test_seen_value_guess_counts_the_values_read_before_each_query():
+  # vocabulary 8: keys [1, 4), values [4, 8). Pairs 1->5, 2->6, then a filler value 7, then the
+  # queries: at position 5 the values read are {5, 6, 7} (1/3); at 7 also {5, 6, 7} (3 is a key).
+  inputs = np.array([[1, 5, 2, 6, 7, 1, 3, 2]])
+  targets = np.zeros_like(inputs)
+  mask = np.zeros(inputs.shape, np.float32)
+  targets[0, [5, 7]], mask[0, [5, 7]] = [5, 6], 1.0
+  batch = {'inputs': inputs, 'targets': targets, 'loss_mask': mask}
+  assert seen_value_guess(batch, 8) == pytest.approx(1 / 3)
+  targets[0, 7] = 4  # a value never read scores nothing
+  assert seen_value_guess(batch, 8) == pytest.approx(1 / 6)
+  # On generated rows: above chance (queries come soon after the pairs), below 1 / pairs.
+  b = make_mqar_batch(np.random.default_rng(0), 64, 64, 4, 256)
+  g = seen_value_guess(b, 256)
+  assert mqar_chance(256) < g < 1 / 4
