@@ -206,17 +206,25 @@ def plot(results: list[dict], pairs, widths, chance: float, path: Path, guess=No
     for (f, rw), row in rows.items():
       if rw == w:
         xs = [n for n in pairs if str(n) in row['acc']]
-        ax.plot(xs, [row['acc'][str(n)] for n in xs], marker='o', label=LABELS.get(f, f))
-    ax.axhline(chance, color='grey', ls=':', lw=1, label='chance')
+        # One colour per family in every panel (the legend sits on the last one only).
+        color = f'C{FAMILIES.index(f) % 10}' if f in FAMILIES else None
+        ax.plot(
+          xs, [row['acc'][str(n)] for n in xs], marker='o', color=color, label=LABELS.get(f, f)
+        )
+    ax.axhline(chance, color='black', ls=':', lw=1, label='chance')
     if guess is not None:
-      ax.plot(pairs, guess, color='grey', ls='--', lw=1, label='guess among values read')
+      ax.plot(pairs, guess, color='black', ls='--', lw=1, label='guess among values read')
     ax.set_xscale('log', base=2)
     ax.set_xticks(pairs, [str(n) for n in pairs])
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel('key-value pairs')
     ax.set_ylabel('MQAR accuracy')
     ax.set_title(f'width {w}')
-  axes[0][-1].legend(fontsize=7, loc='upper right')
+  legend = {}  # every family of every panel, once
+  for ax in axes[0]:
+    for h, lab in zip(*ax.get_legend_handles_labels()):
+      legend.setdefault(lab, h)
+  axes[0][-1].legend(legend.values(), legend.keys(), fontsize=7, loc='upper right')
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
