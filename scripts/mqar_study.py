@@ -94,6 +94,7 @@ def train_and_score(family: str, width: int, lr: float, args, pairs=None) -> dic
   count of ``pairs`` on ``args.eval_examples`` held-out rows."""
   pairs = list(pairs or args.pairs)
   mcfg = mqar_model_config(family, width, args.vocab, args.seq_len, args.chunk)
+  mcfg.memory_impl = args.memory_impl
   model = build_model(mcfg)
   tcfg = family_config(family, 'tiny').train
   tcfg.steps, tcfg.lr, tcfg.warmup_steps = args.steps, lr, max(1, args.steps // 10)
@@ -129,8 +130,9 @@ def train_and_score(family: str, width: int, lr: float, args, pairs=None) -> dic
     params, opt, loss = step(params, opt, {k: jnp.asarray(v) for k, v in b.items()})
     # One step in flight at a time: with several queued, XLA:CPU hung (0% CPU, every thread
     # waiting) on the memory models here (jax 0.10, 2 cores); blocking costs nothing measurable.
-    # It still hangs at times at seq 256 (Gated DeltaNet, DeltaNet; also with synchronous CPU
-    # dispatch): rerun with --resume=1, which keeps the finished runs.
+    # It still hangs training (Gated) DeltaNet through the chunked path (also with synchronous
+    # CPU dispatch, one Eigen thread, or no triangular-solve call): rerun with --resume=1, which
+    # keeps the finished runs, and --memory_impl=reference, which trained DeltaNet without a hang.
     loss = jax.block_until_ready(loss)
     if (i + 1) % max(1, args.steps // 10) == 0:
       losses.append([i + 1, float(loss)])
@@ -155,6 +157,7 @@ def train_and_score(family: str, width: int, lr: float, args, pairs=None) -> dic
     'acc': acc,
     'loss_curve': losses,
     'train_s': round(train_s, 1),
+    'memory_impl': args.memory_impl,
   }
 
 
@@ -302,6 +305,12 @@ def main(argv=None) -> int:
   p.add_argument('--batch', type=int, default=32)
   p.add_argument('--lr', default='3e-3', help='comma-separated: the best is kept')
   p.add_argument('--chunk', type=int, default=16, help='memory chunk size')
+  p.add_argument(
+    '--memory_impl',
+    default='auto',
+    help="the memory's implementation (LMConfig.memory_impl); 'reference' (token by token, "
+    'tested equal to the chunked path) trains DeltaNet past the XLA:CPU hang noted above',
+  )
   p.add_argument('--eval_examples', type=int, default=128)
   p.add_argument('--seed', type=int, default=0)
   p.add_argument('--out_dir', default='benchmarks/results')
