@@ -1,19 +1,13 @@
 """scripts/copy_probe.py: its rows are sequences read twice, and its masks pick the readings."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests._scripts import load_file
 
 
 def _probe():
-  spec = importlib.util.spec_from_file_location('copy_probe', REPO_ROOT / 'scripts/copy_probe.py')
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_file('scripts/copy_probe.py')
 
 
 def test_second_reading_targets_repeat_the_first():

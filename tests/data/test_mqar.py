@@ -1,15 +1,12 @@
 """The token-level MQAR generator (miras_jax/data/mqar.py) and scripts/mqar_study.py's machinery."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from miras_jax.data.mqar import make_mqar_batch, mqar_chance, seen_value_guess
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests._scripts import load_file
 
 
 def test_answers_are_the_values_bound_to_the_queried_keys():
@@ -37,9 +34,7 @@ def test_generator_rejects_impossible_sizes():
 
 
 def test_study_script_trains_scores_and_writes_its_outputs(tmp_path, capsys):
-  spec = importlib.util.spec_from_file_location('mqar_study', REPO_ROOT / 'scripts/mqar_study.py')
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  mod = load_file('scripts/mqar_study.py')
   argv = '--families=transformer --widths=16 --seq_len=16 --pairs=2,4 --vocab=32 --steps=2'
   argv += f' --batch=4 --eval_examples=4 --out_dir={tmp_path} --name=t'
   assert mod.main(argv.split()) == 0
@@ -59,9 +54,7 @@ def test_study_script_trains_scores_and_writes_its_outputs(tmp_path, capsys):
 
 
 def test_table_gathers_the_per_pair_count_runs_of_a_model_in_one_row():
-  spec = importlib.util.spec_from_file_location('mqar_study', REPO_ROOT / 'scripts/mqar_study.py')
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
+  mod = load_file('scripts/mqar_study.py')
 
   def run(f, w, n, a, lr=3e-3):
     return {'family': f, 'width': w, 'lr': lr, 'params': 1000 * w, 'acc': {str(n): a}}

@@ -1,22 +1,16 @@
 """The data/ recipes, offline: data/quickstart/prepare.py on local text, data/fineweb_edu/prepare.py
 on local parquet and jsonl files (the hub path is the same `prepare` call with format 'hf')."""
 
-import importlib.util
 import json
 
 import pytest
 
 from miras_jax.data.pipeline import load_index, split_dataset
-
-from .conftest import REPO_ROOT
+from tests._scripts import load_file
 
 
 def _recipe(name: str):
-  path = REPO_ROOT / 'data' / name / 'prepare.py'
-  spec = importlib.util.spec_from_file_location(f'recipe_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_file(f'data/{name}/prepare.py', f'recipe_{name}')
 
 
 def _records(data_dir) -> list[list[int]]:

@@ -1,19 +1,12 @@
 """scripts/bench_bptt.py's ``--variants``: the layer-gate rows with other MirasLayer options."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests._scripts import load_file
 
 
 def _script():
-  path = REPO_ROOT / 'scripts/bench_bptt.py'
-  spec = importlib.util.spec_from_file_location('bench_bptt', path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_file('scripts/bench_bptt.py')
 
 
 def test_variants_parse_and_rule_no_ops():

@@ -1,21 +1,15 @@
 """scripts/compare_families.py's ``--before`` merge (a partial rerun beside an earlier result)."""
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from tests._scripts import load_file
 
 
 def _script():
-  path = REPO_ROOT / 'scripts/compare_families.py'
-  spec = importlib.util.spec_from_file_location('compare_families', path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  return mod
+  return load_file('scripts/compare_families.py')
 
 
 def _row(family, loss):
