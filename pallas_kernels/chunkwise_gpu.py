@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from pallas_kernels import platform
+
 F32 = jnp.float32
 
 
@@ -58,6 +60,7 @@ def _forward(chunk_fn, c, dv, interpret, toks, h0, w0):
     out_specs=[_seq_spec(o.shape) for o in out_shape],
     out_shape=out_shape,
     interpret=interpret,
+    compiler_params=None if interpret else platform.gpu_params(),
     name='chunkwise_gpu_fwd',
   )(*toks, h0, w0)
 
@@ -104,6 +107,7 @@ def _backward(chunk_fn, c, n_diff, interpret, toks, w0, res, dy, dhT):
     out_specs=[_seq_spec(o.shape) for o in out_shape],
     out_shape=out_shape,
     interpret=interpret,
+    compiler_params=None if interpret else platform.gpu_params(),
     name='chunkwise_gpu_bwd',
   )(*ins)
 

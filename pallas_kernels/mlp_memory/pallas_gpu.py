@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from pallas_kernels import platform
 from pallas_kernels.mlp_memory.pallas_tpu import out_dim, xla_backward
 
 F32 = jnp.float32
@@ -62,6 +63,7 @@ def _forward(chunk_fn, c, R, dv, interpret, toks, h0, consts):
     out_specs=[_seq_spec(o.shape) for o in out_shape],
     out_shape=out_shape,
     interpret=interpret,
+    compiler_params=None if interpret else platform.gpu_params(),
     name='mlp_memory_gpu_fwd',
   )(*toks, *h0, *consts)
   return outs[0], tuple(outs[1 : 1 + ns]), tuple(outs[1 + ns :])
