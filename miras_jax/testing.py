@@ -6,9 +6,10 @@ entries, strict on systematic error.
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-__all__ = ['rel_err', 'assert_close', 'assert_tree_close']
+__all__ = ['rel_err', 'assert_close', 'assert_tree_close', 'outputs_and_vjp']
 
 
 def rel_err(a, b) -> float:
@@ -42,3 +43,17 @@ def assert_tree_close(a, b, tol: float, what: str = '') -> None:
   assert len(la) == len(lb), f'{what}: different structures'
   for (pa, xa), (_, xb) in zip(la, lb):
     assert_close(xa, xb, tol, f'{what}{jax.tree_util.keystr(pa)}')
+
+
+def outputs_and_vjp(fn, *args, has_aux: bool = False):
+  """Under jit: ``(fn(*args), VJP of fn at args)`` (with ``has_aux``: ``(out, aux, VJP)``), the VJP
+  applied to a fixed cotangent cos(0), cos(1), … per output leaf, so every element is weighted
+  differently and an error in one place cannot cancel against another (as a ones cotangent can)."""
+
+  def go(*a):
+    res = jax.vjp(fn, *a, has_aux=has_aux)
+    out, vjp = res[0], res[1]
+    ct = jax.tree.map(lambda o: jnp.cos(jnp.arange(o.size, dtype=o.dtype)).reshape(o.shape), out)
+    return (out, res[2], vjp(ct)) if has_aux else (out, vjp(ct))
+
+  return jax.jit(go)(*args)

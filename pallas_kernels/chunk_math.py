@@ -2,31 +2,74 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 F32 = jnp.float32
 
 
-def mm(a, b, dtype):
-  """a @ b with ``dtype`` operands (bf16 for bf16 inputs) and fp32 accumulation."""
+_NN = (((1,), (0,)), ((), ()))  # a @ b
+_NT = (((1,), (1,)), ((), ()))  # a @ bᵀ
+_TN = (((0,), (0,)), ((), ()))  # aᵀ @ b
+
+
+class Operands(NamedTuple):
+  """What ``dtype`` may also be in mm / mm_nt / mm_tn: the operand dtype, and the dtype in which
+  the *backward's* products (cotangent × operand) run. ``tangent=F32`` is plain autodiff (f32
+  cotangent × ``dtype`` operand: Mosaic takes it, and needs 32-bit results). Triton's dot needs
+  equal operand types, so the GPU kernels pass ``Operands(bf16, bf16)``: the cotangent is rounded
+  to bf16 before each backward dot (accumulation stays fp32 inside Triton's dot), as the
+  backward kernels of flash-attention and fla cast dO / dS before their dots."""
+
+  dtype: Any
+  tangent: Any = F32
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def _mm_low_tangent(a, b, ops, dims):
   return jax.lax.dot_general(
-    a.astype(dtype), b.astype(dtype), (((1,), (0,)), ((), ())), preferred_element_type=F32
+    a.astype(ops.dtype), b.astype(ops.dtype), dims, preferred_element_type=F32
   )
+
+
+@_mm_low_tangent.defjvp
+def _mm_low_tangent_jvp(ops, dims, primals, tangents):
+  # Product rule with the tangent products in ``ops.tangent``: linear in (da, db), so JAX
+  # transposes each into a dot of two ``ops.tangent`` operands (see Operands).
+  a, b = primals
+  da, db = tangents
+  lo = lambda x, y: jax.lax.dot_general(
+    x.astype(ops.tangent), y.astype(ops.tangent), dims, preferred_element_type=ops.tangent
+  ).astype(F32)
+  return _mm_low_tangent(a, b, ops, dims), lo(da, b) + lo(a, db)
+
+
+def _mm(a, b, dtype, dims):
+  ops = dtype if isinstance(dtype, Operands) else Operands(dtype)
+  if jnp.dtype(ops.tangent) == F32:  # plain autodiff
+    return jax.lax.dot_general(
+      a.astype(ops.dtype), b.astype(ops.dtype), dims, preferred_element_type=F32
+    )
+  return _mm_low_tangent(a, b, Operands(jnp.dtype(ops.dtype), jnp.dtype(ops.tangent)), dims)
+
+
+def mm(a, b, dtype):
+  """a @ b with ``dtype`` operands (bf16 for bf16 inputs) and fp32 accumulation; ``dtype`` a
+  dtype or ``Operands``."""
+  return _mm(a, b, dtype, _NN)
 
 
 def mm_nt(a, b, dtype):
   """a @ bᵀ (contract the last axes)."""
-  return jax.lax.dot_general(
-    a.astype(dtype), b.astype(dtype), (((1,), (1,)), ((), ())), preferred_element_type=F32
-  )
+  return _mm(a, b, dtype, _NT)
 
 
 def mm_tn(a, b, dtype):
   """aᵀ @ b (contract the first axes)."""
-  return jax.lax.dot_general(
-    a.astype(dtype), b.astype(dtype), (((0,), (0,)), ((), ())), preferred_element_type=F32
-  )
+  return _mm(a, b, dtype, _TN)
 
 
 def masks(seg):
@@ -36,7 +79,20 @@ def masks(seg):
   t = jax.lax.broadcasted_iota(jnp.int32, (c, c), 0)
   i = jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
   same = seg == seg.T
-  return same & (i <= t), same & (i < t), seg == seg[c - 1 :]
+  return same & (i <= t), same & (i < t), seg == last_row(seg)
+
+
+def row(x, t):
+  """x[t : t + 1] ([1, d]) as a masked sum over the rows: exact (the other rows add zeros) and
+  lowerable by Triton, which has no value slicing (JAX 0.10.2's Triton lowering has no rule for
+  ``slice``; Mosaic has). For a static ``t`` and a TPU-only caller a slice is cheaper."""
+  r = jax.lax.broadcasted_iota(jnp.int32, x.shape, 0)
+  return jnp.sum(jnp.where(r == t, x, jnp.zeros_like(x)), axis=0, keepdims=True)
+
+
+def last_row(x):
+  """x[-1:] ([1, d]) by ``row``: once per chunk, so the masked sum costs nothing that matters."""
+  return row(x, x.shape[0] - 1)
 
 
 def masked_exp(diff, mask):

@@ -1,6 +1,8 @@
-"""The chunkwise driver for GPUs (Pallas' Triton lowering). NOT YET RUN ON A GPU: tested only in
-interpret mode on CPU (tests/pallas_kernels/test_pallas_gpu_interpret.py); the GPU session must
-run tests and scripts/bench_kernels.py before it is called done.
+"""The chunkwise driver for GPUs (Pallas' Triton lowering). NOT YET RUN ON A GPU: tested in
+interpret mode on CPU (tests/pallas_kernels/test_pallas_gpu_interpret.py) and lowered to Triton IR
+for CUDA from the CPU (test_triton_lowering.py: no primitive or dtype pair Triton lacks); the GPU
+session must run tests and scripts/bench_kernels.py before it is called done. Chunk functions for
+it take no value slices and pass ``chunk_math.Operands`` as their dtype (see README.md).
 
 Same chunk functions and contract as chunkwise_tpu.py; the GPU form differs where Triton does:
 * grid ``(N,)``: one program per (batch, head) walks the chunks in an in-kernel loop, the running

@@ -13,7 +13,11 @@ Higham, *Accuracy and Stability of Numerical Algorithms* (2nd ed.) §14.2.2, not
 (whose product form (I − N)(I + N²)(I + N⁴)… grows with ‖N‖ and was rejected for that reason),
 and it needs no exponent clipping. It is exact in exact arithmetic for any c (not only powers of 2).
 
-The VJP is the analytic one: dN = −(Xᵀ dX Xᵀ) restricted to the strictly lower triangle.
+The derivative is the analytic one, dX = −X dN X (dN restricted to the strictly lower triangle),
+given as a custom JVP: it is linear in dN, so JAX transposes it into the VJP N̄ = −Xᵀ X̄ Xᵀ
+(strictly lower part) without differentiating the log c levels. A JVP rather than a VJP because
+JAX 0.10.2's Triton lowering has a rule for ``custom_jvp_call`` but none for ``custom_vjp_call``
+(the GPU kernels trace this inside the kernel).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def _dot_nt(a, b):
   return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=F32)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def unit_lower_inverse(n):
   """n [c, c] fp32, strictly lower triangular → (I + n)⁻¹ [c, c]."""
   c = n.shape[0]
@@ -53,18 +57,12 @@ def unit_lower_inverse(n):
   return x
 
 
-def _fwd(n):
+@unit_lower_inverse.defjvp
+def _jvp(primals, tangents):
+  (n,), (dn,) = primals, tangents
   x = unit_lower_inverse(n)
-  return x, x
-
-
-def _bwd(x, dx):
-  c = x.shape[0]
+  c = n.shape[0]
   r = jax.lax.broadcasted_iota(jnp.int32, (c, c), 0)
   col = jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
-  # d(I + N)⁻¹ = −X dN X  ⇒  N̄ = −Xᵀ X̄ Xᵀ on the strictly lower triangle.
-  g = -_dot_nt(_dot_tn(x, dx), x)
-  return (jnp.where(col < r, g, 0.0),)
-
-
-unit_lower_inverse.defvjp(_fwd, _bwd)
+  # d(I + N)⁻¹ = −X dN X; only N's strictly lower triangle is an input.
+  return x, -_dot(_dot(x, jnp.where(col < r, dn, 0.0)), x)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from pallas_kernels.chunk_math import F32, masked_exp, masks, mm, mm_nt, mm_tn
+from pallas_kernels.chunk_math import F32, last_row, masked_exp, masks, mm, mm_nt, mm_tn
 from pallas_kernels.tri_inverse import unit_lower_inverse
 
 
@@ -28,7 +28,6 @@ def delta_chunk(x, S0, W0, *, resets: bool, dtype):
   """x = (q [c, dk], k [c, dk], v [c, dv], β [c, 1], G [c, 1], E [c, 1], seg [c, 1]);
   S0, W0 [dk, dv] f32. Returns (y [c, dv] f32, S1 [dk, dv] f32)."""
   q, k, v, beta, G, E, seg = x
-  c = q.shape[0]
   M, strict, last = masks(seg)
   cont = seg == 0
   a = jnp.exp(E)
@@ -43,9 +42,9 @@ def delta_chunk(x, S0, W0, *, resets: bool, dtype):
   # The solve stays fp32: its error feeds the state of every later token.
   U = mm(unit_lower_inverse(n), rhs, F32)
   y = a * sq + mm(mm_nt(q, k, dtype) * gam, U, dtype)
-  w = masked_exp(G[c - 1 :] - G, last)  # [c, 1]
+  w = masked_exp(last_row(G) - G, last)  # [c, 1]
   base = S0
   if resets:
-    base = jnp.where(seg[c - 1 :] == 0, S0, W0)
-  S1 = jnp.exp(E[c - 1 :]) * base + mm_tn(k.astype(F32) * w, U, dtype)
+    base = jnp.where(last_row(seg) == 0, S0, W0)
+  S1 = jnp.exp(last_row(E)) * base + mm_tn(k.astype(F32) * w, U, dtype)
   return y, S1

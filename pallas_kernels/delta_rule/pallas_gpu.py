@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import functools
 
+from pallas_kernels.chunk_math import Operands
 from pallas_kernels.chunkwise_gpu import chunkwise_gpu
 from pallas_kernels.delta_rule.chunk import delta_chunk
 
 
 @functools.lru_cache(maxsize=None)
 def _chunk_fn(resets, dtype):
-  return functools.partial(delta_chunk, resets=resets, dtype=dtype)
+  # Triton has no f32 × bf16 dot: the backward's products run in the input dtype (chunk_math).
+  return functools.partial(delta_chunk, resets=resets, dtype=Operands(dtype, dtype))
 
 
 def delta_rule_gpu(q, k, v, beta, G, E, seg, h0, w0, *, c, R, resets, interpret):

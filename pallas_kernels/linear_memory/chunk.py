@@ -19,34 +19,36 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.chunk_math import F32, masked_exp, masks, mm, mm_nt, mm_tn
+from pallas_kernels.chunk_math import F32, last_row, masked_exp, masks, mm, mm_nt, mm_tn, row
 
 
-def _channel_scores_t(q, k, G, seg):
+def _channel_scores_t(q, k, G, seg, slicing):
   """Pᵀ [c, c] with P[t, i] = Σ_ch q_t,ch k_i,ch e^{G_t,ch − G_i,ch} for same-document i ≤ t.
 
   One query row at a time (a static loop over the chunk) so every value stays 2-D: Mosaic does
   not lay out the [c, c, dk] decay tensor. Column t of Pᵀ is built with a lane mask. VPU work
   c²·dk per chunk; fla's two-level chunk_gla moves the off-diagonal sub-blocks onto the MXU with
   a reference point between them (fla-org/flash-linear-attention fla/ops/gla/chunk.py) — the
-  tuning step for the GPU/TPU session."""
+  tuning step for the GPU/TPU session. ``slicing=False`` (Triton) takes each row t by
+  ``chunk_math.row``, a masked sum: 2·c·dk more VPU work per row, exact."""
   c = q.shape[0]
+  take = (lambda x, t: x[t : t + 1]) if slicing else row
   i_col = jax.lax.broadcasted_iota(jnp.int32, (c, 1), 0)
   lane = jax.lax.broadcasted_iota(jnp.int32, (c, c), 1)
   PT = jnp.zeros((c, c), F32)
   for t in range(c):
-    m = (i_col <= t) & (seg == seg[t : t + 1])  # [c, 1]: tokens i that t reads
-    kd = k * masked_exp(G[t : t + 1] - G, m)
-    col = jnp.sum(kd * q[t : t + 1], axis=1, keepdims=True)  # [c, 1] = P[t, :]ᵀ
+    m = (i_col <= t) & (seg == take(seg, t))  # [c, 1]: tokens i that t reads
+    kd = k * masked_exp(take(G, t) - G, m)
+    col = jnp.sum(kd * take(q, t), axis=1, keepdims=True)  # [c, 1] = P[t, :]ᵀ
     PT = PT + jnp.where(lane == t, col, 0.0)
   return PT
 
 
-def linear_chunk(x, S0, W0, *, channel: bool, resets: bool, dtype):
+def linear_chunk(x, S0, W0, *, channel: bool, resets: bool, dtype, slicing: bool = True):
   """x = (q [c, dk], k [c, dk], v̂ [c, dv], G [c, g], E [c, g], seg [c, 1]); S0, W0 [dk, dv] f32.
-  g = dk (channel decay) or 1. Returns (y [c, dv] f32, S1 [dk, dv] f32)."""
+  g = dk (channel decay) or 1. Returns (y [c, dv] f32, S1 [dk, dv] f32). ``slicing``: whether the
+  lowering slices values (Mosaic, XLA: yes; Triton: no)."""
   q, k, vh, G, E, seg = x
-  c = q.shape[0]
   M, _, last = masks(seg)
   cont = seg == 0
   a = jnp.exp(E)
@@ -55,7 +57,7 @@ def linear_chunk(x, S0, W0, *, channel: bool, resets: bool, dtype):
     yb = mm(qa, S0, dtype)
     if resets:
       yb = jnp.where(cont, yb, mm(qa, W0, dtype))
-    PT = _channel_scores_t(q.astype(F32), k.astype(F32), G, seg)
+    PT = _channel_scores_t(q.astype(F32), k.astype(F32), G, seg, slicing)
   else:
     yb = mm(q, S0, dtype)
     if resets:
@@ -64,11 +66,11 @@ def linear_chunk(x, S0, W0, *, channel: bool, resets: bool, dtype):
     P = mm_nt(q, k, dtype) * masked_exp(G - G.T, M)
   y = yb + (mm_tn(PT, vh, dtype) if channel else mm(P, vh, dtype))
 
-  w = masked_exp(G[c - 1 :] - G, last)  # decay from token i to the chunk end, [c, g]
+  w = masked_exp(last_row(G) - G, last)  # decay from token i to the chunk end, [c, g]
   base = S0
   if resets:
-    base = jnp.where(seg[c - 1 :] == 0, S0, W0)
-  ae = jnp.exp(E[c - 1 :])  # [1, g]
+    base = jnp.where(last_row(seg) == 0, S0, W0)
+  ae = jnp.exp(last_row(E))  # [1, g]
   decayed = base * (ae.T if channel else ae)
   S1 = decayed + mm_tn(k.astype(F32) * w, vh, dtype)
   return y, S1

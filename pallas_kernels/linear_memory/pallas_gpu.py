@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import functools
 
+from pallas_kernels.chunk_math import Operands
 from pallas_kernels.chunkwise_gpu import chunkwise_gpu
 from pallas_kernels.linear_memory.chunk import linear_chunk
 
 
 @functools.lru_cache(maxsize=None)
 def _chunk_fn(channel, resets, dtype):
-  return functools.partial(linear_chunk, channel=channel, resets=resets, dtype=dtype)
+  # Triton has no value slicing (the channel scores take their rows by a masked sum) and no
+  # f32 × bf16 dot (chunk_math.Operands).
+  ops = Operands(dtype, dtype)
+  return functools.partial(linear_chunk, channel=channel, resets=resets, dtype=ops, slicing=False)
 
 
 def linear_memory_gpu(q, k, vh, G, E, seg, h0, w0, *, c, R, channel, resets, interpret):

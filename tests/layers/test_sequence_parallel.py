@@ -125,7 +125,7 @@ MEMORY_SCRIPT = textwrap.dedent("""
     from jax.sharding import Mesh
     from miras_jax.layers import sequence_parallel
     from miras_jax.memory import get_rule, memory_forward
-    from miras_jax.testing import assert_tree_close
+    from miras_jax.testing import assert_tree_close, outputs_and_vjp
 
     B, H, T, D = 2, 2, 32, 8  # slices of 8 tokens
     rng = np.random.default_rng(0)
@@ -153,13 +153,9 @@ MEMORY_SCRIPT = textwrap.dedent("""
           rule, q, k, v, gates, w0=w0, outer={}, segment_ids=jnp.asarray(seg),
           axis='sequence', chunk_size=4, local_forward=fwd)
 
-      def og(fn):
-        def go(*a):
-          ya = lambda *a: (lambda y, st: ((y, st['A'][0]), st))(*fn(*a))
-          out, vjp, state = jax.vjp(ya, *a, has_aux=True)
-          ct = jax.tree.map(lambda o: jnp.cos(jnp.arange(o.size, dtype=o.dtype)).reshape(o.shape), out)
-          return out, state, vjp(ct)  # y and the final memory, the state dict, the gradients
-        return jax.jit(go)(*args, gates, w0)
+      def og(fn):  # y and the final memory, the state dict, the gradients
+        ya = lambda *a: (lambda y, st: ((y, st['A'][0]), st))(*fn(*a))
+        return outputs_and_vjp(ya, *args, gates, w0, has_aux=True)
 
       want = og(one)
       with jax.set_mesh(mesh):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from miras_jax.memory.testing import assert_close
+from miras_jax.testing import assert_close, outputs_and_vjp
 from pallas_kernels.linear_memory.api import linear_memory
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -24,7 +24,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 SCRIPT = r"""
 import jax, jax.numpy as jnp
 from jax.sharding import Mesh, PartitionSpec as P
-from miras_jax.memory.testing import assert_close
+from miras_jax.testing import assert_close, outputs_and_vjp
 from pallas_kernels.layout import resets_from_segments
 from pallas_kernels.linear_memory.api import linear_memory
 from pallas_kernels.linear_memory.state_passing import context_parallel
@@ -51,15 +51,8 @@ def sharded(q, k, v, eta, la, h0, w0):
   return jax.shard_map(f, mesh=mesh, in_specs=(t, t, t, t, t, t, P(), P()),
                        out_specs=(t, P()), check_vma=False)(q, k, v, eta, la, reset, h0, w0)
 
-def og(fn):
-  @jax.jit
-  def go(*a):
-    out, vjp = jax.vjp(fn, *a)
-    ct = jax.tree.map(lambda o: jnp.cos(jnp.arange(o.size, dtype=o.dtype)).reshape(o.shape), out)
-    return out, vjp(ct)
-  return go(q, k, v, eta, la, h0, w0)
-
-got, want = og(sharded), og(single)
+args = (q, k, v, eta, la, h0, w0)
+got, want = outputs_and_vjp(sharded, *args), outputs_and_vjp(single, *args)
 for i, (a, b) in enumerate(zip(jax.tree.leaves(got), jax.tree.leaves(want))):
   assert_close(a, b, 1e-5, f'leaf {i}')
 print('ok context parallel', flush=True)
@@ -94,15 +87,10 @@ def test_associative_state_passing_equals_sequential(channel):
   seg = (jnp.arange(T) >= 20).astype(jnp.int32)[None]
 
   def og(sp):
-    @jax.jit
-    def go(*a):
-      f = lambda *x: linear_memory(
-        *x[:5], segment_ids=seg, initial_state=x[5], reset_state=x[6], state_passing=sp
-      )
-      out, vjp = jax.vjp(f, *a)
-      return out, vjp(jax.tree.map(jnp.ones_like, out))
-
-    return go(q, k, v, eta, la, h0, w0)
+    f = lambda *x: linear_memory(
+      *x[:5], segment_ids=seg, initial_state=x[5], reset_state=x[6], state_passing=sp
+    )
+    return outputs_and_vjp(f, q, k, v, eta, la, h0, w0)
 
   got, want = og('associative'), og('sequential')
   for i, (a, b) in enumerate(zip(jax.tree.leaves(got), jax.tree.leaves(want))):

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from miras_jax.memory.testing import assert_close
+from miras_jax.testing import assert_close, outputs_and_vjp
 from pallas_kernels.delta_rule.api import delta_rule
 from tests.layers._util import run_on_cpu_devices
 
@@ -25,7 +25,7 @@ SCRIPT = r"""
 import sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
-from miras_jax.memory.testing import assert_close
+from miras_jax.testing import assert_close, outputs_and_vjp
 from pallas_kernels.delta_rule.api import delta_rule
 from pallas_kernels.delta_rule.state_passing import context_parallel
 
@@ -91,16 +91,7 @@ def sharded(q, k, v, beta, la, h0, w0):
 for family in families:
   args = (q, k, v, beta, la if family == 'gated_deltanet' else None, h0, w0)
 
-  def og(fn):
-    @jax.jit
-    def go(*a):
-      out, vjp = jax.vjp(fn, *a)
-      ct = jax.tree.map(lambda o: jnp.cos(jnp.arange(o.size, dtype=o.dtype)).reshape(o.shape), out)
-      return out, vjp(ct)
-
-    return go(*args)
-
-  got, want = og(sharded), og(single)
+  got, want = outputs_and_vjp(sharded, *args), outputs_and_vjp(single, *args)
   leaves = jax.tree.leaves(want)
   # y, final state and the gradients of q, k, v, β, (log α,) h0, W_0
   assert len(leaves) == 8 + (family == 'gated_deltanet'), len(leaves)
@@ -140,15 +131,10 @@ def test_associative_state_passing_equals_sequential(gated):
   seg = ((jnp.arange(T) >= 16).astype(jnp.int32) + (jnp.arange(T) >= 21))[None]  # 16: a chunk edge
 
   def og(sp):
-    @jax.jit
-    def go(q, k, v, beta, la, h0, w0):
-      f = lambda q, k, v, beta, la, h0, w0: delta_rule(
-        q, k, v, beta, la, segment_ids=seg, initial_state=h0, reset_state=w0, state_passing=sp
-      )
-      out, vjp = jax.vjp(f, q, k, v, beta, la, h0, w0)
-      return out, vjp(jax.tree.map(jnp.ones_like, out))
-
-    return go(q, k, v, beta, la, h0, w0)
+    f = lambda q, k, v, beta, la, h0, w0: delta_rule(
+      q, k, v, beta, la, segment_ids=seg, initial_state=h0, reset_state=w0, state_passing=sp
+    )
+    return outputs_and_vjp(f, q, k, v, beta, la, h0, w0)
 
   got, want = og('associative'), og('sequential')
   for i, (a, b) in enumerate(zip(jax.tree.leaves(got), jax.tree.leaves(want))):
