@@ -53,7 +53,12 @@ def outputs_and_vjp(fn, *args, has_aux: bool = False):
   def go(*a):
     res = jax.vjp(fn, *a, has_aux=has_aux)
     out, vjp = res[0], res[1]
-    ct = jax.tree.map(lambda o: jnp.cos(jnp.arange(o.size, dtype=o.dtype)).reshape(o.shape), out)
+    # Built in fp32, then cast: a bf16 arange is not exact past 256, so a bf16 output would get
+    # another cotangent than the fp32 reference it is compared with.
+    ct = jax.tree.map(
+      lambda o: jnp.cos(jnp.arange(o.size, dtype=jnp.float32)).reshape(o.shape), out
+    )
+    ct = jax.tree.map(lambda c, o: c.astype(o.dtype), ct, out)
     return (out, res[2], vjp(ct)) if has_aux else (out, vjp(ct))
 
   return jax.jit(go)(*args)
