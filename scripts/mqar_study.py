@@ -128,11 +128,10 @@ def train_and_score(family: str, width: int, lr: float, args, pairs=None) -> dic
   b = first
   for i in range(args.steps):
     params, opt, loss = step(params, opt, {k: jnp.asarray(v) for k, v in b.items()})
-    # One step in flight at a time: with several queued, XLA:CPU hung (0% CPU, every thread
-    # waiting) on the memory models here (jax 0.10, 2 cores); blocking costs nothing measurable.
-    # It still hangs training (Gated) DeltaNet through the chunked path (also with synchronous
-    # CPU dispatch, one Eigen thread, or no triangular-solve call): rerun with --resume=1, which
-    # keeps the finished runs, and --memory_impl=reference, which trained DeltaNet without a hang.
+    # One step in flight at a time (blocking costs nothing measurable; XLA:CPU hangs were seen
+    # with several queued). The (Gated) DeltaNet hang traced here was jaxlib 0.10's batched
+    # LAPACK triangular solve deadlocking the intra-op pool; memory/chunked.py
+    # ``_unit_lower_solve`` calls no LAPACK on CPU since (benchmarks/README.md, "deadlock").
     loss = jax.block_until_ready(loss)
     if (i + 1) % max(1, args.steps // 10) == 0:
       losses.append([i + 1, float(loss)])
@@ -308,8 +307,8 @@ def main(argv=None) -> int:
   p.add_argument(
     '--memory_impl',
     default='auto',
-    help="the memory's implementation (LMConfig.memory_impl); 'reference' (token by token, "
-    'tested equal to the chunked path) trains DeltaNet past the XLA:CPU hang noted above',
+    help="the memory's implementation (LMConfig.memory_impl); 'reference' is token by token, "
+    'tested equal to the chunked path',
   )
   p.add_argument('--eval_examples', type=int, default=128)
   p.add_argument('--seed', type=int, default=0)

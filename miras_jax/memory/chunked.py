@@ -248,6 +248,46 @@ def _chunk_channel(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   return _finish(rule, st, fresh, e_cont, (a_cur,), (), (), x['active'], y, x['q'], outer)
 
 
+def _unit_lower_inverse(n):
+  """(I + n)⁻¹ for strictly lower-triangular n [b, b], in n's dtype, by recursive 2×2 block
+  inversion: [[A, 0], [C, D]]⁻¹ = [[A⁻¹, 0], [−D⁻¹CA⁻¹, D⁻¹]], block size s = 1, 2, 4, …, i.e.
+  X ← X − X (n ⊙ Off_s) X with Off_s the sub-diagonal s×s block of each 2s×2s diagonal block
+  (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., §14.2.2). ⌈log₂ b⌉ levels of
+  two b×b matmuls, differentiated by autodiff (pallas_kernels/tri_inverse.py is the fp32 kernel
+  twin, with an analytic VJP)."""
+  b = n.shape[0]
+  row, col = jnp.arange(b)[:, None], jnp.arange(b)[None, :]
+  x = jnp.eye(b, dtype=n.dtype)
+  s = 1
+  while s < b:
+    off = (row // s == col // s + 1) & ((row // s) % 2 == 1)
+    x = x - x @ jnp.where(off, n, 0) @ x
+    s *= 2
+  return x
+
+
+def _unit_lower_solve(n, rhs):
+  """(I + n)⁻¹ rhs for strictly lower-triangular n [b, b]; rhs [b, dv].
+
+  On CPU by the blockwise inverse above, not LAPACK: jaxlib 0.10's CPU LAPACK kernels (here
+  ``lapack_strsm_ffi``) split their batch over XLA:CPU's intra-op thread pool and block the
+  calling pool thread until the pieces finish (jaxlib/cpu/lapack_kernels.cc ``ParallelBatchMap``,
+  new in JAX 0.10.0; only when batch × b²·dv ≥ 2e5). Once as many such calls run at once as the
+  pool has threads (the backward holds two independent solves with this matrix), every worker
+  waits on work queued behind it and XLA:CPU deadlocks: mqar_study.py's DeltaNet hung on 2 cores
+  (benchmarks/README.md, "deadlock"). Upstream removed that parallel path from open-source builds
+  after JAX 0.11.0 (jax commit 859992407d, jax-ml/jax#36927). Other platforms keep the
+  triangular solve (cuBLAS, XLA's expander).
+  """
+  eye = jnp.eye(n.shape[0], dtype=n.dtype)
+  return jax.lax.platform_dependent(
+    n,
+    rhs,
+    cpu=lambda n, r: _unit_lower_inverse(n) @ r,
+    default=lambda n, r: solve_triangular(eye + n, r, lower=True, unit_diagonal=True),
+  )
+
+
 def _chunk_wy(rule: MemoryRule, resets: bool, st, x, fresh, outer):
   """Exact (gated) delta rule over a chunk by the UT / WY transform.
 
@@ -269,9 +309,8 @@ def _chunk_wy(rule: MemoryRule, resets: bool, st, x, fresh, outer):
     sq = _sel(cont, sq, q @ a0.T)
   strict = jnp.tril(jnp.ones((b, b), bool), -1)
   lam = (k @ k.T) * Dw * strict
-  tmat = jnp.eye(b, dtype=q.dtype) + beta[:, None] * lam
   rhs = beta[:, None] * (v - a[:, None] * sk)
-  U = solve_triangular(tmat, rhs, lower=True, unit_diagonal=True)
+  U = _unit_lower_solve(beta[:, None] * lam, rhs)  # (I + Diag(β) Λ) U = rhs
   y = a[:, None] * sq + ((q @ k.T) * Dw) @ U
   e_cont = cont[-1]
   a_base = jnp.where(e_cont, ac, a0)
