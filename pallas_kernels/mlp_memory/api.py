@@ -17,6 +17,8 @@ kernel's chunks are aligned to the call's first token.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,10 +58,13 @@ def mlp_memory(
   seg_chunks: int | None = None,
   backend: str = 'auto',
   interpret: bool | None = None,
+  backward: str | None = None,
 ):
   """Same arguments and results as ``chunked`` (q, k [B, H, T, dk], v [B, H, T, dv] → y
   [B, H, T, dv] in q's dtype, final state dict [B, H, ...]); see the module doc for the scope.
-  ``seg_chunks``: chunks per kernel grid step (tuned.py by default)."""
+  ``seg_chunks``: chunks per kernel grid step (tuned.py by default). ``backward``: the custom
+  VJP's backward on the TPU lowering, 'kernel' (default: the Pallas reverse-recompute kernel) or
+  'xla' (chunk_vjp.segment_backward); the GPU lowering has only 'xla'."""
   if not supported(rule):
     raise ValueError(
       f'rule {rule.name}: no deep-memory Pallas kernel (covered: the general chunk of the MLP '
@@ -129,8 +134,13 @@ def mlp_memory(
   fn = chunk_fn(rule, segment_ids is not None, lay)
   if lowering == 'gpu':
     from pallas_kernels.mlp_memory.pallas_gpu import mlp_segments_gpu as core
+
+    if backward not in (None, 'xla'):
+      raise ValueError(f"backward={backward!r}: the GPU lowering's backward is 'xla' only")
   else:
-    from pallas_kernels.mlp_memory.pallas_tpu import mlp_segments as core
+    from pallas_kernels.mlp_memory.pallas_tpu import mlp_segments
+
+    core = functools.partial(mlp_segments, backward=backward or 'kernel')
   y, hT = core(fn, c, R, interp, toks, h0, consts)
   y = y.reshape(B, H, Tp, -1)[:, :, :T].astype(q.dtype)
   fin = [h.reshape((B, H) + s) for h, s in zip(hT, lay.state_shapes)]

@@ -8,6 +8,8 @@ rules behind ``-m slow``."""
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -22,6 +24,7 @@ from miras_jax.memory.testing import (
   value_and_input_grads,
 )
 from pallas_kernels.memory_dispatch import kernel_for
+from pallas_kernels.mlp_memory.api import mlp_memory
 
 B_CHUNK = 4
 
@@ -29,17 +32,16 @@ B_CHUNK = 4
 GRADS = tuple(f'grad[{w}]' for w in ('q', 'k', 'v', 'gates', 'state', 'w0', 'outer'))
 
 
-def _run(rule, inp, state, implementation):
-  call = lambda q, k, v, gates, **kw: memory_forward(
-    rule,
-    q,
-    k,
-    v,
-    gates,
-    segment_ids=inp['segment_ids'],
-    chunk_size=B_CHUNK,
-    implementation=implementation,
-    **kw,
+def _run(rule, inp, state, implementation, backward=None):
+  """Outputs, final state and input gradients; ``backward`` ('kernel' | 'xla'): the deep-memory
+  kernel with that custom-VJP backward, called directly (memory_forward takes its default)."""
+  if backward is None:
+    op = functools.partial(memory_forward, implementation=implementation)
+  else:
+    assert implementation == 'pallas'
+    op = functools.partial(mlp_memory, backward=backward)
+  call = lambda q, k, v, gates, **kw: op(
+    rule, q, k, v, gates, segment_ids=inp['segment_ids'], chunk_size=B_CHUNK, **kw
   )
   (_, (y, final)), grads = value_and_input_grads(call, inp, state)
   return {'outputs': y, 'final state': final} | dict(zip(GRADS, grads))
@@ -51,8 +53,14 @@ def _check(name, fp64=True):
   inp = random_inputs(rule, jax.random.PRNGKey(3), B=2, H=1, T=23, dk=8, segments=3)
   # A non-trivial state at a chunk boundary (the kernel's chunks start at the call's first token).
   state = perturbed_state(rule, inp['w0'], 2, jax.random.PRNGKey(5))
-  kernel = _run(rule, inp, state, 'pallas')
+  kernel = _run(rule, inp, state, 'pallas')  # the default backward: the Pallas kernel
   xla = _run(rule, inp, state, 'xla')
+  # The same forward kernel with the XLA backward (chunk_vjp.segment_backward): the same
+  # reverse-recompute pass, so the two backwards agree to fp32 round-off.
+  xla_bwd = _run(rule, inp, state, 'pallas', backward='xla')
+  for what, ref in xla_bwd.items():
+    assert jax.tree.leaves(ref), what
+    assert_tree_close(kernel[what], ref, 1e-5, f'{name} {what} (kernel vs xla backward)')
   if not fp64:  # the default run (CI budget: the fp64 pass costs ~15 s): fp32 paths within 1e-4
     for what, ref in xla.items():
       assert jax.tree.leaves(ref), what
@@ -107,7 +115,6 @@ def test_mid_chunk_state_is_a_one_line_error():
 def test_gpu_lowering_interpret_equals_xla():
   """The Triton-lowering driver (pallas_gpu.py) in interpret mode: forward values and state."""
   from miras_jax.memory import chunked
-  from pallas_kernels.mlp_memory.api import mlp_memory
 
   rule = get_rule('titans')
   inp = random_inputs(rule, jax.random.PRNGKey(1), B=1, H=2, T=21, dk=8, segments=2)
