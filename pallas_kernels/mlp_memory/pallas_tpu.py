@@ -18,7 +18,7 @@ the gates' gradient flows back through XLA's autodiff of ``chunk_sums``, api.py)
 ``backward='xla'``: the same reverse-recompute pass in XLA (miras_jax/memory/chunk_vjp.py
 ``segment_backward``, vmapped over N), kept for comparison and used by the GPU lowering.
 
-Inputs: ``toks`` tuple of ``[N, Tp, d_i]`` (tokens) and last ``[N, n_chunks, n_vec, c]`` (per-token
+Inputs: ``toks`` tuple of ``[N, Tp, d_i]`` (tokens; bf16 ones are cast to fp32 on chip) and last ``[N, n_chunks, n_vec, c]`` (per-token
 scalars, one lane-dense tile per chunk), ``h0`` tuple of ``[N, o, i]`` (state), ``consts`` tuple of
 ``[N, a, b]`` (reset target W_0, LayerNorm parameters); ``Tp`` a multiple of ``c·R``.
 """
@@ -47,9 +47,15 @@ def _tok_spec(x, c, R, rev_n=None):
   return pl.BlockSpec((1, R) + x.shape[2:], lambda n, s: (n, seg(s), 0, 0))
 
 
+def _f32(x):
+  """bf16 token operands (q, k, v from api.py) in fp32: the chunk computes in fp32."""
+  return x.astype(F32) if jnp.dtype(x.dtype).itemsize < 4 else x
+
+
 def _chunk_slices(refs, j, c):
   start = pl.multiple_of(j * c, c)
-  return tuple(r[0, pl.ds(start, c), :] for r in refs[:-1]) + (refs[-1][0, j],), start
+  x = tuple(r[0, pl.ds(start, c), :] for r in refs[:-1]) + (refs[-1][0, j],)
+  return tuple(_f32(v) for v in x), start
 
 
 def _mat_spec(shape):
@@ -287,7 +293,7 @@ def xla_backward(chunk_fn, c, R, interpret, saved, cts):
 
   dS, dxs, dK = jax.vmap(one)(
     res,
-    tuple(seg(x) for x in toks),
+    tuple(seg(_f32(x)) for x in toks),
     consts32,
     tuple(d.astype(F32) for d in dhT),
     seg(dy.astype(F32)),
