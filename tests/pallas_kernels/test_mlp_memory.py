@@ -2,9 +2,10 @@
 equals the XLA chunked path through ``memory_forward(implementation='pallas')``: outputs, final
 state and the gradient of every input (q, k, v, every gate, initial state, W_0, LayerNorm
 parameters), at an odd length with packed documents, a non-zero initial state on a chunk boundary
-and several kernel segments; under ``-m slow`` both fp32 paths are measured against the XLA path in
-fp64 (``_check``). Titans in the default run (interpret mode is slow); the other deep
-rules behind ``-m slow``."""
+and several kernel segments; the kernel's default backward (the Pallas backward kernel) also
+equals its ``backward='xla'`` (chunk_vjp's pass) on all of these. Under ``-m slow`` both fp32 paths
+are measured against the XLA path in fp64 (``_check``). Titans in the default run (interpret mode
+is slow); the other deep rules behind ``-m slow``."""
 
 from __future__ import annotations
 
