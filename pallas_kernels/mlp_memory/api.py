@@ -70,6 +70,8 @@ def mlp_memory(
       f'rule {rule.name}: no deep-memory Pallas kernel (covered: the general chunk of the MLP '
       f"memories, not Memora's lag form nor step_scale 'implicit'); use implementation='xla'"
     )
+  if backward not in (None, 'kernel', 'xla'):
+    raise ValueError(f"unknown backward {backward!r}; choose 'kernel' or 'xla'")
   pos = None if state is None else state['pos']
   # Checked on the host (numpy): inside a trace, jnp on a concrete array would be staged too.
   if pos is not None and not isinstance(pos, jax.core.Tracer) and np.any(np.asarray(pos) != 0):

@@ -112,6 +112,27 @@ def test_mid_chunk_state_is_a_one_line_error():
     )
 
 
+@pytest.mark.parametrize(
+  'backend,backward,match', [('tpu', 'pallas', 'unknown backward'), ('gpu', 'kernel', "'xla' only")]
+)
+def test_backward_choice_is_checked(backend, backward, match):
+  rule = get_rule('titans')
+  inp = random_inputs(rule, jax.random.PRNGKey(0), B=1, H=1, T=4, dk=4)
+  with pytest.raises(ValueError, match=match):
+    mlp_memory(
+      rule,
+      inp['q'],
+      inp['k'],
+      inp['v'],
+      inp['gates'],
+      w0=inp['w0'],
+      chunk_size=2,
+      backend=backend,
+      interpret=True,
+      backward=backward,
+    )
+
+
 @pytest.mark.slow
 def test_gpu_lowering_interpret_equals_xla():
   """The Triton-lowering driver (pallas_gpu.py) in interpret mode: forward values and state."""
