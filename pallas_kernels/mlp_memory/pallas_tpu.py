@@ -58,6 +58,26 @@ def _chunk_slices(refs, j, c):
   return tuple(_f32(v) for v in x), start
 
 
+_LANES = 128  # the TPU vreg / HBM tile's lane count (tests lower it to exercise _flip)
+
+
+def _flip(shape):
+  """Whether a state matrix is saved transposed as a residual: [o, i] with i not a multiple of
+  the lanes but o one (Titans' W_1 [4d, d] at d = 64) is lane-padded 2× in HBM; its transpose is
+  not (measured, v5p, Titans 16 heads × 64, T = 4096: 48 MiB less in fwd+bwd temporaries)."""
+  return len(shape) == 2 and shape[1] % _LANES != 0 and shape[0] % _LANES == 0
+
+
+def _res_shape(shape):
+  return tuple(shape)[::-1] if _flip(shape) else tuple(shape)
+
+
+def _res_layout(x, shape):
+  """A state matrix of shape ``shape`` ↔ its residual layout (a transpose where ``_flip``; its
+  own inverse)."""
+  return jnp.swapaxes(x, -1, -2) if _flip(shape) else x
+
+
 def _mat_spec(shape):
   return pl.BlockSpec((1,) + tuple(shape), lambda n, s: (n, 0, 0))
 
@@ -84,7 +104,7 @@ def _forward(chunk_fn, c, R, dv, save, interpret, toks, h0, consts):
         sr[...] = hr[0].astype(F32)
 
     for rr, sr in zip(res_refs, s_refs):
-      rr[0, 0] = sr[...]
+      rr[0, 0] = _res_layout(sr[...], sr.shape)
     K = tuple(r[0].astype(F32) for r in const_refs)
 
     def body(j, S):
@@ -107,8 +127,8 @@ def _forward(chunk_fn, c, R, dv, save, interpret, toks, h0, consts):
   out_shape += [jax.ShapeDtypeStruct((N,) + sh, F32) for sh in shapes]
   out_specs = [pl.BlockSpec((1, L, dv), lambda n, s: (n, s, 0))] + [_mat_spec(sh) for sh in shapes]
   if save:
-    out_shape += [jax.ShapeDtypeStruct((N, n_seg) + sh, F32) for sh in shapes]
-    out_specs += [pl.BlockSpec((1, 1) + sh, lambda n, s: (n, s, 0, 0)) for sh in shapes]
+    out_shape += [jax.ShapeDtypeStruct((N, n_seg) + _res_shape(sh), F32) for sh in shapes]
+    out_specs += [pl.BlockSpec((1, 1) + _res_shape(sh), lambda n, s: (n, s, 0, 0)) for sh in shapes]
   outs = pl.pallas_call(
     kernel,
     grid=(N, n_seg),
@@ -134,7 +154,7 @@ def _backward(chunk_fn, c, R, interpret, toks, consts, res, dy, dhT):
   L = c * R
   n_seg = Tp // L
   nt, nc, ns = len(toks), len(consts), len(res)
-  shapes = [r.shape[2:] for r in res]
+  shapes = [tuple(dh.shape[1:]) for dh in dhT]
   kshapes = [k.shape[1:] for k in consts]
   dv = dy.shape[2]
 
@@ -157,8 +177,9 @@ def _backward(chunk_fn, c, R, interpret, toks, consts, res, dy, dhT):
         a[...] = jnp.zeros_like(a)
 
     K = tuple(r[0].astype(F32) for r in const_refs)
-    for r, h in zip(st_refs, res_refs):
-      r[0] = h[0, 0]
+    S0 = tuple(_res_layout(h[0, 0], sh) for h, sh in zip(res_refs, shapes))
+    for r, v in zip(st_refs, S0):
+      r[0] = v
 
     def recompute(j, S):  # chunk-start states 1 … R − 1 (the last chunk's end is not needed)
       x, _ = _chunk_slices(tok_refs, j, c)
@@ -167,7 +188,7 @@ def _backward(chunk_fn, c, R, interpret, toks, consts, res, dy, dhT):
         r[j + 1] = v
       return S
 
-    jax.lax.fori_loop(0, R - 1, recompute, tuple(h[0, 0] for h in res_refs))
+    jax.lax.fori_loop(0, R - 1, recompute, S0)
 
     def back(i, carry):
       dS, dK = carry
@@ -196,7 +217,7 @@ def _backward(chunk_fn, c, R, interpret, toks, consts, res, dy, dhT):
       for r, v in zip(dk_refs, dK):
         r[0] = v
 
-  res_spec = lambda sh: pl.BlockSpec((1, 1) + sh, lambda n, s: (n, n_seg - 1 - s, 0, 0))
+  res_spec = lambda sh: pl.BlockSpec((1, 1) + _res_shape(sh), lambda n, s: (n, n_seg - 1 - s, 0, 0))
   out_shape = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in toks]
   out_shape += [jax.ShapeDtypeStruct((N,) + sh, F32) for sh in shapes + kshapes]
   outs = pl.pallas_call(
@@ -268,9 +289,10 @@ def _fwd(chunk_fn, c, R, interpret, backward, toks, h0, consts):
 
 
 def _bwd(chunk_fn, c, R, interpret, backward, saved, cts):
-  if backward == 'xla':
-    return xla_backward(chunk_fn, c, R, interpret, saved, cts)
   toks, consts, res = saved
+  if backward == 'xla':
+    res = tuple(_res_layout(r, d.shape[1:]) for r, d in zip(res, cts[1]))
+    return xla_backward(chunk_fn, c, R, interpret, (toks, consts, res), cts)
   dy, dhT = cts
   dhT = tuple(d.astype(F32) for d in dhT)
   dtoks, dh0, dK = _backward(chunk_fn, c, R, interpret, toks, consts, res, dy, dhT)

@@ -85,7 +85,13 @@ def _check(name, fp64=True):
       assert_close(k, e, tol, f'{name} {what}{jax.tree_util.keystr(path)} (kernel vs fp64)')
 
 
-def test_kernel_equals_xla_titans():
+def test_kernel_equals_xla_titans(monkeypatch):
+  # 16 "lanes": Titans' W_1 [32, 8] at dk = 8 is saved transposed as a residual, as [256, 64] is
+  # on a TPU (pallas_tpu._flip); the slow grid keeps 128 (nothing transposed at these sizes).
+  from pallas_kernels.mlp_memory import pallas_tpu
+
+  monkeypatch.setattr(pallas_tpu, '_LANES', 16)
+  assert pallas_tpu._flip((32, 8)) and not pallas_tpu._flip((8, 32))
   _check('titans', fp64=False)
 
 
