@@ -4,7 +4,8 @@ A generalisation of chunkwise_tpu.py from one state matrix to a *tuple* of them 
 weights W_1 … W_L, their momentum, the gradient point; chunk.py): grid ``(N = batch·heads,
 segments)``, a segment is ``R`` chunks walked by an in-kernel loop, every state matrix lives in a
 VMEM scratch buffer for the whole sequence (segment axis 'arbitrary': sequential) and goes to HBM
-once per segment as a residual (the segment-start state) when a gradient is wanted.
+once per segment as a residual (the segment-start state) when a gradient is wanted (transposed
+where that removes lane padding, ``_flip``).
 
 Backward (``jax.custom_vjp``, ``backward='kernel'``): grid ``(N, segments)`` visited in reverse,
 as chunkwise_tpu.py's. Each step reloads the segment-start state tuple (the residual), recomputes
@@ -18,9 +19,15 @@ the gates' gradient flows back through XLA's autodiff of ``chunk_sums``, api.py)
 ``backward='xla'``: the same reverse-recompute pass in XLA (miras_jax/memory/chunk_vjp.py
 ``segment_backward``, vmapped over N), kept for comparison and used by the GPU lowering.
 
-Inputs: ``toks`` tuple of ``[N, Tp, d_i]`` (tokens; bf16 ones are cast to fp32 on chip) and last ``[N, n_chunks, n_vec, c]`` (per-token
-scalars, one lane-dense tile per chunk), ``h0`` tuple of ``[N, o, i]`` (state), ``consts`` tuple of
-``[N, a, b]`` (reset target W_0, LayerNorm parameters); ``Tp`` a multiple of ``c·R``.
+Mosaic: the chunk VJP lowers for all six rules (v5e, v5p; tests/pallas_kernels/
+test_mosaic_compile.py). The one primitive it could not lower was the VJP of a matrix-vector
+product (an outer product: a ``dot_general`` with no contracting dimension), from the momentum
+coefficient d = DwA · sdec, now a masked row sum (miras_jax/memory/coefficients.py).
+
+Inputs: ``toks`` tuple of ``[N, Tp, d_i]`` (tokens; bf16 ones are cast to fp32 on chip) and last
+``[N, n_chunks, n_vec, c]`` (per-token scalars, one lane-dense tile per chunk), ``h0`` tuple of
+``[N, o, i]`` (state), ``consts`` tuple of ``[N, a, b]`` (reset target W_0, LayerNorm
+parameters); ``Tp`` a multiple of ``c·R``.
 """
 
 from __future__ import annotations
