@@ -12,6 +12,9 @@ path (outputs, final state, every input gradient; printed as max relative error)
 of ``--repeats`` wall-clock times of forward and forward+backward, and the peak memory of each
 compiled step (XLA memory analysis: arguments + outputs + temporaries), for
   pallas   pallas_kernels (memory_forward implementation='pallas'),
+  pallas_xla_bwd   the deep memories only (titans, moneta, yaad, memora, ttt_mlp, ttt_linear):
+           the same forward kernel with the XLA backward (mlp_memory backward='xla') instead of
+           the Pallas backward kernel,
   xla      the chunked XLA path (implementation='xla'),
   cudnn    jax.nn.dot_product_attention(implementation='cudnn'), causal, same B, H, T, D
            (GPU only; 'xla' attention elsewhere, labelled so),
@@ -39,6 +42,15 @@ from miras_jax.memory import get_rule, memory_forward
 from miras_jax.memory.testing import random_inputs, rel_err
 
 OPS = ('gla', 'mamba2', 'gated_deltanet', 'deltanet', 'retnet', 'linear_attention', 'longhorn')
+# The deep memories (pallas_kernels/mlp_memory): also timed with the kernel's XLA backward
+# ('pallas_xla_bwd': the same forward kernel, chunk_vjp.segment_backward) beside the default
+# Pallas backward kernel ('pallas').
+DEEP = ('titans', 'moneta', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear')
+OPS += DEEP
+
+
+def impls(op):
+  return ('pallas', 'xla') + (('pallas_xla_bwd',) if op in DEEP else ())
 
 
 def shape_of(name, batch):
@@ -71,6 +83,10 @@ def inputs(rule, B, H, T, D, dtype):
 
 def steps(rule, impl, w0):
   def fwd(q, k, v, gates):
+    if impl == 'pallas_xla_bwd':
+      from pallas_kernels.mlp_memory.api import mlp_memory
+
+      return mlp_memory(rule, q, k, v, gates, w0=w0, backward='xla')
     return memory_forward(rule, q, k, v, gates, w0=w0, implementation=impl)
 
   def loss(q, k, v, gates):
@@ -222,7 +238,7 @@ def main(argv=None):
         if not checked:  # correctness on this device before any timing
           row['max_rel_err_vs_xla'] = check(rule, w0, (q, k, v, gates))
           checked = True
-        for impl in ('pallas', 'xla'):
+        for impl in impls(op):
           fwd, grad = steps(rule, impl, w0)
           row[f'{impl}_fwd_ms'], row[f'{impl}_fwd_mib'] = measure(fwd, (q, k, v, gates), a.repeats)
           row[f'{impl}_fwd_bwd_ms'], row[f'{impl}_fwd_bwd_mib'] = measure(

@@ -19,7 +19,8 @@ backward would do the same matmuls; fwd+bwd is ≥ 3.7× the forward with one ch
 This is the structure of the Pallas drivers' backward (pallas_kernels/chunkwise_tpu.py) and of
 flash-linear-attention's chunked kernels (fla-org/flash-linear-attention
 ``fla/ops/common/chunk_h.py``: chunk-level states, recompute in the backward). The Pallas deep-memory
-kernel (pallas_kernels/mlp_memory) uses ``segment_backward`` as its backward.
+kernel (pallas_kernels/mlp_memory) uses ``segment_backward`` as its GPU backward and as the TPU
+kernel's ``backward='xla'`` (the default there is the same pass as a Pallas kernel).
 
 Integer leaves (the in-chunk position) are carried but not differentiated (float0 cotangents).
 """

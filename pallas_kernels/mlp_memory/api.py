@@ -17,6 +17,8 @@ kernel's chunks are aligned to the call's first token.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -56,15 +58,20 @@ def mlp_memory(
   seg_chunks: int | None = None,
   backend: str = 'auto',
   interpret: bool | None = None,
+  backward: str | None = None,
 ):
   """Same arguments and results as ``chunked`` (q, k [B, H, T, dk], v [B, H, T, dv] → y
   [B, H, T, dv] in q's dtype, final state dict [B, H, ...]); see the module doc for the scope.
-  ``seg_chunks``: chunks per kernel grid step (tuned.py by default)."""
+  ``seg_chunks``: chunks per kernel grid step (tuned.py by default). ``backward``: the custom
+  VJP's backward on the TPU lowering, 'kernel' (default: the Pallas reverse-recompute kernel) or
+  'xla' (chunk_vjp.segment_backward); the GPU lowering has only 'xla'."""
   if not supported(rule):
     raise ValueError(
       f'rule {rule.name}: no deep-memory Pallas kernel (covered: the general chunk of the MLP '
       f"memories, not Memora's lag form nor step_scale 'implicit'); use implementation='xla'"
     )
+  if backward not in (None, 'kernel', 'xla'):
+    raise ValueError(f"unknown backward {backward!r}; choose 'kernel' or 'xla'")
   pos = None if state is None else state['pos']
   # Checked on the host (numpy): inside a trace, jnp on a concrete array would be staged too.
   if pos is not None and not isinstance(pos, jax.core.Tracer) and np.any(np.asarray(pos) != 0):
@@ -82,10 +89,15 @@ def mlp_memory(
   Tp = n_chunks * c
   pad = lambda x, val=0.0: layout.pad_time(x, Tp, val)
   f32 = jnp.float32
+  # TPU: bf16 q, k, v enter the kernels as given and are cast to fp32 on chip (the same values as
+  # prepare's cast): fp32 copies would be materialised for the kernels and held as the backward's
+  # residuals (v5p, Titans 16 heads × 64, T = 4096: fwd+bwd temporaries 354 → 253 MiB;
+  # scripts/aot_mlp_memory.py).
+  raw = lambda n, x: x if lowering == 'tpu' and x.dtype == jnp.bfloat16 else P[n]
   ops = {
-    'q': pad(P['q']),
-    'k': pad(P['k']),
-    'v': pad(P['v']),
+    'q': pad(raw('q', q)),
+    'k': pad(raw('k', k)),
+    'v': pad(raw('v', v)),
     'active': pad(jnp.ones((B, H, T), f32)),
   }
   if P['delta'] is not None:
@@ -129,8 +141,13 @@ def mlp_memory(
   fn = chunk_fn(rule, segment_ids is not None, lay)
   if lowering == 'gpu':
     from pallas_kernels.mlp_memory.pallas_gpu import mlp_segments_gpu as core
+
+    if backward not in (None, 'xla'):
+      raise ValueError(f"backward={backward!r}: the GPU lowering's backward is 'xla' only")
   else:
-    from pallas_kernels.mlp_memory.pallas_tpu import mlp_segments as core
+    from pallas_kernels.mlp_memory.pallas_tpu import mlp_segments
+
+    core = functools.partial(mlp_segments, backward=backward or 'kernel')
   y, hT = core(fn, c, R, interp, toks, h0, consts)
   y = y.reshape(B, H, Tp, -1)[:, :, :T].astype(q.dtype)
   fin = [h.reshape((B, H) + s) for h, s in zip(hT, lay.state_shapes)]

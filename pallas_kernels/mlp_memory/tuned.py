@@ -2,7 +2,8 @@
 semantic chunk, the model's ``chunk_size``, not a tuning knob here).
 
 R: chunks per grid step / per saved residual (the residuals are T/(c·R) copies of the state per
-head; the forward keeps only the running state in VMEM, so R bounds nothing on chip).
+head; the forward keeps only the running state in VMEM; the backward kernel holds R chunk-start
+state tuples in VMEM, so R bounds its scratch: R · the state size).
 NOT YET MEASURED on hardware: starting points for scripts/bench_kernels.py's sweep.
 """
 

@@ -2,11 +2,14 @@
 equals the XLA chunked path through ``memory_forward(implementation='pallas')``: outputs, final
 state and the gradient of every input (q, k, v, every gate, initial state, W_0, LayerNorm
 parameters), at an odd length with packed documents, a non-zero initial state on a chunk boundary
-and several kernel segments; under ``-m slow`` both fp32 paths are measured against the XLA path in
-fp64 (``_check``). Titans in the default run (interpret mode is slow); the other deep
-rules behind ``-m slow``."""
+and several kernel segments; the kernel's default backward (the Pallas backward kernel) also
+equals its ``backward='xla'`` (chunk_vjp's pass) on all of these. Under ``-m slow`` both fp32 paths
+are measured against the XLA path in fp64 (``_check``). Titans in the default run (interpret mode
+is slow); the other deep rules behind ``-m slow``."""
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +25,7 @@ from miras_jax.memory.testing import (
   value_and_input_grads,
 )
 from pallas_kernels.memory_dispatch import kernel_for
+from pallas_kernels.mlp_memory.api import mlp_memory
 
 B_CHUNK = 4
 
@@ -29,17 +33,16 @@ B_CHUNK = 4
 GRADS = tuple(f'grad[{w}]' for w in ('q', 'k', 'v', 'gates', 'state', 'w0', 'outer'))
 
 
-def _run(rule, inp, state, implementation):
-  call = lambda q, k, v, gates, **kw: memory_forward(
-    rule,
-    q,
-    k,
-    v,
-    gates,
-    segment_ids=inp['segment_ids'],
-    chunk_size=B_CHUNK,
-    implementation=implementation,
-    **kw,
+def _run(rule, inp, state, implementation, backward=None):
+  """Outputs, final state and input gradients; ``backward`` ('kernel' | 'xla'): the deep-memory
+  kernel with that custom-VJP backward, called directly (memory_forward takes its default)."""
+  if backward is None:
+    op = functools.partial(memory_forward, implementation=implementation)
+  else:
+    assert implementation == 'pallas'
+    op = functools.partial(mlp_memory, backward=backward)
+  call = lambda q, k, v, gates, **kw: op(
+    rule, q, k, v, gates, segment_ids=inp['segment_ids'], chunk_size=B_CHUNK, **kw
   )
   (_, (y, final)), grads = value_and_input_grads(call, inp, state)
   return {'outputs': y, 'final state': final} | dict(zip(GRADS, grads))
@@ -51,8 +54,14 @@ def _check(name, fp64=True):
   inp = random_inputs(rule, jax.random.PRNGKey(3), B=2, H=1, T=23, dk=8, segments=3)
   # A non-trivial state at a chunk boundary (the kernel's chunks start at the call's first token).
   state = perturbed_state(rule, inp['w0'], 2, jax.random.PRNGKey(5))
-  kernel = _run(rule, inp, state, 'pallas')
+  kernel = _run(rule, inp, state, 'pallas')  # the default backward: the Pallas kernel
   xla = _run(rule, inp, state, 'xla')
+  # The same forward kernel with the XLA backward (chunk_vjp.segment_backward): the same
+  # reverse-recompute pass, so the two backwards agree to fp32 round-off.
+  xla_bwd = _run(rule, inp, state, 'pallas', backward='xla')
+  for what, ref in xla_bwd.items():
+    assert jax.tree.leaves(ref), what
+    assert_tree_close(kernel[what], ref, 1e-5, f'{name} {what} (kernel vs xla backward)')
   if not fp64:  # the default run (CI budget: the fp64 pass costs ~15 s): fp32 paths within 1e-4
     for what, ref in xla.items():
       assert jax.tree.leaves(ref), what
@@ -76,7 +85,13 @@ def _check(name, fp64=True):
       assert_close(k, e, tol, f'{name} {what}{jax.tree_util.keystr(path)} (kernel vs fp64)')
 
 
-def test_kernel_equals_xla_titans():
+def test_kernel_equals_xla_titans(monkeypatch):
+  # 16 "lanes": Titans' W_1 [32, 8] at dk = 8 is saved transposed as a residual, as [256, 64] is
+  # on a TPU (pallas_tpu._flip); the slow grid keeps 128 (nothing transposed at these sizes).
+  from pallas_kernels.mlp_memory import pallas_tpu
+
+  monkeypatch.setattr(pallas_tpu, '_LANES', 16)
+  assert pallas_tpu._flip((32, 8)) and not pallas_tpu._flip((8, 32))
   _check('titans', fp64=False)
 
 
@@ -103,11 +118,31 @@ def test_mid_chunk_state_is_a_one_line_error():
     )
 
 
+@pytest.mark.parametrize(
+  'backend,backward,match', [('tpu', 'pallas', 'unknown backward'), ('gpu', 'kernel', "'xla' only")]
+)
+def test_backward_choice_is_checked(backend, backward, match):
+  rule = get_rule('titans')
+  inp = random_inputs(rule, jax.random.PRNGKey(0), B=1, H=1, T=4, dk=4)
+  with pytest.raises(ValueError, match=match):
+    mlp_memory(
+      rule,
+      inp['q'],
+      inp['k'],
+      inp['v'],
+      inp['gates'],
+      w0=inp['w0'],
+      chunk_size=2,
+      backend=backend,
+      interpret=True,
+      backward=backward,
+    )
+
+
 @pytest.mark.slow
 def test_gpu_lowering_interpret_equals_xla():
   """The Triton-lowering driver (pallas_gpu.py) in interpret mode: forward values and state."""
   from miras_jax.memory import chunked
-  from pallas_kernels.mlp_memory.api import mlp_memory
 
   rule = get_rule('titans')
   inp = random_inputs(rule, jax.random.PRNGKey(1), B=1, H=2, T=21, dk=8, segments=2)

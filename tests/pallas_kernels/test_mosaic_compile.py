@@ -77,16 +77,24 @@ def test_compiles_for_tpu(topology, op):
       hlo.compile()
 
 
-@pytest.mark.parametrize('topology', ['v5e:2x2', 'v5p:2x2x1'])
-@pytest.mark.parametrize('name', ['titans', 'moneta'])
+MLP_RULES = ('titans', 'moneta', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear')
+
+
+@pytest.mark.parametrize(
+  'topology,name',
+  [(t, n) for t in ('v5e:2x2', 'v5p:2x2x1') for n in ('titans', 'moneta')]
+  + [pytest.param('v5p:2x2x1', n, marks=pytest.mark.slow) for n in MLP_RULES[2:]],
+)
 def test_mlp_memory_compiles_for_tpu(topology, name):
-  """The deep-memory kernel, forward and forward+backward, under shard_map over batch, head dim
-  64, packed documents: Titans (2-layer MLP, LayerNorm + residual, ℓ2, momentum + decay) and
-  Moneta (ℓp bias, ℓq retention: its read scale ‖A‖_q^{2−q} on chip, Retention._qnorm_pow).
-  (Yaad, Memora, TTT-MLP, TTT-Linear compile too — measured, not here for time.)"""
+  """The deep-memory kernel, forward and forward+backward (the backward a Pallas kernel too:
+  asserted by its name in the lowered program), under shard_map over batch, head dim 64, packed
+  documents: Titans (2-layer MLP, LayerNorm + residual, ℓ2, momentum + decay) and Moneta (ℓp
+  bias, ℓq retention: its read scale ‖A‖_q^{2−q} on chip, Retention._qnorm_pow) by default;
+  Yaad, Memora, TTT-MLP, TTT-Linear behind ``-m slow`` (~40 s each)."""
   from miras_jax.memory import get_rule
   from miras_jax.memory.testing import random_w0
   from pallas_kernels.mlp_memory.api import mlp_memory
+  from pallas_kernels.mlp_memory.pallas_tpu import BWD_KERNEL
 
   devs = list(topologies.get_topology_desc(topology, 'tpu').devices)
   mesh = Mesh(devs, ('x',))
@@ -99,7 +107,7 @@ def test_mlp_memory_compiles_for_tpu(topology, name):
   seg = jax.ShapeDtypeStruct((B, Tm), jnp.int32, sharding=sh)
 
   def fn(q, k, v, eta, la, lm, seg):
-    g = dict(eta=eta, log_alpha=la, log_mu=lm)
+    g = {n: x for n, x in zip(('eta', 'log_alpha', 'log_mu'), (eta, la, lm)) if rule.uses[n]}
     return mlp_memory(rule, q, k, v, g, w0=w0, segment_ids=seg, backend='tpu', chunk_size=64)
 
   spec = (P('x'),) * 7
@@ -115,5 +123,8 @@ def test_mlp_memory_compiles_for_tpu(topology, name):
   with compile_pallas_for_tpu():
     for f in (fwd, fwd_bwd):
       lowered = jax.jit(f).lower(tok, tok, tok, gate, gate, gate, seg)
-      assert 'tpu_custom_call' in lowered.as_text()
+      text = lowered.as_text()
+      assert 'tpu_custom_call' in text
+      # The backward is the Mosaic kernel, not chunk_vjp's XLA pass.
+      assert (BWD_KERNEL in text) == (f is fwd_bwd), BWD_KERNEL
       lowered.compile()
