@@ -75,5 +75,7 @@ def coefficients_from_sums(sums, eta, active):
   Cs = Ds * (-eta)[None, :]
   sdec = jnp.exp(cm) * cont
   DwA = Dw * active[None, :]
-  out.update(C=DwA @ Cs, d=DwA @ sdec, Cs=Cs, sdec=sdec)
+  # d as a row sum, not a matrix-vector product: Triton's dot takes 2-D operands only (the
+  # deep-memory GPU kernel builds these on chip); the same c² products, summed in another order.
+  out.update(C=DwA @ Cs, d=jnp.sum(DwA * sdec[None, :], axis=1), Cs=Cs, sdec=sdec)
   return out

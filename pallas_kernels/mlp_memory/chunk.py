@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from miras_jax.memory.chunked import chunk_core, coefficients_from_sums
 
 # Per-token operands of the kernel, in order; VECTORS are scalars per token, packed as the rows of
-# one [n_vec, c] tile per chunk (the last operand).
+# one [n_vec, c] tile per chunk (the last operand; rows zero-padded to a power of two, api.py).
 TOKENS = ('q', 'k', 'v', 'eta', 'active', 'delta')
 SUMS = ('segl', 'cum', 'log_a', 'cm')  # chunked.chunk_sums
 VECTORS = ('eta', 'active') + SUMS
@@ -51,6 +51,13 @@ def _unflat(td, shapes, leaves):
   return jax.tree.unflatten(td, [x.reshape(s) for x, s in zip(leaves, shapes)])
 
 
+def _rows(tile, n):
+  """The first n rows of a [m, c] tile as [c] vectors, each a masked sum over the rows (exact: the other
+  terms are zeros) instead of a slice: Triton lowers no ``slice`` (nor its transpose, ``pad``)."""
+  r = jax.lax.broadcasted_iota(jnp.int32, tile.shape, 0)
+  return tuple(jnp.sum(jnp.where(r == i, tile, 0.0), axis=0) for i in range(n))
+
+
 def mlp_chunk(rule, resets, lay: Layout, S, x, K):
   """(y [c, dv], new state tuple) for one chunk; S, K tuples of 2-D arrays, x of [c, ·]."""
   pos = jnp.zeros((), jnp.int32)
@@ -59,7 +66,9 @@ def mlp_chunk(rule, resets, lay: Layout, S, x, K):
   fresh = dict(_unflat(lay.fresh_def, lay.fresh_shapes, K[:nf]), pos=pos)
   outer = _unflat(lay.outer_def, lay.outer_shapes, K[nf:])
   ops = dict(zip(lay.names, x[:-1]))
-  ops.update(zip(lay.vec_names, x[-1]))  # the [n_vec, c] tile of per-token scalars
+  ops.update(
+    zip(lay.vec_names, _rows(x[-1], len(lay.vec_names)))
+  )  # the [n_vec, c] tile of per-token scalars
   tok = {n: ops.get(n) for n in TOKENS}
   co = coefficients_from_sums({n: ops.get(n) for n in SUMS}, tok['eta'], tok['active'])
   # A float mask: Mosaic cannot extract a bool scalar (the chunk end's cont[-1]) from a vector.
