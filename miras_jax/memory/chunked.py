@@ -67,11 +67,6 @@ def _last(x):
   return jnp.sum(jnp.where(last, x, jnp.zeros((), x.dtype)), axis=0)
 
 
-# The chunk-end read runs on this many copies of the last query: Triton's dot needs every operand
-# dim ≥ 16 (one row would be a [1, d] matmul), and the copies are identical, so the result is too.
-_LAST_ROWS = 16
-
-
 def _sel(cont, x_c, x_0):
   return jnp.where(cont.reshape(cont.shape + (1,) * (x_c.ndim - 1)), x_c, x_0)
 
@@ -122,10 +117,13 @@ def _lag_token(rule: MemoryRule, st, x, fresh, outer):
   return st, x
 
 
-def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
+def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer, read_rows=1):
   """New carry after a chunk, and the exact boundary read of the chunk's last token.
 
-  The chunk ends on a boundary when its real tokens fill it up to the last slot."""
+  The chunk ends on a boundary when its real tokens fill it up to the last slot. ``read_rows``:
+  that read runs on this many identical copies of the last query (so its result is the same): 16
+  in the Triton kernel, whose dot needs every operand dim ≥ 16; 1 elsewhere (the XLA path: 16 rows
+  cost Moneta's chunk +5 % FLOPs)."""
   ret, arch = rule.retention, rule.arch
   n_active = jnp.sum(active).astype(jnp.int32)
   boundary = st['pos'] + n_active == q.shape[0]
@@ -146,7 +144,7 @@ def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
   if ret.read_mode != 'identity':
     # The last token of a chunk reads the exact φ(A) (a chunk boundary). A row mask, not a
     # scatter: the same code runs inside the Mosaic kernel (pallas_kernels/mlp_memory).
-    q_last = jnp.broadcast_to(_last(q)[None], (_LAST_ROWS, q.shape[-1]))
+    q_last = jnp.broadcast_to(_last(q)[None], (read_rows, q.shape[-1]))
     y_last = _last(arch.apply(phi_a, q_last, outer))[None]
     last = jax.lax.broadcasted_iota(jnp.int32, y.shape, 0) == y.shape[0] - 1
     y = jnp.where(last & boundary, y_last, y)
@@ -160,12 +158,14 @@ def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer, inner_fo
   return chunk_core(rule, resets, st, x, co, fresh, outer, inner_form)
 
 
-def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer, inner_form='matmul'):
+def chunk_core(
+  rule: MemoryRule, resets: bool, st, x, co, fresh, outer, inner_form='matmul', read_rows=1
+):
   """The general chunk given its coefficients ``co`` (``coefficients``; after the lag token):
   key factors, reads, primal update. Shared with pallas_kernels/mlp_memory, which computes
   ``co`` outside the kernel. ``inner_form``: 'matmul' (the dual form: masked [b, b] products) or
-  'scan' (per-token steps by chunk_scan.chunk_steps; needs x's gates la, reset, lm). Returns (new
-  state, y [b, dv])."""
+  'scan' (per-token steps by chunk_scan.chunk_steps; needs x's gates la, reset, lm). ``read_rows``:
+  ``_finish``'s. Returns (new state, y [b, dv])."""
   arch = rule.arch
   q, k, v = x['q'], x['k'], x['v']
   cont, a, C = co['cont'], co['a'], co['C']
@@ -234,7 +234,18 @@ def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer, inner_fo
       r_base = common.tree_where(e_cont, base_c[l], base_0[l])
       r_end.append(tm(lambda x, s: a_e * x + s, r_base, step))
   return _finish(
-    rule, st, fresh, e_cont, tuple(a_end), tuple(s_end), tuple(r_end), x['active'], y, q, outer
+    rule,
+    st,
+    fresh,
+    e_cont,
+    tuple(a_end),
+    tuple(s_end),
+    tuple(r_end),
+    x['active'],
+    y,
+    q,
+    outer,
+    read_rows,
   )
 
 

@@ -152,6 +152,7 @@ def mlp_memory(
     fresh_shapes=tuple(x.shape[1:] for x in fr_leaves),
     outer_def=out_def,
     outer_shapes=tuple(x.shape[1:] for x in out_leaves),
+    read_rows=16 if lowering == 'gpu' else 1,  # Triton's dot: operand dims >= 16
   )
   fn = chunk_fn(rule, segment_ids is not None, lay)
   if lowering == 'gpu':

@@ -45,6 +45,7 @@ class Layout:
   fresh_shapes: tuple
   outer_def: object
   outer_shapes: tuple
+  read_rows: int = 1  # chunked.chunk_core's (16 for the Triton lowering)
 
 
 def _unflat(td, shapes, leaves):
@@ -73,7 +74,7 @@ def mlp_chunk(rule, resets, lay: Layout, S, x, K):
   co = coefficients_from_sums({n: ops.get(n) for n in SUMS}, tok['eta'], tok['active'])
   # A float mask: Mosaic cannot extract a bool scalar (the chunk end's cont[-1]) from a vector.
   co['cont'] = co['cont'].astype(jnp.float32)
-  new, y = chunk_core(rule, resets, st, tok, co, fresh, outer)
+  new, y = chunk_core(rule, resets, st, tok, co, fresh, outer, read_rows=lay.read_rows)
   new = dict(new)
   new.pop('pos')
   leaves = jax.tree.leaves(new)

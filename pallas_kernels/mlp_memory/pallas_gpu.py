@@ -14,7 +14,7 @@ last row of a chunk is a masked sum, ``chunked._last``; the per-token scalar til
 its row count padded to a power of two), every array dim a power of two (TTT's weights with a
 bias column, [o, i + 1], go in split as (W, b) pairs: api.py ``_split_bias``,
 architectures.linear), dot operands of rank 2 with dims >= 16 (the chunk-end read runs on 16
-copies of the last query), so head dim and chunk >= 16.
+copies of the last query, ``Layout.read_rows``), so head dim and chunk >= 16.
 
 Backward (``_backward``): one kernel, grid ``(N,)``, one program per (batch, head) walks the
 chunks in reverse applying ``jax.vjp`` of the chunk function traced inside the kernel (so the
