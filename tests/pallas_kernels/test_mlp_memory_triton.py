@@ -53,8 +53,12 @@ def _check(name, dtype=jnp.float32, dk=DK, c=C):
   assert text.count(platform.TRITON_CALL) == 2, 'forward + backward: two Triton kernels'
 
 
-# Titans (momentum) and TTT-MLP (bias columns: split weights on GPU) in the default run.
-@pytest.mark.parametrize('name', ['titans', 'ttt_mlp'])
+# In the default run: Titans (momentum), Moneta (ℓq read scale, the chunk-end read), Memora
+# (softmax map, the read state R), TTT-MLP (bias columns: split weights on GPU). ~2 s each.
+DEFAULT = ('titans', 'moneta', 'memora', 'ttt_mlp')
+
+
+@pytest.mark.parametrize('name', DEFAULT)
 def test_lowers_to_triton(name):
   _check(name)
 
@@ -64,7 +68,7 @@ def test_lowers_to_triton_bf16_inputs():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('name', [r for r in RULES if r not in ('titans', 'ttt_mlp')])
+@pytest.mark.parametrize('name', [r for r in RULES if r not in DEFAULT])
 def test_lowers_to_triton_slow(name):
   _check(name)
 
