@@ -124,19 +124,50 @@ class MLPMemory:
   def apply(self, w: Weights, x, outer=None):
     h = x
     for l, wl in enumerate(w):
-      z = self.layer_in(h) @ wl.T
+      z = linear(layer_input(self, h, wl), wl)
       h = self.act(z) if l < len(w) - 1 else z
     return self.final(h, x, outer)
 
 
+# A layer's weight with a bias column may also be held *split*, as the pair (W [o, i], b [1, o])
+# meaning [W | bᵀ]: the deep-memory GPU kernel (pallas_kernels/mlp_memory) does, since Triton needs
+# every array dim a power of two and [o, i + 1] is not one. The helpers below take either form;
+# on the [o, i + 1] matrix they are the plain products (same values as before the split existed).
+
+
+def layer_input(arch, h, w):
+  """What the weight w multiplies: [h, 1] for a bias column (``layer_in``), h if w is split."""
+  return h if isinstance(w, tuple) else arch.layer_in(h)
+
+
+def linear(x, w):
+  """x wᵀ for a layer input x [n, ·] (``layer_input``): [n, o]."""
+  if isinstance(w, tuple):
+    return x @ w[0].T + w[1]
+  return x @ w.T
+
+
+def input_gram(x, xk, w):
+  """x xkᵀ [n, m] of layer inputs for weight w's layer ([h, 1][hk, 1]ᵀ = h hkᵀ + 1 if split)."""
+  g = x @ xk.T
+  return g + 1.0 if isinstance(w, tuple) else g
+
+
+def outer_sum(d, x, w):
+  """Σ_n d_n ⊗ x_n = dᵀ x for d [n, o], layer inputs x [n, ·], in weight w's form."""
+  if isinstance(w, tuple):
+    return (d.T @ x, jnp.sum(d, axis=0, keepdims=True))
+  return d.T @ x
+
+
 def keys_forward(arch, w: Weights, x, outer):
   """Forward a batch of keys x [n, d_k]; returns (p [n, d_v], cache) for ``backprop``."""
-  hs, zs = [arch.layer_in(x)], []
+  hs, zs = [layer_input(arch, x, w[0])], []
   for l, wl in enumerate(w):
-    z = hs[-1] @ wl.T
+    z = linear(hs[-1], wl)
     zs.append(z)
     if l < len(w) - 1:
-      hs.append(arch.layer_in(arch.act(z)))
+      hs.append(layer_input(arch, arch.act(z), w[l + 1]))
   return arch.final(zs[-1], x, outer), (hs, zs)
 
 
@@ -151,7 +182,10 @@ def backprop(arch, w: Weights, x, outer, cache, u):
   (d,) = vjp_final(u)
   deltas = [d]
   for l in range(len(w) - 1, 0, -1):
-    back = (d @ w[l])[:, : zs[l - 1].shape[-1]]  # drop the bias column's row
+    if isinstance(w[l], tuple):  # split: no bias column
+      back = d @ w[l][0]
+    else:
+      back = (d @ w[l])[:, : zs[l - 1].shape[-1]]  # drop the bias column's row
     _, vjp_act = jax.vjp(arch.act, zs[l - 1])
     (d,) = vjp_act(back)
     deltas.append(d)

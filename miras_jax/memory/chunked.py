@@ -38,7 +38,14 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 
 from miras_jax.memory import common
-from miras_jax.memory.architectures import backprop, keys_forward
+from miras_jax.memory.architectures import (
+  backprop,
+  input_gram,
+  keys_forward,
+  layer_input,
+  linear,
+  outer_sum,
+)
 from miras_jax.memory.chunk_scan import chunk_steps, resolve_inner_form
 from miras_jax.memory.chunk_vjp import segment_scan
 from miras_jax.memory.coefficients import (  # noqa: F401 (re-exported: pallas_kernels/mlp_memory)
@@ -47,6 +54,17 @@ from miras_jax.memory.coefficients import (  # noqa: F401 (re-exported: pallas_k
   coefficients_from_sums,
 )
 from miras_jax.memory.rules import MemoryRule, read_base, step_factors
+
+
+def _last(x):
+  """``x[-1]`` (along axis 0) as a masked reduction over the axis: exact (the other terms are zeros
+  or False) and slice-free, since the Pallas Triton lowering has no ``slice`` (nor ``pad``, its
+  transpose) and this code runs inside the deep-memory GPU kernel (pallas_kernels/mlp_memory). It
+  costs one pass over x, against the chunk's [b, b]·d matmuls."""
+  last = jax.lax.broadcasted_iota(jnp.int32, x.shape, 0) == x.shape[0] - 1
+  if x.dtype == jnp.bool_:
+    return jnp.any(last & x, axis=0)
+  return jnp.sum(jnp.where(last, x, jnp.zeros((), x.dtype)), axis=0)
 
 
 def _sel(cont, x_c, x_0):
@@ -99,10 +117,13 @@ def _lag_token(rule: MemoryRule, st, x, fresh, outer):
   return st, x
 
 
-def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
+def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer, read_rows=1):
   """New carry after a chunk, and the exact boundary read of the chunk's last token.
 
-  The chunk ends on a boundary when its real tokens fill it up to the last slot."""
+  The chunk ends on a boundary when its real tokens fill it up to the last slot. ``read_rows``:
+  that read runs on this many identical copies of the last query (so its result is the same): 16
+  in the Triton kernel, whose dot needs every operand dim ≥ 16; 1 elsewhere (the XLA path: 16 rows
+  cost Moneta's chunk +5 % FLOPs)."""
   ret, arch = rule.retention, rule.arch
   n_active = jnp.sum(active).astype(jnp.int32)
   boundary = st['pos'] + n_active == q.shape[0]
@@ -123,7 +144,8 @@ def _finish(rule, st, fresh, e_cont, a_end, s_end, r_end, active, y, q, outer):
   if ret.read_mode != 'identity':
     # The last token of a chunk reads the exact φ(A) (a chunk boundary). A row mask, not a
     # scatter: the same code runs inside the Mosaic kernel (pallas_kernels/mlp_memory).
-    y_last = arch.apply(phi_a, q[-1:], outer)
+    q_last = jnp.broadcast_to(_last(q)[None], (read_rows, q.shape[-1]))
+    y_last = _last(arch.apply(phi_a, q_last, outer))[None]
     last = jax.lax.broadcasted_iota(jnp.int32, y.shape, 0) == y.shape[0] - 1
     y = jnp.where(last & boundary, y_last, y)
   return new, y
@@ -136,12 +158,14 @@ def _chunk_general(rule: MemoryRule, resets: bool, st, x, fresh, outer, inner_fo
   return chunk_core(rule, resets, st, x, co, fresh, outer, inner_form)
 
 
-def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer, inner_form='matmul'):
+def chunk_core(
+  rule: MemoryRule, resets: bool, st, x, co, fresh, outer, inner_form='matmul', read_rows=1
+):
   """The general chunk given its coefficients ``co`` (``coefficients``; after the lag token):
   key factors, reads, primal update. Shared with pallas_kernels/mlp_memory, which computes
   ``co`` outside the kernel. ``inner_form``: 'matmul' (the dual form: masked [b, b] products) or
-  'scan' (per-token steps by chunk_scan.chunk_steps; needs x's gates la, reset, lm). Returns (new
-  state, y [b, dv])."""
+  'scan' (per-token steps by chunk_scan.chunk_steps; needs x's gates la, reset, lm). ``read_rows``:
+  ``_finish``'s. Returns (new state, y [b, dv])."""
   arch = rule.arch
   q, k, v = x['q'], x['k'], x['v']
   cont, a, C = co['cont'], co['a'], co['C']
@@ -167,44 +191,61 @@ def chunk_core(rule: MemoryRule, resets: bool, st, x, co, fresh, outer, inner_fo
   L = len(deltas)
   z = q
   for l in range(L):
-    h = arch.layer_in(arch.act(z) if l else q)
-    zb = h @ base_c[l].T
+    h = layer_input(arch, arch.act(z) if l else q, base_c[l])
+    zb = linear(h, base_c[l])
     s_tok = jnp.full(cont.shape, s_c[l])
     if resets:
-      zb = _sel(cont, zb, h @ base_0[l].T)
+      zb = _sel(cont, zb, linear(h, base_0[l]))
       s_tok = jnp.where(cont, s_c[l], s_0[l])
     if scan:  # M_t h_t: the steps' coefficient of S' is in M_t (chunk_scan)
       upd = jnp.einsum('toi,ti->to', steps[l], h)
     else:
-      upd = ((h @ hk[l].T) * C) @ deltas[l]
+      upd = (input_gram(h, hk[l], base_c[l]) * C) @ deltas[l]
       if momentum:
-        upd = upd + co['d'][:, None] * (h @ st['S'][l].T)
+        upd = upd + co['d'][:, None] * linear(h, st['S'][l])
     if anchor:
-      upd = upd + (1.0 - a)[:, None] * (h @ fresh['A'][l].T)
+      upd = upd + (1.0 - a)[:, None] * linear(h, fresh['A'][l])
     z = a[:, None] * zb + s_tok[:, None] * upd
   y = arch.final(z, q, outer)
 
-  # Primal update to the chunk's last slot (the last real token: padding adds nothing).
-  e_cont = cont[-1]
+  # Primal update to the chunk's last slot (the last real token: padding adds nothing). Weights
+  # may be split pairs (architectures.linear), hence tree maps for the weight-shaped sums.
+  tm = jax.tree.map
+  e_cont = _last(cont)
   a_base = common.tree_where(e_cont, st['A'], fresh['A'])
   a_end, s_end, r_end = [], [], []
+  a_e, c_e = _last(a), (None if scan else _last(C))
+  if momentum and not scan:
+    d_e, sdec_e, cs_e = _last(co['d']), _last(co['sdec']), _last(co['Cs'])
   for l in range(L):
     # 'scan': the last M includes d S' (momentum; then there is no R, rules.py).
-    step = steps[l][-1] if scan else (C[-1][:, None] * deltas[l]).T @ hk[l]
-    acc = a[-1] * a_base[l] + step
+    step = steps[l][-1] if scan else outer_sum(c_e[:, None] * deltas[l], hk[l], a_base[l])
+    acc = tm(lambda x, s: a_e * x + s, a_base[l], step)
     if anchor:
-      acc = acc + (1.0 - a[-1]) * fresh['A'][l]
+      acc = tm(lambda x, w: x + (1.0 - a_e) * w, acc, fresh['A'][l])
     if momentum and scan:
       s_end.append(moms[l][-1])
     elif momentum:
-      acc = acc + co['d'][-1] * st['S'][l]
-      s_end.append(co['sdec'][-1] * st['S'][l] + (co['Cs'][-1][:, None] * deltas[l]).T @ hk[l])
+      acc = tm(lambda x, m: x + d_e * m, acc, st['S'][l])
+      g_s = outer_sum(cs_e[:, None] * deltas[l], hk[l], a_base[l])
+      s_end.append(tm(lambda m, g: sdec_e * m + g, st['S'][l], g_s))
     a_end.append(acc)
     if 'R' in st:
-      r_base = jnp.where(e_cont, base_c[l], base_0[l])
-      r_end.append(a[-1] * r_base + step)
+      r_base = common.tree_where(e_cont, base_c[l], base_0[l])
+      r_end.append(tm(lambda x, s: a_e * x + s, r_base, step))
   return _finish(
-    rule, st, fresh, e_cont, tuple(a_end), tuple(s_end), tuple(r_end), x['active'], y, q, outer
+    rule,
+    st,
+    fresh,
+    e_cont,
+    tuple(a_end),
+    tuple(s_end),
+    tuple(r_end),
+    x['active'],
+    y,
+    q,
+    outer,
+    read_rows,
   )
 
 

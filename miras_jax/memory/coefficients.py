@@ -75,9 +75,9 @@ def coefficients_from_sums(sums, eta, active):
   Cs = Ds * (-eta)[None, :]
   sdec = jnp.exp(cm) * cont
   DwA = Dw * active[None, :]
-  # d = DwA · sdec as a masked row sum, not a matrix-vector product: the VJP of a matvec is an
-  # outer product (a dot_general with no contracting dimension), which Mosaic cannot lower
-  # (the deep-memory backward kernel traces this VJP on chip; measured with jax 0.10.2).
-  d = jnp.sum(DwA * sdec[None, :], axis=1)
-  out.update(C=DwA @ Cs, d=d, Cs=Cs, sdec=sdec)
+  # d = DwA · sdec as a masked row sum, not a matrix-vector product (the same c² products, summed
+  # in another order): the VJP of a matvec is an outer product (a dot_general with no contracting
+  # dimension), which Mosaic cannot lower, and Triton's dot takes 2-D operands only — the deep-
+  # memory kernels build these coefficients on chip and trace their VJP there (jax 0.10.2).
+  out.update(C=DwA @ Cs, d=jnp.sum(DwA * sdec[None, :], axis=1), Cs=Cs, sdec=sdec)
   return out

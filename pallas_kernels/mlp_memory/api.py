@@ -37,6 +37,21 @@ def supported(rule: MemoryRule) -> bool:
   return recompute_backward(rule) and ok
 
 
+_WEIGHTS = ('A', 'Wg', 'S', 'R')  # the state's per-layer weight-shaped entries
+
+
+def _split_bias(st):
+  """Every [.., o, i + 1] weight with a bias column as the pair (W [.., o, i], b [.., 1, o])
+  (architectures.linear): the GPU kernel's arrays need power-of-two dims for Triton."""
+  f = lambda w: (w[..., :-1], jnp.swapaxes(w[..., -1:], -1, -2))
+  return {n: tuple(map(f, x)) if n in _WEIGHTS else x for n, x in st.items()}
+
+
+def _join_bias(st):
+  f = lambda p: jnp.concatenate([p[0], jnp.swapaxes(p[1], -1, -2)], -1)
+  return {n: tuple(map(f, x)) if n in _WEIGHTS else x for n, x in st.items()}
+
+
 def _split_pos(tree):
   tree = dict(tree)
   tree.pop('pos')
@@ -63,8 +78,8 @@ def mlp_memory(
   """Same arguments and results as ``chunked`` (q, k [B, H, T, dk], v [B, H, T, dv] → y
   [B, H, T, dv] in q's dtype, final state dict [B, H, ...]); see the module doc for the scope.
   ``seg_chunks``: chunks per kernel grid step (tuned.py by default). ``backward``: the custom
-  VJP's backward on the TPU lowering, 'kernel' (default: the Pallas reverse-recompute kernel) or
-  'xla' (chunk_vjp.segment_backward); the GPU lowering has only 'xla'."""
+  VJP's backward, 'kernel' (default: the Pallas reverse kernel; on the GPU lowering it needs
+  seg_chunks=1, its default) or 'xla' (chunk_vjp.segment_backward)."""
   if not supported(rule):
     raise ValueError(
       f'rule {rule.name}: no deep-memory Pallas kernel (covered: the general chunk of the MLP '
@@ -81,10 +96,17 @@ def mlp_memory(
     )
   P = common.prepare(rule, q, k, v, gates, w0, outer, state, segment_ids)
   lowering, interp = platform.resolve(backend, interpret)
+  # TTT's bias columns: split on GPU (the identity retention map only: φ acts on whole matrices).
+  split = lowering == 'gpu' and getattr(rule.arch, 'bias', False)
+  split = split and rule.retention.map == 'identity'
+  if split:
+    P = dict(P, state=_split_bias(P['state']), fresh=_split_bias(P['fresh']))
   B, H, T = q.shape[:3]
   c = int(chunk_size)
   n_chunks = -(-T // c)
-  R = max(1, min(int(seg_chunks or tuned.seg_chunks(lowering, interp)), n_chunks))
+  # GPU: a residual at every chunk start by default (R = 1), what its backward kernel walks.
+  R = seg_chunks or (1 if lowering == 'gpu' else tuned.seg_chunks(lowering, interp))
+  R = max(1, min(int(R), n_chunks))
   n_chunks = -(-n_chunks // R) * R
   Tp = n_chunks * c
   pad = lambda x, val=0.0: layout.pad_time(x, Tp, val)
@@ -118,7 +140,12 @@ def mlp_memory(
   toks = tuple(layout.flat(ops[n]) for n in names)
   # Per-token scalars packed lane-dense, one [n_vec, c] tile per chunk: as [Tp, 1] columns each
   # would be padded to 128 lanes in HBM (measured: 6 × 32 MiB at 16 heads, T = 4096).
-  rows = jnp.stack([ops[n].reshape(B, H, n_chunks, c) for n in vec_names], axis=3)
+  # Rows padded with zeros to a power of two (Triton: every tensor dim is one; Mosaic pads a tile's
+  # rows to 8 sublanes anyway, so this costs the TPU nothing).
+  n_rows = 1 << (len(vec_names) - 1).bit_length()
+  rows = [ops[n].reshape(B, H, n_chunks, c) for n in vec_names]
+  rows += [jnp.zeros_like(rows[0])] * (n_rows - len(rows))
+  rows = jnp.stack(rows, axis=3)
   toks += (layout.flat(rows),)
 
   st_leaves, st_def = _split_pos(P['state'])
@@ -137,20 +164,24 @@ def mlp_memory(
     fresh_shapes=tuple(x.shape[1:] for x in fr_leaves),
     outer_def=out_def,
     outer_shapes=tuple(x.shape[1:] for x in out_leaves),
+    read_rows=16 if lowering == 'gpu' else 1,  # Triton's dot: operand dims >= 16
   )
   fn = chunk_fn(rule, segment_ids is not None, lay)
   if lowering == 'gpu':
-    from pallas_kernels.mlp_memory.pallas_gpu import mlp_segments_gpu as core
+    from pallas_kernels.mlp_memory.pallas_gpu import mlp_segments_gpu as segments
 
-    if backward not in (None, 'xla'):
-      raise ValueError(f"backward={backward!r}: the GPU lowering's backward is 'xla' only")
+    # R > 1 on the GPU keeps residuals every R chunks, which only the XLA backward reads.
+    default = 'kernel' if R == 1 else 'xla'
   else:
-    from pallas_kernels.mlp_memory.pallas_tpu import mlp_segments
+    from pallas_kernels.mlp_memory.pallas_tpu import mlp_segments as segments
 
-    core = functools.partial(mlp_segments, backward=backward or 'kernel')
+    default = 'kernel'
+  core = functools.partial(segments, backward=backward or default)
   y, hT = core(fn, c, R, interp, toks, h0, consts)
   y = y.reshape(B, H, Tp, -1)[:, :, :T].astype(q.dtype)
   fin = [h.reshape((B, H) + s) for h, s in zip(hT, lay.state_shapes)]
   fin = dict(jax.tree.unflatten(st_def, fin))
+  if split:
+    fin = _join_bias(fin)
   fin['pos'] = jnp.full((B, H), T % c, jnp.int32)
   return y, fin

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from miras_jax.memory.chunked import chunk_core, coefficients_from_sums
 
 # Per-token operands of the kernel, in order; VECTORS are scalars per token, packed as the rows of
-# one [n_vec, c] tile per chunk (the last operand).
+# one [n_vec, c] tile per chunk (the last operand; rows zero-padded to a power of two, api.py).
 TOKENS = ('q', 'k', 'v', 'eta', 'active', 'delta')
 SUMS = ('segl', 'cum', 'log_a', 'cm')  # chunked.chunk_sums
 VECTORS = ('eta', 'active') + SUMS
@@ -45,10 +45,18 @@ class Layout:
   fresh_shapes: tuple
   outer_def: object
   outer_shapes: tuple
+  read_rows: int = 1  # chunked.chunk_core's (16 for the Triton lowering)
 
 
 def _unflat(td, shapes, leaves):
   return jax.tree.unflatten(td, [x.reshape(s) for x, s in zip(leaves, shapes)])
+
+
+def _rows(tile, n):
+  """The first n rows of a [m, c] tile as [c] vectors, each a masked sum over the rows (exact: the other
+  terms are zeros) instead of a slice: Triton lowers no ``slice`` (nor its transpose, ``pad``)."""
+  r = jax.lax.broadcasted_iota(jnp.int32, tile.shape, 0)
+  return tuple(jnp.sum(jnp.where(r == i, tile, 0.0), axis=0) for i in range(n))
 
 
 def mlp_chunk(rule, resets, lay: Layout, S, x, K):
@@ -59,12 +67,14 @@ def mlp_chunk(rule, resets, lay: Layout, S, x, K):
   fresh = dict(_unflat(lay.fresh_def, lay.fresh_shapes, K[:nf]), pos=pos)
   outer = _unflat(lay.outer_def, lay.outer_shapes, K[nf:])
   ops = dict(zip(lay.names, x[:-1]))
-  ops.update(zip(lay.vec_names, x[-1]))  # the [n_vec, c] tile of per-token scalars
+  ops.update(
+    zip(lay.vec_names, _rows(x[-1], len(lay.vec_names)))
+  )  # the [n_vec, c] tile of per-token scalars
   tok = {n: ops.get(n) for n in TOKENS}
   co = coefficients_from_sums({n: ops.get(n) for n in SUMS}, tok['eta'], tok['active'])
   # A float mask: Mosaic cannot extract a bool scalar (the chunk end's cont[-1]) from a vector.
   co['cont'] = co['cont'].astype(jnp.float32)
-  new, y = chunk_core(rule, resets, st, tok, co, fresh, outer)
+  new, y = chunk_core(rule, resets, st, tok, co, fresh, outer, read_rows=lay.read_rows)
   new = dict(new)
   new.pop('pos')
   leaves = jax.tree.leaves(new)

@@ -17,7 +17,7 @@ outer parameters) summed over every chunk in VMEM, written once. Every token ope
 cotangent, including the last one (the per-token scalar tiles: η and the gates' prefix sums, so
 the gates' gradient flows back through XLA's autodiff of ``chunk_sums``, api.py).
 ``backward='xla'``: the same reverse-recompute pass in XLA (miras_jax/memory/chunk_vjp.py
-``segment_backward``, vmapped over N), kept for comparison and used by the GPU lowering.
+``segment_backward``, vmapped over N), kept for comparison (and the GPU driver's ``backward='xla'``).
 
 Mosaic: the chunk VJP lowers for all six rules (v5e, v5p; tests/pallas_kernels/
 test_mosaic_compile.py). The one primitive it could not lower was the VJP of a matrix-vector
@@ -307,8 +307,8 @@ def _bwd(chunk_fn, c, R, interpret, backward, saved, cts):
 
 
 def xla_backward(chunk_fn, c, R, interpret, saved, cts):
-  """The custom VJP's XLA backward (chunk_vjp.segment_backward per (batch, head)); shared by the
-  GPU lowering."""
+  """The custom VJP's XLA backward (chunk_vjp.segment_backward per (batch, head)); also the GPU
+  driver's ``backward='xla'``."""
   del interpret
   toks, consts, res = saved
   dy, dhT = cts

@@ -119,9 +119,10 @@ def test_mid_chunk_state_is_a_one_line_error():
 
 
 @pytest.mark.parametrize(
-  'backend,backward,match', [('tpu', 'pallas', 'unknown backward'), ('gpu', 'kernel', "'xla' only")]
+  'backend,backward,seg_chunks,match',
+  [('tpu', 'pallas', None, 'unknown backward'), ('gpu', 'kernel', 2, 'seg_chunks=1')],
 )
-def test_backward_choice_is_checked(backend, backward, match):
+def test_backward_choice_is_checked(backend, backward, seg_chunks, match):
   rule = get_rule('titans')
   inp = random_inputs(rule, jax.random.PRNGKey(0), B=1, H=1, T=4, dk=4)
   with pytest.raises(ValueError, match=match):
@@ -133,6 +134,7 @@ def test_backward_choice_is_checked(backend, backward, match):
       inp['gates'],
       w0=inp['w0'],
       chunk_size=2,
+      seg_chunks=seg_chunks,
       backend=backend,
       interpret=True,
       backward=backward,
