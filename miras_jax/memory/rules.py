@@ -192,9 +192,19 @@ def step_factors(rule: MemoryRule, gg, uu, eta, log_mu, chunk_size: int):
   if rule.step_scale == 'implicit_chunk':
     lam = chunk_size * lam
   total = eta
-  if log_mu is not None:  # 1 − μ = −expm1(log μ); η = 0 (padding) with μ = 1 gives 0
-    total = eta / jnp.maximum(-jnp.expm1(log_mu), 1e-6)
+  if log_mu is not None:  # η = 0 (padding) with μ = 1 gives 0
+    total = eta / jnp.maximum(_one_minus_exp(log_mu), 1e-6)
   return 1.0 / (1.0 + total * lam)
+
+
+def _one_minus_exp(x):
+  """1 − eˣ = −expm1(x) for x ≤ 0 (here 1 − μ from log μ), as −2t/(1 − t) with t = tanh(x/2)
+  (eˣ − 1 = 2 tanh(x/2)/(1 − tanh(x/2)); 1 − t ∈ [1, 2)): the Mosaic lowering has no expm1 and
+  this runs inside the deep-memory kernel (pallas_kernels/mlp_memory). The same fp32 accuracy:
+  max relative error against fp64 over x ∈ [−31.6, −1e-9] 3.4e-7 (expm1: 3.2e-7), no cancellation
+  near x = 0 as 1 − exp(x) would have (relative error ~1e-7/|x|)."""
+  t = jnp.tanh(0.5 * x)
+  return -2.0 * t / (1.0 - t)
 
 
 # ----------------------------------------------------------------------------------

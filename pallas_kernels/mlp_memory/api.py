@@ -10,7 +10,9 @@ chunk.py over the sequence, state on chip; it builds the [c, c] decay / momentum
 the per-token sums on chip, so nothing of size T·c leaves it.
 
 Scope: the rules whose chunk is the general one (``chunked.recompute_backward``) except Memora's
-'lag' form (its first-token step changes the coefficients inside the chunk); the initial state must
+'lag' form (its first-token step changes the coefficients inside the chunk), with any
+``step_scale`` ('implicit', 'implicit_chunk': the per-token step factor, rules.step_factors, is
+computed on chip from η_t and log μ_t, one more row of the per-token tile); the initial state must
 sit on a chunk boundary (``pos == 0``: a fresh state, or one that ended on a boundary), since the
 kernel's chunks are aligned to the call's first token.
 """
@@ -32,9 +34,9 @@ from pallas_kernels.mlp_memory.chunk import SUMS, TOKENS, VECTORS, Layout, as_2d
 
 
 def supported(rule: MemoryRule) -> bool:
-  # step_scale 'implicit(_chunk)' needs the momentum gate per token (not in the kernel's TOKENS).
-  ok = rule.retention.read_mode != 'lag' and rule.step_scale == 'none'
-  return recompute_backward(rule) and ok
+  # Any step_scale: 'implicit(_chunk)' reads η_t and log μ_t per token, both rows of the kernel's
+  # per-token tile (chunk.VECTORS; 'lm' only when the rule has momentum and a step scale).
+  return recompute_backward(rule) and rule.retention.read_mode != 'lag'
 
 
 _WEIGHTS = ('A', 'Wg', 'S', 'R')  # the state's per-layer weight-shaped entries
@@ -83,7 +85,7 @@ def mlp_memory(
   if not supported(rule):
     raise ValueError(
       f'rule {rule.name}: no deep-memory Pallas kernel (covered: the general chunk of the MLP '
-      f"memories, not Memora's lag form nor step_scale 'implicit'); use implementation='xla'"
+      f"memories, any step_scale, not Memora's lag form); use implementation='xla'"
     )
   if backward not in (None, 'kernel', 'xla'):
     raise ValueError(f"unknown backward {backward!r}; choose 'kernel' or 'xla'")
@@ -132,6 +134,10 @@ def mlp_memory(
     sums_fn = jax.vmap(sums_fn)
   sums = sums_fn(per_chunk(P['la']), per_chunk(P['reset']), per_chunk(P['lm']))
   ops['eta'] = pad(P['eta'])
+  if rule.step_scale != 'none' and P['lm'] is not None:
+    # step_factors' 1 − μ_t per token (chunk_core). Padded with log μ = 0 as chunked's slots are:
+    # there η = 0, so the factor's η/(1 − μ) is 0 (the 1e-6 floor), as on the XLA path.
+    ops['lm'] = pad(P['lm'])
   for n in SUMS:
     if sums[n] is not None:
       ops[n] = sums[n].reshape(B, H, Tp)

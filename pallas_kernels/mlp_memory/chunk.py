@@ -24,9 +24,11 @@ from miras_jax.memory.chunked import chunk_core, coefficients_from_sums
 
 # Per-token operands of the kernel, in order; VECTORS are scalars per token, packed as the rows of
 # one [n_vec, c] tile per chunk (the last operand; rows zero-padded to a power of two, api.py).
-TOKENS = ('q', 'k', 'v', 'eta', 'active', 'delta')
+# 'lm' (log μ_t, the momentum gate per token) only for a step_scale rule with momentum: its step
+# factor reads μ_t itself (rules.step_factors), not only the chunk's prefix sums 'cm'.
+TOKENS = ('q', 'k', 'v', 'eta', 'active', 'lm', 'delta')
 SUMS = ('segl', 'cum', 'log_a', 'cm')  # chunked.chunk_sums
-VECTORS = ('eta', 'active') + SUMS
+VECTORS = ('eta', 'active', 'lm') + SUMS
 
 
 def as_2d(shape):

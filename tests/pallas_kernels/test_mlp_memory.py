@@ -5,7 +5,8 @@ parameters), at an odd length with packed documents, a non-zero initial state on
 and several kernel segments; the kernel's default backward (the Pallas backward kernel) also
 equals its ``backward='xla'`` (chunk_vjp's pass) on all of these. Under ``-m slow`` both fp32 paths
 are measured against the XLA path in fp64 (``_check``). Titans in the default run (interpret mode
-is slow); the other deep rules behind ``-m slow``."""
+is slow); the other deep rules, and Titans (momentum: the per-token log μ row) and Yaad (none) with
+``step_scale='implicit_chunk'`` (the per-token step factor computed on chip), behind ``-m slow``."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from miras_jax.memory import get_rule, init_state, memory_forward
+from miras_jax.memory import get_rule, init_state, memory_forward, with_options
 from miras_jax.memory.testing import (
   assert_close,
   assert_tree_close,
@@ -48,8 +49,9 @@ def _run(rule, inp, state, implementation, backward=None):
   return {'outputs': y, 'final state': final} | dict(zip(GRADS, grads))
 
 
-def _check(name, fp64=True):
-  rule = get_rule(name)
+def _check(name, fp64=True, **options):
+  """``options``: rules.with_options' (step_scale=...)."""
+  rule = with_options(get_rule(name), **options)
   assert kernel_for(rule) == 'mlp_memory'
   inp = random_inputs(rule, jax.random.PRNGKey(3), B=2, H=1, T=23, dk=8, segments=3)
   # A non-trivial state at a chunk boundary (the kernel's chunks start at the call's first token).
@@ -95,10 +97,19 @@ def test_kernel_equals_xla_titans(monkeypatch):
   _check('titans', fp64=False)
 
 
+_IMPLICIT = {'step_scale': 'implicit_chunk'}
+# id → (rule, with_options kwargs). ~40 s each in interpret mode (+ ~15 s fp64): all slow.
+CASES = {n: (n, {}) for n in ('titans', 'moneta', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear')} | {
+  'titans_implicit_chunk': ('titans', _IMPLICIT),
+  'yaad_implicit_chunk': ('yaad', _IMPLICIT),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('name', ['titans', 'moneta', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear'])
-def test_kernel_equals_xla(name):
-  _check(name)
+@pytest.mark.parametrize('case', list(CASES))
+def test_kernel_equals_xla(case):
+  name, options = CASES[case]
+  _check(name, **options)
 
 
 def test_mid_chunk_state_is_a_one_line_error():
@@ -142,11 +153,12 @@ def test_backward_choice_is_checked(backend, backward, seg_chunks, match):
 
 
 @pytest.mark.slow
-def test_gpu_lowering_interpret_equals_xla():
+@pytest.mark.parametrize('step_scale', ['none', 'implicit_chunk'])
+def test_gpu_lowering_interpret_equals_xla(step_scale):
   """The Triton-lowering driver (pallas_gpu.py) in interpret mode: forward values and state."""
   from miras_jax.memory import chunked
 
-  rule = get_rule('titans')
+  rule = with_options(get_rule('titans'), step_scale=step_scale)
   inp = random_inputs(rule, jax.random.PRNGKey(1), B=1, H=2, T=21, dk=8, segments=2)
   kw = dict(w0=inp['w0'], outer=inp['outer'], segment_ids=inp['segment_ids'], chunk_size=4)
   args = (inp['q'], inp['k'], inp['v'], inp['gates'])

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from miras_jax.memory import chunked, get_rule
+from miras_jax.memory import chunked, get_rule, with_options
 from miras_jax.memory.testing import (
   assert_tree_close,
   perturbed_state,
@@ -27,8 +27,8 @@ RULES = ('titans', 'moneta', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear')
 DK, C = 16, 16
 
 
-def _lowered(name, dtype, grad, dk, c):
-  rule = get_rule(name)
+def _lowered(name, dtype, grad, dk, c, options):
+  rule = with_options(get_rule(name), **options)
   inp = random_inputs(rule, jax.random.PRNGKey(0), B=1, H=2, T=2 * c, dk=dk, segments=2)
   kw = dict(outer=inp['outer'], segment_ids=inp['segment_ids'], chunk_size=c, backend='gpu')
 
@@ -45,10 +45,11 @@ def _lowered(name, dtype, grad, dk, c):
   return platform.lower_for_cuda(f, *qkv, inp['gates'], inp['w0'])
 
 
-def _check(name, dtype=jnp.float32, dk=DK, c=C):
-  text = _lowered(name, dtype, False, dk, c)
+def _check(name, dtype=jnp.float32, dk=DK, c=C, **options):
+  """``options``: rules.with_options' (step_scale=...)."""
+  text = _lowered(name, dtype, False, dk, c, options)
   assert text.count(platform.TRITON_CALL) == 1, 'forward: one Triton kernel'
-  text = _lowered(name, dtype, True, dk, c)
+  text = _lowered(name, dtype, True, dk, c, options)
   # The forward kernel (saving residuals) and the backward kernel; 1 = an XLA backward.
   assert text.count(platform.TRITON_CALL) == 2, 'forward + backward: two Triton kernels'
 
@@ -67,6 +68,11 @@ def test_lowers_to_triton_bf16_inputs():
   _check('titans', jnp.bfloat16)
 
 
+def test_lowers_to_triton_implicit_chunk_step():
+  # The per-token step factor on chip (rules.step_factors: 1 − μ from the per-token log μ row).
+  _check('titans', step_scale='implicit_chunk')
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('name', [r for r in RULES if r not in DEFAULT])
 def test_lowers_to_triton_slow(name):
@@ -79,8 +85,8 @@ def test_lowers_to_triton_head_dim_128(name):
   _check(name, dk=128, c=64)  # a real model's sizes: head dim 128 (MLP hidden 512), chunk 64
 
 
-def _interpret_vs_xla(name):
-  rule = get_rule(name)
+def _interpret_vs_xla(name, **options):
+  rule = with_options(get_rule(name), **options)
   inp = random_inputs(rule, jax.random.PRNGKey(1), B=1, H=1, T=11, dk=4, segments=2)
   state = perturbed_state(rule, inp['w0'], 1, jax.random.PRNGKey(5))
 
@@ -112,7 +118,14 @@ def test_gpu_backward_kernel_interpret_equals_xla_titans():
   _interpret_vs_xla('titans')
 
 
+# id → (rule, with_options kwargs)
+SLOW_CASES = {r: (r, {}) for r in RULES if r != 'titans'} | {
+  'titans_implicit_chunk': ('titans', {'step_scale': 'implicit_chunk'}),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('name', [r for r in RULES if r != 'titans'])
-def test_gpu_backward_kernel_interpret_equals_xla(name):
-  _interpret_vs_xla(name)
+@pytest.mark.parametrize('case', list(SLOW_CASES))
+def test_gpu_backward_kernel_interpret_equals_xla(case):
+  name, options = SLOW_CASES[case]
+  _interpret_vs_xla(name, **options)

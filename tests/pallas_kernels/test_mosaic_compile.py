@@ -81,24 +81,26 @@ MLP_RULES = ('titans', 'moneta', 'yaad', 'memora', 'ttt_mlp', 'ttt_linear')
 
 
 @pytest.mark.parametrize(
-  'topology,name',
-  [(t, n) for t in ('v5e:2x2', 'v5p:2x2x1') for n in ('titans', 'moneta')]
-  + [pytest.param('v5p:2x2x1', n, marks=pytest.mark.slow) for n in MLP_RULES[2:]],
+  'topology,name,step_scale',
+  [(t, n, 'none') for t in ('v5e:2x2', 'v5p:2x2x1') for n in ('titans', 'moneta')]
+  + [pytest.param('v5p:2x2x1', n, 'none', marks=pytest.mark.slow) for n in MLP_RULES[2:]]
+  + [pytest.param('v5p:2x2x1', 'titans', 'implicit_chunk', marks=pytest.mark.slow)],
 )
-def test_mlp_memory_compiles_for_tpu(topology, name):
+def test_mlp_memory_compiles_for_tpu(topology, name, step_scale):
   """The deep-memory kernel, forward and forward+backward (the backward a Pallas kernel too:
   asserted by its name in the lowered program), under shard_map over batch, head dim 64, packed
   documents: Titans (2-layer MLP, LayerNorm + residual, ℓ2, momentum + decay) and Moneta (ℓp
   bias, ℓq retention: its read scale ‖A‖_q^{2−q} on chip, Retention._qnorm_pow) by default;
-  Yaad, Memora, TTT-MLP, TTT-Linear behind ``-m slow`` (~40 s each)."""
-  from miras_jax.memory import get_rule
+  Yaad, Memora, TTT-MLP, TTT-Linear, and Titans with ``step_scale='implicit_chunk'`` (the
+  per-token step factor on chip, its log μ row) behind ``-m slow`` (~40 s each)."""
+  from miras_jax.memory import get_rule, with_options
   from miras_jax.memory.testing import random_w0
   from pallas_kernels.mlp_memory.api import mlp_memory
   from pallas_kernels.mlp_memory.pallas_tpu import BWD_KERNEL
 
   devs = list(topologies.get_topology_desc(topology, 'tpu').devices)
   mesh = Mesh(devs, ('x',))
-  rule = get_rule(name)
+  rule = with_options(get_rule(name), step_scale=step_scale)
   B, H, Tm, Dm = len(devs), 2, 256, 64
   w0 = random_w0(rule, jax.random.PRNGKey(0), H, Dm, Dm)
   sh = NamedSharding(mesh, P('x'))
