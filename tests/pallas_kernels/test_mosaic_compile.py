@@ -2,7 +2,7 @@
 (DESIGN §8): forward and forward+backward, wrapped in ``shard_map`` over batch × heads on a v5e
 2×2 and a v5p 2×2×1 topology, bf16 inputs at a model-like head dim.
 
-Needs libtpu (``pip install -e ".[tpu]"``, e.g. in a separate environment); skipped without it."""
+Needs libtpu (``pip install -e ".[tpu]"``; CI installs it, .ci/run); skipped without it."""
 
 from __future__ import annotations
 
