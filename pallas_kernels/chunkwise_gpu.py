@@ -30,6 +30,23 @@ def _seq_spec(shape):
   return pl.BlockSpec((None,) + tuple(shape[1:]), lambda n: (n,) + (0,) * (len(shape) - 1))
 
 
+def per_sequence_call(kernel, ins, out_shape, *, interpret, name):
+  """``kernel`` on a grid ``(N,)``, one program per (batch, head): every operand in ``ins`` and
+  every output in ``out_shape`` is ``[N, ...]`` and a program sees its own ``[...]`` block, the
+  whole sequence (the GPU drivers' layout, here and in mlp_memory/pallas_gpu.py). Triton compiler
+  parameters unless in interpret mode (platform.gpu_params)."""
+  return pl.pallas_call(
+    kernel,
+    grid=(ins[0].shape[0],),
+    in_specs=[_seq_spec(x.shape) for x in ins],
+    out_specs=[_seq_spec(o.shape) for o in out_shape],
+    out_shape=out_shape,
+    interpret=interpret,
+    compiler_params=None if interpret else platform.gpu_params(),
+    name=name,
+  )(*ins)
+
+
 def _forward(chunk_fn, c, dv, interpret, toks, h0, w0):
   N, Tp = toks[0].shape[:2]
   dk = h0.shape[1]
@@ -55,16 +72,8 @@ def _forward(chunk_fn, c, dv, interpret, toks, h0, w0):
     jax.ShapeDtypeStruct((N, dk, dv), F32),
     jax.ShapeDtypeStruct((N, n_chunks, dk, dv), F32),
   ]
-  return pl.pallas_call(
-    kernel,
-    grid=(N,),
-    in_specs=[_seq_spec(x.shape) for x in toks] + [_seq_spec(h0.shape), _seq_spec(w0.shape)],
-    out_specs=[_seq_spec(o.shape) for o in out_shape],
-    out_shape=out_shape,
-    interpret=interpret,
-    compiler_params=None if interpret else platform.gpu_params(),
-    name='chunkwise_gpu_fwd',
-  )(*toks, h0, w0)
+  ins = (*toks, h0, w0)
+  return per_sequence_call(kernel, ins, out_shape, interpret=interpret, name='chunkwise_gpu_fwd')
 
 
 def _backward(chunk_fn, c, n_diff, interpret, toks, w0, res, dy, dhT):
@@ -102,16 +111,7 @@ def _backward(chunk_fn, c, n_diff, interpret, toks, w0, res, dy, dhT):
     jax.ShapeDtypeStruct((N, dk, dv), F32)
   ] * 2
   ins = (*toks, w0, res, dy, dhT)
-  return pl.pallas_call(
-    kernel,
-    grid=(N,),
-    in_specs=[_seq_spec(x.shape) for x in ins],
-    out_specs=[_seq_spec(o.shape) for o in out_shape],
-    out_shape=out_shape,
-    interpret=interpret,
-    compiler_params=None if interpret else platform.gpu_params(),
-    name='chunkwise_gpu_bwd',
-  )(*ins)
+  return per_sequence_call(kernel, ins, out_shape, interpret=interpret, name='chunkwise_gpu_bwd')
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))

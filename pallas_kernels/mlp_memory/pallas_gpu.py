@@ -37,14 +37,10 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
-from pallas_kernels import platform
+from pallas_kernels.chunkwise_gpu import per_sequence_call
 from pallas_kernels.mlp_memory.pallas_tpu import BACKWARDS, out_dim, xla_backward
 
 F32 = jnp.float32
-
-
-def _seq_spec(shape):
-  return pl.BlockSpec((None,) + tuple(shape[1:]), lambda n: (n,) + (0,) * (len(shape) - 1))
 
 
 def _forward(chunk_fn, c, R, dv, interpret, toks, h0, consts):
@@ -78,16 +74,8 @@ def _forward(chunk_fn, c, R, dv, interpret, toks, h0, consts):
   out_shape = [jax.ShapeDtypeStruct((N, Tp, dv), toks[0].dtype)]
   out_shape += [jax.ShapeDtypeStruct((N,) + sh, F32) for sh in shapes]
   out_shape += [jax.ShapeDtypeStruct((N, n_seg) + sh, F32) for sh in shapes]
-  outs = pl.pallas_call(
-    kernel,
-    grid=(N,),
-    in_specs=[_seq_spec(x.shape) for x in tuple(toks) + tuple(h0) + tuple(consts)],
-    out_specs=[_seq_spec(o.shape) for o in out_shape],
-    out_shape=out_shape,
-    interpret=interpret,
-    compiler_params=None if interpret else platform.gpu_params(),
-    name='mlp_memory_gpu_fwd',
-  )(*toks, *h0, *consts)
+  ins = (*toks, *h0, *consts)
+  outs = per_sequence_call(kernel, ins, out_shape, interpret=interpret, name='mlp_memory_gpu_fwd')
   return outs[0], tuple(outs[1 : 1 + ns]), tuple(outs[1 + ns :])
 
 
@@ -133,16 +121,7 @@ def _backward(chunk_fn, c, interpret, toks, consts, res, dy, dhT):
   out_shape += [jax.ShapeDtypeStruct((N,) + r.shape[2:], F32) for r in res]
   out_shape += [jax.ShapeDtypeStruct(k.shape, F32) for k in consts]
   ins = (*toks, *consts, *res, dy, *dhT)
-  outs = pl.pallas_call(
-    kernel,
-    grid=(N,),
-    in_specs=[_seq_spec(x.shape) for x in ins],
-    out_specs=[_seq_spec(o.shape) for o in out_shape],
-    out_shape=out_shape,
-    interpret=interpret,
-    compiler_params=None if interpret else platform.gpu_params(),
-    name='mlp_memory_gpu_bwd',
-  )(*ins)
+  outs = per_sequence_call(kernel, ins, out_shape, interpret=interpret, name='mlp_memory_gpu_bwd')
   return tuple(outs[:nt]), tuple(outs[nt : nt + ns]), tuple(outs[nt + ns :])
 
 
