@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from miras_jax.memory.common import take_row
+
 F32 = jnp.float32
 
 
@@ -83,11 +85,8 @@ def masks(seg):
 
 
 def row(x, t):
-  """x[t : t + 1] ([1, d]) as a masked sum over the rows: exact (the other rows add zeros) and
-  lowerable by Triton, which has no value slicing (JAX 0.10.2's Triton lowering has no rule for
-  ``slice``; Mosaic has). For a static ``t`` and a TPU-only caller a slice is cheaper."""
-  r = jax.lax.broadcasted_iota(jnp.int32, x.shape, 0)
-  return jnp.sum(jnp.where(r == t, x, jnp.zeros_like(x)), axis=0, keepdims=True)
+  """x[t : t + 1] ([1, d]), slice-free: Triton has no value slicing (common.take_row)."""
+  return take_row(x, t, keepdims=True)
 
 
 def last_row(x):

@@ -57,14 +57,8 @@ from miras_jax.memory.rules import MemoryRule, read_base, step_factors
 
 
 def _last(x):
-  """``x[-1]`` (along axis 0) as a masked reduction over the axis: exact (the other terms are zeros
-  or False) and slice-free, since the Pallas Triton lowering has no ``slice`` (nor ``pad``, its
-  transpose) and this code runs inside the deep-memory GPU kernel (pallas_kernels/mlp_memory). It
-  costs one pass over x, against the chunk's [b, b]·d matmuls."""
-  last = jax.lax.broadcasted_iota(jnp.int32, x.shape, 0) == x.shape[0] - 1
-  if x.dtype == jnp.bool_:
-    return jnp.any(last & x, axis=0)
-  return jnp.sum(jnp.where(last, x, jnp.zeros((), x.dtype)), axis=0)
+  """``x[-1]`` (along axis 0), slice-free (common.take_row: this runs inside the GPU kernel)."""
+  return common.take_row(x, x.shape[0] - 1)
 
 
 def _sel(cont, x_c, x_0):

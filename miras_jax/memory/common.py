@@ -12,6 +12,18 @@ def tree_where(c, a, b):
   return jax.tree.map(lambda x, y: jnp.where(c, x, y), a, b)
 
 
+def take_row(x, t, keepdims: bool = False):
+  """``x[t]`` along axis 0 (``x[t : t + 1]`` with ``keepdims``) as a masked reduction over the
+  axis: exact (the other terms are zeros or False) and slice-free. The Pallas Triton lowering has
+  no ``slice`` (nor ``pad``, its transpose), and this runs inside the GPU kernels
+  (pallas_kernels/chunk_math.py, mlp_memory/chunk.py, and ``chunked.chunk_core`` through them).
+  One pass over x; for a static t on a TPU-only path a slice is cheaper."""
+  hit = jax.lax.broadcasted_iota(jnp.int32, x.shape, 0) == t
+  if x.dtype == jnp.bool_:
+    return jnp.any(hit & x, axis=0, keepdims=keepdims)
+  return jnp.sum(jnp.where(hit, x, jnp.zeros((), x.dtype)), axis=0, keepdims=keepdims)
+
+
 def semantic_chunk(rule: MemoryRule, chunk_size: int) -> int:
   """The chunk size that defines the rule's semantics: the WY form is exactly sequential."""
   return 1 if rule.form == 'wy' else int(chunk_size)

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from miras_jax.memory.chunked import chunk_core, coefficients_from_sums
+from miras_jax.memory.common import take_row
 
 # Per-token operands of the kernel, in order; VECTORS are scalars per token, packed as the rows of
 # one [n_vec, c] tile per chunk (the last operand; rows zero-padded to a power of two, api.py).
@@ -55,10 +56,9 @@ def _unflat(td, shapes, leaves):
 
 
 def _rows(tile, n):
-  """The first n rows of a [m, c] tile as [c] vectors, each a masked sum over the rows (exact: the other
-  terms are zeros) instead of a slice: Triton lowers no ``slice`` (nor its transpose, ``pad``)."""
-  r = jax.lax.broadcasted_iota(jnp.int32, tile.shape, 0)
-  return tuple(jnp.sum(jnp.where(r == i, tile, 0.0), axis=0) for i in range(n))
+  """The first n rows of a [m, c] tile as [c] vectors, slice-free (Triton lowers no ``slice``;
+  common.take_row)."""
+  return tuple(take_row(tile, i) for i in range(n))
 
 
 def mlp_chunk(rule, resets, lay: Layout, S, x, K):
