@@ -31,6 +31,7 @@ from miras_jax.memory.rules import MemoryRule
 from pallas_kernels import layout, platform
 from pallas_kernels.mlp_memory import tuned
 from pallas_kernels.mlp_memory.chunk import SUMS, TOKENS, VECTORS, Layout, as_2d, chunk_fn
+from pallas_kernels.mlp_memory.pallas_tpu import BACKWARDS
 
 
 def supported(rule: MemoryRule) -> bool:
@@ -87,8 +88,8 @@ def mlp_memory(
       f'rule {rule.name}: no deep-memory Pallas kernel (covered: the general chunk of the MLP '
       f"memories, any step_scale, not Memora's lag form); use implementation='xla'"
     )
-  if backward not in (None, 'kernel', 'xla'):
-    raise ValueError(f"unknown backward {backward!r}; choose 'kernel' or 'xla'")
+  if backward is not None and backward not in BACKWARDS:  # before any work; the drivers check too
+    raise ValueError(f'unknown backward {backward!r}; choose one of {BACKWARDS}')
   pos = None if state is None else state['pos']
   # Checked on the host (numpy): inside a trace, jnp on a concrete array would be staged too.
   if pos is not None and not isinstance(pos, jax.core.Tracer) and np.any(np.asarray(pos) != 0):
